@@ -1,0 +1,90 @@
+"""The shard contract between curation (writer) and training (reader).
+
+Everything both sides must agree on lives here and nowhere else: how shards are named, which members a
+sample has, which columns the index carries, how clip ids are formed, and how a clip is assigned to a
+(resolution, frames) bucket. This module has no dependency beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+SHARD_PATTERN = "{prefix}-{index:06d}.tar"
+SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
+SHARDS_DIR = "shards"
+INDEX_FILE = "index.parquet"
+
+# Members of one sample, keyed by WebDataset extension (the part after the key's first dot).
+VIDEO_MEMBER = "mp4"
+META_MEMBER = "json"
+CAPTION_MEMBER = "txt"
+LATENT_MEMBER = "latent.safetensors"  # optional, precomputed autoencoder latents
+
+INDEX_COLUMNS = ("shard", "key", "num_frames", "height", "width", "fps", "duration_s", "bucket")
+
+# Frame-count buckets: a clip goes to the largest bucket it can fill. 4k+1 counts suit causal video VAEs
+# (Wan2.1 compresses 4 frames into one latent after the first).
+FRAME_BUCKETS = (1, 17, 33, 49, 65, 81, 121, 161, 241, 321)
+
+# WebDataset splits a member name at the key's first dot, and keys become file names when unpacked: keep
+# them to a safe alphabet so a key can never name a path outside the output folder.
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe sample key, else raise ValueError naming it."""
+    if not _KEY_RE.match(key):
+        raise ValueError(f"invalid sample key {key!r}: use 1-128 characters from [A-Za-z0-9_-]")
+    return key
+
+
+def make_clip_id(source_id: str, start_frame: int, end_frame: int) -> str:
+    """Deterministic clip id from the source fingerprint and the clip's frame span [start, end)."""
+    if not 0 <= start_frame < end_frame:
+        raise ValueError(f"bad frame span [{start_frame}, {end_frame}) for source {source_id}")
+    return validate_key(f"{source_id[:16]}_{start_frame:07d}_{end_frame:07d}")
+
+
+def shard_name(prefix: str, index: int) -> str:
+    validate_key(prefix)
+    return SHARD_PATTERN.format(prefix=prefix, index=index)
+
+
+def frame_bucket(num_frames: int, buckets: tuple[int, ...] = FRAME_BUCKETS) -> int:
+    """The largest frame bucket that a clip of `num_frames` frames can fill (0 if none)."""
+    fitting = [b for b in buckets if b <= num_frames]
+    return max(fitting) if fitting else 0
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A (resolution, frames) bucket: every batch drawn from one bucket has one tensor shape."""
+
+    height: int
+    width: int
+    num_frames: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.height}x{self.width}_t{self.num_frames}"
+
+    @classmethod
+    def parse(cls, name: str) -> Bucket:
+        m = re.fullmatch(r"(\d+)x(\d+)_t(\d+)", name)
+        if not m:
+            raise ValueError(f"invalid bucket name {name!r}: expected HxW_tN, e.g. 256x448_t81")
+        return cls(int(m[1]), int(m[2]), int(m[3]))
+
+
+def bucket_for(height: int, width: int, num_frames: int) -> Bucket:
+    """Bucket of a transcoded clip: its exact size (shards are written at a target short side) and the
+    largest frame bucket it fills."""
+    return Bucket(height, width, frame_bucket(num_frames))
+
+
+def is_safe_relative(relative: str) -> bool:
+    """True when `relative` stays inside whatever folder it is joined to (not absolute, no '..')."""
+    p = PurePosixPath(relative)
+    return not p.is_absolute() and ".." not in p.parts

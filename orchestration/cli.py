@@ -1,0 +1,76 @@
+"""The `svp` command line: parse, validate, call one function of a package.
+
+Each command group lives in its own module (`orchestration/commands/`); this file only assembles them and
+turns user errors into one line (`svp: error: …`, exit status 2) unless `--debug` is given.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from orchestration.commands import register_all
+
+app = typer.Typer(
+    name="svp",
+    help="The SANA-Video platform: curate video into shards, train the Linear DiT in stages, generate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Errors that mean "the user asked for something wrong", as opposed to a bug in svp.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+
+_state = {"debug": False}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"svp {version('svp')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+register_all(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `svp` console script."""
+    try:
+        app(args=argv, prog_name="svp", standalone_mode=False)
+    except USER_ERRORS as err:
+        if _state["debug"]:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"svp: error: {message}", file=sys.stderr)
+        return 2
+    except typer.Exit as exit_:
+        return exit_.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("svp: aborted", file=sys.stderr)
+        return 130
+    except Exception as err:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

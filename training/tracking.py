@@ -1,0 +1,207 @@
+"""MLflow tracking: one experiment per pipeline, a parent run per pipeline run, a child run per stage.
+
+The driver (`training.pipeline` / `training.launch`) creates or re-attaches the runs and logs what is known
+before training (resolved config, tags); world rank 0 of the Ray Train worker group logs metrics and sample
+videos into the child run by its id. Everything goes through `MlflowClient` with explicit run ids, so no
+process relies on MLflow's global "active run" and a restarted driver or worker re-attaches to the same
+runs instead of creating duplicates.
+
+Embedded default: a sqlite store `work_dir/mlflow.db` and artifacts under `work_dir/mlartifacts`;
+`MLFLOW_TRACKING_URI` points at a server instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from training.errors import StageConfigError
+
+# Tag names, in one place so the tests and the run-comparison tooling agree with the writer.
+TAG_PIPELINE = "svp.pipeline"
+TAG_PIPELINE_KEY = "svp.pipeline_key"
+TAG_STAGE = "svp.stage"
+TAG_STAGE_INDEX = "svp.stage_index"
+TAG_RAY_NAME = "svp.ray_run_name"
+TAG_DATASET = "svp.dataset_fingerprint"
+TAG_THRESHOLDS = "svp.thresholds_hash"
+TAG_CONFIG = "svp.config_fingerprint"
+TAG_GIT = "svp.git_commit"
+TAG_INIT_FROM = "svp.init_from"
+TAG_EXPORT = "svp.export_uri"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Exports up to this size are copied into the artifact store; bigger ones are logged as a URI only.
+EXPORT_ARTIFACT_MAX_BYTES = 256 * 1024 * 1024
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+
+
+def resolve_tracking_uri(work_dir: Path) -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded sqlite store in the work dir (absolute path)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    """The commit of the svp checkout that runs this, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def thresholds_hash(data_sources: Iterable[str]) -> str:
+    """sha256 over the curation `thresholds.yaml` of every data source that has one ("none" when none has).
+
+    A source may be a curation output folder (thresholds.yaml inside) or its `shards/` folder (thresholds.yaml
+    one level up); local paths or fsspec URIs.
+    """
+    import fsspec
+
+    digest = hashlib.sha256()
+    found = False
+    for source in data_sources:
+        base = str(source).rstrip("/")
+        for candidate in (f"{base}/thresholds.yaml", f"{base.rsplit('/', 1)[0]}/thresholds.yaml"):
+            fs, path = fsspec.core.url_to_fs(candidate)
+            if fs.exists(path):
+                digest.update(candidate.encode())
+                digest.update(fs.cat_file(path))
+                found = True
+                break
+    return digest.hexdigest()[:16] if found else "none"
+
+
+def _truncate(value: str) -> str:
+    return value if len(value) <= _MAX_PARAM_CHARS else value[: _MAX_PARAM_CHARS - 1] + "…"
+
+
+class Tracker:
+    """Driver-side handle on the MLflow store of one pipeline."""
+
+    def __init__(self, tracking_uri: str, pipeline: str, work_dir: Path) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.pipeline = pipeline
+        self.work_dir = Path(work_dir).resolve()
+        self.experiment_id = self._experiment()
+
+    def _experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.pipeline)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = None
+        if self.tracking_uri.startswith("sqlite:"):
+            artifact_location = (self.work_dir / "mlartifacts").as_uri()
+        return self.client.create_experiment(self.pipeline, artifact_location=artifact_location)
+
+    def _find_run(self, filters: Mapping[str, str]) -> str | None:
+        clause = " and ".join(f"tags.`{key}` = '{value}'" for key, value in filters.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=clause, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self) -> str:
+        """The pipeline run for this work dir: re-attached when it exists, else created."""
+        key = hashlib.sha256(f"{self.pipeline}\0{self.work_dir}".encode()).hexdigest()[:16]
+        run_id = self._find_run({TAG_PIPELINE_KEY: key, TAG_STAGE: "-"})
+        if run_id is None:
+            tags = {TAG_PIPELINE: self.pipeline, TAG_PIPELINE_KEY: key, TAG_STAGE: "-", TAG_GIT: git_commit()}
+            run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=self.pipeline).info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def stage_run(
+        self,
+        parent_run_id: str,
+        stage: str,
+        stage_index: int,
+        *,
+        params: Mapping[str, str],
+        tags: Mapping[str, str],
+        config: Mapping[str, object],
+    ) -> str:
+        """The child run of one stage, re-attached on restart. Params that changed since it started are an error."""
+        run_id = self._find_run({PARENT_TAG: parent_run_id, TAG_STAGE: stage})
+        if run_id is None:
+            base = {PARENT_TAG: parent_run_id, TAG_PIPELINE: self.pipeline, TAG_STAGE: stage}
+            run_id = self.client.create_run(self.experiment_id, tags=base, run_name=stage).info.run_id
+            logged: dict[str, str] = {}
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            logged = self.client.get_run(run_id).data.params
+        new_params = []
+        for key, value in sorted(params.items()):
+            value = _truncate(str(value))
+            if key not in logged:
+                new_params.append(Param(key, value))
+            elif logged[key] != value:
+                raise StageConfigError(
+                    f"stage {stage}: {key} was {logged[key]!r} when this run started and is now {value!r}; "
+                    f"use another --work-dir to start a fresh run"
+                )
+        all_tags = {TAG_STAGE_INDEX: str(stage_index), TAG_GIT: git_commit(), **tags}
+        self.client.log_batch(
+            run_id, params=new_params, tags=[RunTag(k, str(v)) for k, v in all_tags.items()]
+        )
+        self.client.log_dict(run_id, dict(config), "config/stage.json")
+        return run_id
+
+    def finish(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+    def log_export(self, run_id: str, export_dir: Path) -> None:
+        """Record the stage's exported checkpoint: copied as an artifact when small, else by URI."""
+        export_dir = Path(export_dir).resolve()
+        files = [p for p in export_dir.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        pointer = {
+            "uri": export_dir.as_uri(),
+            "bytes": size,
+            "files": sorted(str(p.relative_to(export_dir)) for p in files),
+        }
+        self.client.log_dict(run_id, pointer, "export/pointer.json")
+        self.client.set_tag(run_id, TAG_EXPORT, export_dir.as_uri())
+        if size <= EXPORT_ARTIFACT_MAX_BYTES:
+            for name in ("config.json", "model.safetensors", "ema.safetensors"):
+                if (export_dir / name).is_file():
+                    self.client.log_artifact(run_id, str(export_dir / name), "export")
+
+
+class RunLogger:
+    """Rank-0 writer of one stage run's metrics and artifacts (used inside the Ray Train worker)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client = MlflowClient(tracking_uri)
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v]  # drop NaN
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_json(self, payload: Mapping[str, object], artifact_file: str) -> None:
+        self.client.log_text(
+            self.run_id, json.dumps(payload, indent=2, sort_keys=True, default=str), artifact_file
+        )

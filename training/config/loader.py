@@ -1,0 +1,225 @@
+"""Loading a pipeline YAML: variables, per-stage defaults, overrides, validation with one-line errors.
+
+A pipeline file has `name`, optional `work_dir`, optional `variables` (defaults for `${name}` references),
+optional `defaults` (deep-merged under every stage; a stage's own values win) and `stages`.
+
+`${data_root}` (or any `${name}`) in a string value is replaced by, in order of precedence: the `variables`
+argument of `load_pipeline`, the environment variable `SVP_<NAME>` (e.g. `SVP_DATA_ROOT`), the file's own
+`variables:` block. A relative local path in a stage's `data` (or a relative `variables` value from the file)
+is taken relative to the folder of the YAML file; URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from training.config.checks import ConfigKeyError, check_pipeline
+from training.config.schema import PipelineConfig
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PRESET_NAMES = ("tiny", "sana-video")
+
+
+def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: Any) -> PipelineConfig:
+    """A bundled pipeline (`tiny`: CPU scale, `sana-video`: the real four stages)."""
+    if name not in PRESET_NAMES:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+    path = Path(str(resources.files("training") / "presets" / f"{name}.yaml"))
+    return load_pipeline(path, variables=variables, **kwargs)
+
+
+def load_pipeline(
+    path: str | os.PathLike,
+    variables: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Read, resolve and validate a pipeline file.
+
+    `overrides` maps dotted keys to values, applied before the defaults are merged: `"defaults.steps"`,
+    `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage).
+    Every error is a ValueError of one line: `FILE: KEY: what is wrong`.
+    """
+    path = Path(path)
+    label = str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pipeline file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "yaml"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{label}: {where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
+    try:
+        return _build(raw, path.parent, label, variables or {}, overrides or {})
+    except ConfigKeyError as err:
+        raise ValueError(f"{label}: {err}") from None
+
+
+def _build(
+    raw: dict[str, Any], base: Path, label: str, variables: dict[str, str], overrides: dict[str, Any]
+) -> PipelineConfig:
+    raw = copy.deepcopy(raw)
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        raise ConfigKeyError("stages", "must be a list of stage mappings")
+    for key, value in overrides.items():
+        _apply_override(raw, key, value)
+    file_vars = raw.pop("variables", None) or {}
+    if not isinstance(file_vars, dict):
+        raise ConfigKeyError("variables", "must be a mapping of name: value")
+    defaults = raw.pop("defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise ConfigKeyError("defaults", "must be a mapping of stage keys")
+    values = _variable_values(file_vars, variables, base)
+    defaults = _substitute(defaults, values, "defaults")
+    raw = _substitute(raw, values, "")
+    raw["stages"] = [_merge(defaults, stage) for stage in raw["stages"]]
+    for stage in raw["stages"]:
+        if isinstance(stage.get("data"), list):
+            stage["data"] = [_resolve_local(d, base) if isinstance(d, str) else d for d in stage["data"]]
+
+    try:
+        pipeline = PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigKeyError(*_first_error(err, raw, defaults)) from None
+    pipeline._source = label
+    check_pipeline(pipeline)
+    return pipeline
+
+
+def _variable_values(file_vars: dict[str, Any], given: dict[str, str], base: Path) -> dict[str, str]:
+    """Known variable values: the file's `variables:` (relative paths taken from the file's folder),
+    overridden by `SVP_<NAME>` environment variables, overridden by the caller's values."""
+    values = {str(k): _resolve_local(str(v), base) for k, v in file_vars.items()}
+    values.update({k[4:].lower(): v for k, v in os.environ.items() if k.startswith("SVP_") and v})
+    values.update({k: str(v) for k, v in given.items()})
+    return values
+
+
+def _substitute(value: Any, values: dict[str, str], key: str) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match[1]
+            if name not in values:
+                raise ConfigKeyError(
+                    key or "<top>",
+                    f"undefined variable ${{{name}}}: set SVP_{name.upper()}, pass it to load_pipeline"
+                    f"(variables={{{name!r}: ...}}), or define it under 'variables:'",
+                )
+            return values[name]
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, values, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, values, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _resolve_local(value: str, base: Path) -> str:
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(defaults)
+    for key, value in stage.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_override(root: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if parts[0] != "stages":
+        _set_path(root, parts, value)
+        return
+    if len(parts) < 3:
+        raise ConfigKeyError(dotted, "override a stage key as stages.<name|index|*>.<key>")
+    stages = root["stages"]
+    targets = stages if parts[1] == "*" else [_find_stage(stages, parts[1], dotted)]
+    for stage in targets:
+        _set_path(stage, parts[2:], value)
+
+
+def _find_stage(stages: list[dict[str, Any]], ref: str, dotted: str) -> dict[str, Any]:
+    if ref.isdigit() and int(ref) < len(stages):
+        return stages[int(ref)]
+    for stage in stages:
+        if stage.get("name") == ref:
+            return stage
+    raise ConfigKeyError(dotted, f"no stage {ref!r}")
+
+
+def _set_path(target: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigKeyError(".".join(parts), f"{part} is not a mapping")
+    target[parts[-1]] = value
+
+
+def _first_error(err: ValidationError, raw: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, str]:
+    """The first pydantic error as (dotted key, message). A key that a stage only has through `defaults`
+    is reported as `defaults.…`, where the user wrote it."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = list(first["loc"])
+    key = _dotted(loc)
+    if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int):
+        stage_raw = raw["stages"][loc[1]] if loc[1] < len(raw["stages"]) else {}
+        if _has_path(defaults, loc[2:]) and not _has_path(_without(stage_raw, defaults), loc[2:]):
+            key = _dotted(["defaults", *loc[2:]])
+    message = first["msg"]
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        message = "unknown key (Extra inputs are not permitted)"
+    more = len(errors) - 1
+    return key, message + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def _without(stage: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The part of a merged stage that did not come from `defaults` unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in stage.items():
+        if key not in defaults:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(defaults[key], dict):
+            rest = _without(value, defaults[key])
+            if rest:
+                out[key] = rest
+        elif value != defaults[key]:
+            out[key] = value
+    return out
+
+
+def _has_path(data: Any, loc: list[Any]) -> bool:
+    for part in loc:
+        in_dict = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_dict or in_list):
+            return False
+        data = data[part]
+    return True
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

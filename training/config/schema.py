@@ -1,0 +1,309 @@
+"""The pydantic models of a training pipeline: one `StageConfig` per stage, a `PipelineConfig` around them.
+
+Every model forbids unknown keys, so a typo in a YAML file is an error that names the key instead of a
+setting silently ignored. Checks that need more than one field (shapes against the model's strides,
+`init_from` naming an earlier stage) live in `training.config.checks`, which reports the exact key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+
+from curation.format import Bucket, validate_key
+
+
+def _safe_name(name: str) -> str:
+    try:
+        return validate_key(name)
+    except ValueError:
+        raise ValueError(f"{name!r} must be 1-128 characters from [A-Za-z0-9_-]") from None
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BucketConfig(StrictModel):
+    """One (resolution, frames) bucket and the per-rank batch size for it."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    num_frames: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+
+    @property
+    def bucket(self) -> Bucket:
+        return Bucket(self.height, self.width, self.num_frames)
+
+    @property
+    def name(self) -> str:
+        return self.bucket.name
+
+
+class AutoencoderSpec(StrictModel):
+    name: str = Field(min_length=1)
+    path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextEncoderSpec(StrictModel):
+    name: str = Field(min_length=1)
+    path: str | None = None
+    max_length: int = Field(default=300, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSpec(StrictModel):
+    preset: str = Field(min_length=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class FlowConfig(StrictModel):
+    """Training-time sigma sampling: logit-normal, then shifted (SANA-Video trains with shift 3)."""
+
+    shift: float = Field(default=3.0, gt=0)
+    logit_mean: float = 0.0
+    logit_std: float = Field(default=1.0, gt=0)
+
+
+class OptimizerConfig(StrictModel):
+    """AdamW with a linear warm-up to `lr`, then constant (the schedule of every released SANA config)."""
+
+    lr: float = Field(gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
+
+
+class CheckpointSpec(StrictModel):
+    every: int = Field(gt=0)
+    keep_last: int = Field(default=2, gt=0)
+
+
+class DeepSpeedSpec(StrictModel):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    # "auto": bf16 on GPU, fp32 on CPU (CPU runs are the test path and must stay exact).
+    bf16: Literal["auto"] | bool = "auto"
+    activation_checkpointing: bool = False
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16_value(cls, value: Any) -> Any:
+        # Checked here so a bad value gives one message instead of one per member of the union.
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError(f"must be 'auto', true or false, got {value!r}")
+
+    def bf16_enabled(self, use_gpu: bool) -> bool:
+        return use_gpu if self.bf16 == "auto" else bool(self.bf16)
+
+
+class InitFromSpec(StrictModel):
+    """Weights-only start of a stage: the previous stage's export (`stage`) or a folder/file (`path`)."""
+
+    stage: str | None = None
+    path: str | None = None
+    drop_keys: list[str] = Field(default_factory=list)
+    reinit_keys: list[str] = Field(default_factory=list)
+    pad_ffn: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InitFromSpec:
+        if (self.stage is None) == (self.path is None):
+            raise ValueError("give exactly one of 'stage' or 'path'")
+        return self
+
+
+class EmaSpec(StrictModel):
+    decay: float = Field(gt=0, lt=1)
+    update_every: int = Field(default=1, gt=0)
+
+
+class SampleSpec(StrictModel):
+    """A short sample video rendered every `every` steps (at the stage's first bucket size)."""
+
+    every: int = Field(gt=0)
+    prompt: str = Field(min_length=1)
+    num_frames: int = Field(gt=0)
+    steps: int = Field(default=20, gt=0)
+
+
+@dataclass(config=ConfigDict(extra="forbid"), frozen=True, kw_only=True)
+class StageConfig:
+    """One training stage. A pydantic dataclass rather than a BaseModel because the interface's
+    `model_config()` method would collide with pydantic's reserved `BaseModel.model_config`."""
+
+    name: str
+    data: list[str] = Field(min_length=1)
+    kind: Literal["image", "video"]
+    buckets: list[BucketConfig] = Field(min_length=1)
+    target_fps: float | None = Field(default=None, gt=0)
+    autoencoder: AutoencoderSpec
+    text_encoder: TextEncoderSpec
+    model: ModelSpec
+    chunk_sizes: list[int] | None = None
+    chunk_sigma_strategy: Literal["uniform", "incremental"] = "uniform"
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    caption_dropout: float = Field(default=0.1, ge=0, le=1)
+    optimizer: OptimizerConfig
+    steps: int = Field(gt=0)
+    checkpoint: CheckpointSpec
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    init_from: InitFromSpec | None = None
+    ema: EmaSpec | None = None
+    sample: SampleSpec | None = None
+    seed: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=2, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        # Stage names become Ray run names and folder names.
+        return _safe_name(name)
+
+    @field_validator("chunk_sizes")
+    @classmethod
+    def _positive_chunks(cls, chunks: list[int] | None) -> list[int] | None:
+        if chunks is not None and (not chunks or min(chunks) < 1):
+            raise ValueError(f"must be a non-empty list of positive latent-frame counts, got {chunks}")
+        return chunks
+
+    @field_validator("buckets")
+    @classmethod
+    def _unique_buckets(cls, buckets: list[BucketConfig]) -> list[BucketConfig]:
+        names = [b.name for b in buckets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate bucket {', '.join(duplicates)}")
+        return buckets
+
+    # ---- derived views used by the training loop -------------------------------------------------------
+
+    def model_config(self) -> Any:
+        """The `model.config.LinearDiTConfig` of this stage (preset + overrides; activation checkpointing
+        from the DeepSpeed section)."""
+        from model.config import LinearDiTConfig
+
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.overrides.items()}
+        overrides.setdefault("gradient_checkpointing", self.deepspeed.activation_checkpointing)
+        return LinearDiTConfig.from_preset(self.model.preset, **overrides)
+
+    def deepspeed_config(self, world_size: int, use_gpu: bool) -> dict[str, Any]:
+        """The DeepSpeed config dict for `deepspeed.initialize`.
+
+        The micro-batch is the largest bucket's batch size: with bucketed batches the real batch varies per
+        step, and DeepSpeed only uses this number for bookkeeping (the loss is a mean per batch).
+        `torch_adam` uses torch's AdamW instead of DeepSpeed's fused op, which would be JIT-compiled on first
+        use (and cannot be on a CPU-only machine).
+        """
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        opt = self.optimizer
+        micro = max(b.batch_size for b in self.buckets)
+        config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": micro * world_size,
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": opt.lr,
+                    "betas": list(opt.betas),
+                    "eps": opt.eps,
+                    "weight_decay": opt.weight_decay,
+                    "torch_adam": True,
+                },
+            },
+            "zero_optimization": {"stage": self.deepspeed.zero_stage},
+            "bf16": {"enabled": self.deepspeed.bf16_enabled(use_gpu)},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if opt.grad_clip is not None:
+            config["gradient_clipping"] = opt.grad_clip
+        if opt.warmup_steps > 0:
+            # WarmupLR rises linearly to `lr` and then stays there: warm-up then constant.
+            config["scheduler"] = {
+                "type": "WarmupLR",
+                "params": {
+                    "warmup_min_lr": 0.0,
+                    "warmup_max_lr": opt.lr,
+                    "warmup_num_steps": opt.warmup_steps,
+                    "warmup_type": "linear",
+                },
+            }
+        return config
+
+    def resolved(self) -> dict[str, Any]:
+        """The stage as plain JSON-safe data (what the fingerprint and the MLflow params are made of)."""
+        return _STAGE_ADAPTER.dump_python(self, mode="json")
+
+    def replace(self, **changes: Any) -> StageConfig:
+        """A validated copy with some top-level fields changed (e.g. `steps=3`)."""
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_flat_params(self) -> dict[str, str]:
+        """Dotted keys → strings, e.g. {"optimizer.lr": "5e-05", "buckets.0.height": "256"} (for MLflow)."""
+        return flatten(self.resolved())
+
+
+_STAGE_ADAPTER = TypeAdapter(StageConfig)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(value, list) and value and any(isinstance(v, dict) for v in value):
+        for i, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}.{i}"))
+    else:
+        out[prefix] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+class PipelineConfig(StrictModel):
+    name: str
+    stages: list[StageConfig] = Field(min_length=1)
+    work_dir: str | None = None
+    # Where the file came from, for messages (not part of the YAML).
+    _source: str = PrivateAttr(default="<memory>")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _safe_name(name)
+
+    def stage(self, name: str) -> StageConfig:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ValueError(f"{self._source}: no stage named {name!r}; stages: {', '.join(self.stage_names)}")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]

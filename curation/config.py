@@ -1,0 +1,150 @@
+"""`CurationConfig`: every knob of a curation run, loaded from YAML and validated by pydantic.
+
+Unknown keys and bad values are errors that name the key and the file. The scorer, caption and shard
+sections are the models of the modules that use them; thresholds live in their own file (`thresholds.yaml`,
+see `curation.thresholds`) because they are applied after scoring and can change without re-running it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curation.aesthetic import AestheticConfig
+from curation.captions import CaptionConfig
+from curation.shards import ShardConfig
+
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectorConfig(_Strict):
+    """One PySceneDetect detector; cuts of several detectors are merged."""
+
+    kind: Literal["content", "adaptive"] = "adaptive"
+    threshold: float = Field(27.0, gt=0, description="content: mean HSV change that makes a cut")
+    adaptive_threshold: float = Field(3.0, gt=0, description="adaptive: ratio to the rolling mean")
+    window_width: int = Field(2, ge=1, description="adaptive: frames on each side of the rolling window")
+    min_content_val: float = Field(15.0, ge=0, description="adaptive: minimum content change for a cut")
+    min_scene_len_s: float = Field(0.6, ge=0, description="no two cuts closer than this")
+    luma_only: bool = False
+
+
+class SceneConfig(_Strict):
+    detectors: list[DetectorConfig] = Field(default_factory=lambda: [DetectorConfig()], min_length=1)
+    detect_width: int = Field(128, ge=16, description="frames are shrunk to this width before detection")
+    min_clip_s: float = Field(2.0, gt=0)
+    max_clip_s: float = Field(10.0, gt=0, description="longer scenes are split into windows this long")
+    trim_s: float = Field(0.1, ge=0, description="dropped at both sides of every cut (transition frames)")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SceneConfig:
+        if self.max_clip_s < self.min_clip_s:
+            raise ValueError(f"max_clip_s ({self.max_clip_s}) must be >= min_clip_s ({self.min_clip_s})")
+        return self
+
+
+class MotionConfig(_Strict):
+    short_side: int = Field(96, ge=16, description="flow is computed at this short side (no upscaling)")
+    pairs_per_s: float = Field(2.0, gt=0, description="frame pairs sampled per second of video")
+    pair_gap_s: float = Field(1 / 30, gt=0, description="time between the two frames of a pair")
+
+
+class ProbeConfig(_Strict):
+    max_side: int = Field(8192, ge=16, description="frames wider or taller than this are absurd")
+    min_side: int = Field(32, ge=2, description="frames narrower or shorter than this are absurd")
+    max_aspect: float = Field(8.0, ge=1, description="long side / short side above this is absurd")
+    min_duration_s: float | None = Field(None, description="default: scenes.min_clip_s")
+
+
+class RayConfig(_Strict):
+    decode_concurrency: int | None = Field(None, ge=1, description="max parallel decode tasks (None: auto)")
+    scorer_concurrency: int = Field(1, ge=1, description="actors per scorer stage")
+    scorer_batch_size: int = Field(16, ge=1)
+    gpus_per_scorer: float = Field(1.0, gt=0, le=8, description="used only when the cluster has GPUs")
+    max_retries: int = Field(2, ge=0, description="retries of a source whose worker crashed")
+
+
+class CurationConfig(_Strict):
+    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    scenes: SceneConfig = Field(default_factory=SceneConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    scorer_short_side: int = Field(224, ge=16, description="short side of the frames handed to scorers")
+    frames_per_clip: int = Field(4, ge=1, le=64, description="frames sampled evenly in each clip for scorers")
+    decode_threads: int = Field(1, ge=0, description="decoder threads per task (0: auto)")
+    aesthetic: AestheticConfig = Field(default_factory=AestheticConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    shards: ShardConfig = Field(default_factory=ShardConfig)
+    thresholds_file: str | None = Field(None, description="thresholds YAML; default thresholds when unset")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def min_duration_s(self) -> float:
+        given = self.probe.min_duration_s
+        return self.scenes.min_clip_s if given is None else given
+
+    def scoring_fingerprint(self) -> str:
+        """Hash of every setting that changes per-source results (clips and scores), so a resumed run
+        never mixes results of two configurations. Shards and thresholds are applied after and excluded."""
+        relevant = self.model_dump(mode="json", exclude={"shards", "thresholds_file", "ray"})
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _first_error(err: ValidationError, path: str | os.PathLike) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{path}: {key}: {first['msg']}"
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: object) -> CurationConfig:
+    """Load a YAML config (or the defaults), then apply dotted overrides such as `scenes.min_clip_s=1.5`
+    given as keyword arguments with `__` for the dots (`scenes__min_clip_s=1.5`)."""
+    data: dict = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"curation config not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return CurationConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(_first_error(err, where)) from None

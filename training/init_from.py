@@ -17,7 +17,6 @@ the channel axis, so each half is padded separately: [value_old, value_new, gate
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,17 +67,13 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
 
 def _ffn_hidden_sizes(source: Path, model: torch.nn.Module) -> tuple[int, int] | None:
     """(source hidden, target hidden) of the Mix-FFN, from the export's config.json and the model's config."""
-    config_file = (
-        Path(source) / "config.json" if Path(source).is_dir() else Path(source).with_name("config.json")
-    )
-    config = getattr(model, "config", None)
-    if not config_file.is_file() or config is None:
-        return None
-    from model.config import LinearDiTConfig
+    from model.pretrained import CONFIG_FILE, load_config
 
-    data = json.loads(config_file.read_text())
-    src = LinearDiTConfig.from_dict(data.get("model", data))
-    return src.ffn_hidden_size, config.ffn_hidden_size
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    config = getattr(model, "config", None)
+    if not (folder / CONFIG_FILE).is_file() or config is None:
+        return None
+    return load_config(folder).ffn_hidden_size, config.ffn_hidden_size
 
 
 def _ffn_prefixes(model: torch.nn.Module) -> list[str]:
@@ -90,6 +85,10 @@ def _ffn_prefixes(model: torch.nn.Module) -> list[str]:
 def pad_ffn_tensor(src: torch.Tensor, fresh: torch.Tensor, hidden: tuple[int, int]) -> torch.Tensor:
     """Grow `src` to `fresh`'s shape along the FFN hidden axes (see the module docstring for the rule)."""
     old, new = hidden
+    if new < old:
+        raise ShapeMismatchError(
+            f"cannot pad a Mix-FFN down from hidden {old} to {new}; only growth is supported"
+        )
     out = src.to(fresh.dtype)
     for dim in range(src.dim()):
         have, want = out.shape[dim], fresh.shape[dim]

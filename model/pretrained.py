@@ -1,0 +1,78 @@
+"""The consolidated checkpoint folder: `config.json` (LinearDiTConfig) + `model.safetensors` (our key names).
+
+Training exports one at the end of every stage; `svp generate` and the next stage load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.config import LinearDiTConfig
+from model.linear_dit import LinearDiT
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def model_from_state_dict(
+    config: LinearDiTConfig, state_dict: dict[str, torch.Tensor], source: str
+) -> LinearDiT:
+    """A model whose parameters are exactly `state_dict`, validated key by key against `config`.
+
+    Built on the meta device and assigned, so a 2B model costs no random init and no second copy.
+    """
+    with torch.device("meta"):
+        model = LinearDiT(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing:
+        raise ValueError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
+    if unexpected:
+        raise ValueError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"{source}: key {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
+
+
+def save_pretrained(model: LinearDiT, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    state = {key: tensor.detach().contiguous().cpu() for key, tensor in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "layout": "svp.LinearDiT"})
+    return folder
+
+
+def load_config(folder: str | Path) -> LinearDiTConfig:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"model config not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    return LinearDiTConfig.from_dict(data)
+
+
+def load_pretrained(
+    folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> LinearDiT:
+    """The model saved by `save_pretrained`, on `device`, cast to `dtype` when given."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    config = load_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"model weights not found: {weights}")
+    model = model_from_state_dict(config, load_file(str(weights), device=str(device)), str(weights))
+    return model.to(device=device, dtype=dtype)

@@ -1,0 +1,134 @@
+"""Random access to samples inside WebDataset tar shards, local or behind any fsspec URI.
+
+The training loader is index-driven (`index.parquet`, see `curation.format`): it decides which sample goes in
+which batch from the index alone, then reads just those samples. Random access needs each member's byte
+offset, which the index does not carry, so the first read of a shard scans its tar headers once (seeking past
+the member data) and keeps a member table per shard for the life of the process. Members are grouped into
+samples with WebDataset's own naming rule (`webdataset.tariterators.base_plus_ext`: key up to the first dot).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import IO
+
+import fsspec
+import pandas as pd
+from webdataset.tariterators import base_plus_ext
+
+from curation.format import INDEX_COLUMNS, INDEX_FILE, SHARDS_DIR, is_safe_relative
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join_uri(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}"
+
+
+def _exists(uri: str) -> bool:
+    if not is_remote(uri):
+        return os.path.isfile(uri.removeprefix("file://"))
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.isfile(path)
+
+
+def find_shard_folder(entry: str) -> str:
+    """The folder holding `index.parquet`: `entry` itself (a shards folder) or `entry/shards` (a curation
+    output folder). FileNotFoundError naming both places otherwise."""
+    for folder in (entry, join_uri(entry, SHARDS_DIR)):
+        if _exists(join_uri(folder, INDEX_FILE)):
+            return folder
+    raise FileNotFoundError(
+        f"no {INDEX_FILE} in {entry} or {join_uri(entry, SHARDS_DIR)} (give a shards folder or a curation output)"
+    )
+
+
+def read_index(folder: str) -> pd.DataFrame:
+    """The index of one shards folder, checked against the contract: all columns present and shard names
+    that stay inside the folder."""
+    uri = join_uri(folder, INDEX_FILE)
+    table = pd.read_parquet(uri)
+    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{uri}: missing index columns {', '.join(missing)}")
+    for shard in table["shard"].unique():
+        if not is_safe_relative(str(shard)):
+            raise ValueError(f"{uri}: shard name {shard!r} points outside the folder")
+    return table[list(INDEX_COLUMNS)].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class MemberSpan:
+    offset: int
+    size: int
+
+
+class ShardReader:
+    """Reads sample members by (shard URI, key). Not shared across processes: each dataloader worker makes
+    its own (file handles do not survive a fork), which `for_this_process` takes care of."""
+
+    def __init__(self, max_open: int = 16) -> None:
+        self.max_open = max_open
+        self._pid = os.getpid()
+        self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
+        self._members: dict[str, dict[str, dict[str, MemberSpan]]] = {}
+
+    def for_this_process(self) -> ShardReader:
+        if self._pid != os.getpid():
+            self._files = OrderedDict()
+            self._pid = os.getpid()
+        return self
+
+    def read_sample(self, shard: str, key: str) -> dict[str, bytes]:
+        """All members of sample `key` in `shard`, keyed by extension (`mp4`, `json`, `txt`, …). A key that is
+        not in the shard gives an empty dict."""
+        members = self._member_table(shard).get(key, {})
+        handle = self._open(shard)
+        out = {}
+        for ext, span in members.items():
+            handle.seek(span.offset)
+            data = handle.read(span.size)
+            if len(data) != span.size:
+                raise OSError(f"{shard}: member {key}.{ext} is truncated")
+            out[ext] = data
+        return out
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    def _open(self, shard: str) -> IO[bytes]:
+        self.for_this_process()
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        if is_remote(shard):
+            fs, path = fsspec.core.url_to_fs(shard)
+            handle = fs.open(path, "rb")
+        else:
+            handle = open(shard.removeprefix("file://"), "rb")  # noqa: SIM115 - kept open in the LRU
+        self._files[shard] = handle
+        while len(self._files) > self.max_open:
+            self._files.popitem(last=False)[1].close()
+        return handle
+
+    def _member_table(self, shard: str) -> dict[str, dict[str, MemberSpan]]:
+        if shard not in self._members:
+            table: dict[str, dict[str, MemberSpan]] = {}
+            # "r:" (not "r|") lets tarfile seek over member data, so only the headers are read.
+            with tarfile.open(fileobj=self._open(shard), mode="r:") as tar:
+                for info in tar:
+                    if not info.isreg():
+                        continue
+                    key, ext = base_plus_ext(info.name)
+                    if key is None:
+                        continue
+                    table.setdefault(key, {})[ext] = MemberSpan(info.offset_data, info.size)
+            self._members[shard] = table
+        return self._members[shard]

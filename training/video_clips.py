@@ -1,0 +1,123 @@
+"""From mp4 bytes to a training clip: pick a window, resample it to the stage's fps by timestamps, decode
+only what the window needs, resize to cover the bucket and centre-crop to it.
+
+The window is chosen before decoding, from the clip's frame count and fps in the index, with a generator
+the caller seeds from (seed, epoch, key): the same sample gives the same clip in the same epoch on any
+machine, which is what exact resume relies on.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class BadClip(Exception):
+    """A sample that cannot become a training clip; `reason` is the counter it is reported under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def clip_span(num_frames: int, fps: float) -> float:
+    """Seconds from the first to the last frame of a clip."""
+    return max(num_frames - 1, 0) / fps
+
+
+def fits(num_frames: int, fps: float, want_frames: int, target_fps: float | None) -> bool:
+    """Whether a clip holds a window of `want_frames` frames at `target_fps` (native fps when None)."""
+    if target_fps is None:
+        return num_frames >= want_frames
+    return (want_frames - 1) / target_fps <= clip_span(num_frames, fps) + 1e-6
+
+
+def window_times(
+    num_frames: int, fps: float, want_frames: int, target_fps: float | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Timestamps (seconds from the clip's first frame) of the frames to take: `want_frames` frames
+    1/target_fps apart, starting at a random point that keeps the window inside the clip."""
+    step = 1.0 / (target_fps or fps)
+    slack = clip_span(num_frames, fps) - (want_frames - 1) * step
+    if slack < -1e-6:
+        raise BadClip("too_short", f"{num_frames} frames at {fps:g} fps hold no {want_frames}-frame window")
+    # Start on a source frame so that native-fps windows are exact frame runs.
+    starts = int(math.floor(max(slack, 0.0) * fps + 1e-6)) + 1
+    start = rng.integers(starts) / fps
+    return start + step * np.arange(want_frames)
+
+
+def decode_at(data: bytes, times: np.ndarray) -> np.ndarray:
+    """Decode the frames nearest to `times` (seconds from the first frame): (len(times), H, W, 3) uint8.
+
+    Decoding starts at the key frame before the window (a seek) and stops once the window is covered.
+    """
+    try:
+        return _decode_at(data, times)
+    except BadClip:
+        raise
+    except (av.FFmpegError, ValueError, OSError, EOFError) as err:
+        raise BadClip("undecodable_video", f"{type(err).__name__}: {err}") from None
+
+
+def _decode_at(data: bytes, times: np.ndarray) -> np.ndarray:
+    out: list[np.ndarray | None] = [None] * len(times)
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.video:
+            raise BadClip("undecodable_video", "no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # parallelism comes from the dataloader workers
+        base = stream.start_time or 0
+        tb = float(stream.time_base)
+        frame_gap = 1.0 / float(stream.average_rate or 25)
+        if times[0] > 2 * frame_gap:
+            container.seek(base + int((times[0] - frame_gap) / tb), stream=stream, backward=True)
+        prev_t, prev = None, None
+        converted: dict[int, np.ndarray] = {}
+        i = 0
+
+        def take(frame_id: int, frame: av.VideoFrame) -> np.ndarray:
+            if frame_id not in converted:
+                converted.clear()
+                converted[frame_id] = frame.to_ndarray(format="rgb24")
+            return converted[frame_id]
+
+        for n, frame in enumerate(container.decode(stream)):
+            t = ((frame.pts if frame.pts is not None else 0) - base) * tb
+            while i < len(times) and t >= times[i]:
+                # The window time lies between the previous frame and this one: take the nearer.
+                if prev is not None and times[i] - prev_t < t - times[i]:
+                    out[i] = take(n - 1, prev)
+                else:
+                    out[i] = take(n, frame)
+                i += 1
+            if i == len(times):
+                break
+            prev_t, prev = t, frame
+        # The last window frames may fall after the last frame's timestamp by less than a frame.
+        while i < len(times) and prev is not None and times[i] - prev_t <= frame_gap * 1.01:
+            out[i] = take(n, prev)
+            i += 1
+    if i < len(times):
+        if prev is None:
+            raise BadClip("undecodable_video", "no decodable frames")
+        raise BadClip("too_short", f"window ends at {times[-1]:.3f}s but the video ends at {prev_t:.3f}s")
+    return np.stack(out)
+
+
+def resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 → (3, T, height, width) float32 in [-1, 1]: scale to cover, centre-crop."""
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    h, w = video.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, round(h * scale)), max(width, round(w * scale)))
+    if size != (h, w):
+        video = F.interpolate(video, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    video = video[:, :, top : top + height, left : left + width]
+    return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()

@@ -83,7 +83,6 @@ def thresholds_hash(data_sources: Iterable[str]) -> str:
         for candidate in (f"{base}/thresholds.yaml", f"{base.rsplit('/', 1)[0]}/thresholds.yaml"):
             fs, path = fsspec.core.url_to_fs(candidate)
             if fs.exists(path):
-                digest.update(candidate.encode())
                 digest.update(fs.cat_file(path))
                 found = True
                 break

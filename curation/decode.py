@@ -38,6 +38,7 @@ class DecodedClip:
     end_s: float
     frames: np.ndarray  # (K, h, w, 3) uint8 RGB at the scorers' short side, display orientation
     motion_score: float | None
+    motion_peak: float | None  # highest pair score: a missed cut shows here
 
 
 @dataclass
@@ -102,6 +103,7 @@ class SourceDecoder:
         self.fps = probe.fps
         self.cuts: list[int] = []
         self.frames_decoded = 0
+        self.peak_buffered_frames = 0  # most frames whose facts were held at once (memory bound check)
         plan_min = max(1, math.ceil(cfg.scenes.min_clip_s * self.fps - 1e-6))
         # Sample often enough that even the shortest clip gets its K scorer frames and several flow pairs.
         self.sample_every = max(1, min(int(round(self.fps / 2.0)), plan_min // cfg.frames_per_clip))
@@ -143,6 +145,7 @@ class SourceDecoder:
                         buf.pending_gray[index] = to_analysis_gray(luma(frame), motion_size)
                     for span in tracker.push(index, small_bgr(frame, det_size)):
                         yield self._clip(span, buf, index)
+                    self.peak_buffered_frames = max(self.peak_buffered_frames, len(buf.times))
                     buf.drop_before(tracker.horizon())
             except av.error.FFmpegError as err:
                 raise DecodeError(f"decode failed at frame {index + 1}: {err.strerror or err}") from None
@@ -164,11 +167,13 @@ class SourceDecoder:
             inside = [min(inside, key=lambda s, t=t: abs(s - t)) for t in targets]
         frames = np.stack([buf.samples[s] for s in inside])
         end_s = buf.times[b] if b in buf.times else buf.times[last_index] + 1.0 / self.fps
+        motion, peak = clip_motion(buf.pairs, a, b)
         return DecodedClip(
             start_frame=a,
             end_frame=b,
             start_s=buf.times[a],
             end_s=end_s,
             frames=frames,
-            motion_score=clip_motion(buf.pairs, a, b),
+            motion_score=motion,
+            motion_peak=peak,
         )

@@ -64,15 +64,22 @@ def pair_gap_frames(fps: float, pair_gap_s: float) -> int:
     return max(1, int(round(fps * pair_gap_s)))
 
 
-def clip_motion(pairs: list[tuple[int, int, float]], start: int, end: int) -> float | None:
-    """Mean score of the pairs (first frame, second frame, score) lying inside [start, end)."""
+def clip_motion(
+    pairs: list[tuple[int, int, float]], start: int, end: int
+) -> tuple[float | None, float | None]:
+    """(mean, peak) score of the pairs (first frame, second frame, score) lying inside [start, end).
+
+    The mean is the clip's motion; the peak exposes a cut the detectors missed (one pair across it scores
+    far above any real motion) even when the mean over many pairs dilutes it."""
     inside = [score for a, b, score in pairs if start <= a and b < end]
-    return float(np.mean(inside)) if inside else None
+    return (float(np.mean(inside)), float(np.max(inside))) if inside else (None, None)
 
 
-def frames_motion(frames: list[np.ndarray], fps: float, short_side: int = 96, gap_frames: int = 1) -> float:
-    """Motion score of a list of RGB frames (all consecutive pairs `gap_frames` apart). Used by the
-    benchmark's separate-decode baseline and by tests; the pipeline scores pairs as it decodes."""
+def frames_motion(
+    frames: list[np.ndarray], fps: float, short_side: int = 96, gap_frames: int = 1
+) -> tuple[float, float]:
+    """(mean, peak) motion of a list of RGB frames (all pairs `gap_frames` apart). Used by the benchmark's
+    separate-decode baseline and by tests; the pipeline scores pairs as it decodes."""
     if len(frames) <= gap_frames:
         raise ValueError(f"need more than {gap_frames} frames, got {len(frames)}")
     size = analysis_size(frames[0].shape[1], frames[0].shape[0], short_side)
@@ -80,4 +87,4 @@ def frames_motion(frames: list[np.ndarray], fps: float, short_side: int = 96, ga
     scores = [
         pair_motion(grays[i], grays[i + gap_frames], fps, gap_frames) for i in range(len(grays) - gap_frames)
     ]
-    return float(np.mean(scores))
+    return float(np.mean(scores)), float(np.max(scores))

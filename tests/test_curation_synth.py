@@ -1,0 +1,51 @@
+"""The synthetic corpus: real mp4 files whose ground truth matches what is in them, deterministic."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from curation.synth import GROUND_TRUTH_FILE, VIDEOS_DIR, load_ground_truth, make_corpus
+from model.video_io import read_frames
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_corpus_is_deterministic_and_matches_its_ground_truth(tmp_path):
+    truth = make_corpus(tmp_path / "a", 3, seed=7)
+    make_corpus(tmp_path / "b", 3, seed=7)
+    make_corpus(tmp_path / "c", 3, seed=8)
+    a, b, c = (_digests(tmp_path / x / VIDEOS_DIR) for x in "abc")
+    assert a == b
+    assert a != c
+    assert json.loads((tmp_path / "a" / GROUND_TRUTH_FILE).read_text()) == json.loads(
+        (tmp_path / "b" / GROUND_TRUTH_FILE).read_text()
+    )
+    assert load_ground_truth(tmp_path / "a").videos == truth.videos
+
+    for video in truth.videos:
+        frames = read_frames(tmp_path / "a" / VIDEOS_DIR / video.file)
+        assert frames.shape == (video.num_frames, video.height, video.width, 3)
+        assert [s.start for s in video.shots[1:]] == video.cuts
+        assert video.shots[0].start == 0 and video.shots[-1].end == video.num_frames
+        # A cut changes the picture far more than any frame-to-frame step inside a shot.
+        steps = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+        inside = np.delete(steps, [cut - 1 for cut in video.cuts])
+        for cut in video.cuts:
+            assert steps[cut - 1] > 3 * inside.max()
+        sidecar = (tmp_path / "a" / VIDEOS_DIR / video.file).with_suffix("." + video.caption_sidecar)
+        assert video.caption in sidecar.read_text()
+
+    assert set(truth.broken) == {
+        "broken_empty.mp4",
+        "broken_text.mp4",
+        "broken_truncated.mp4",
+        "broken_audio_only.mp4",
+        "broken_too_short.mp4",
+        "broken_absurd_size.mp4",
+    }
+    assert (tmp_path / "a" / VIDEOS_DIR / "broken_empty.mp4").stat().st_size == 0

@@ -1,0 +1,210 @@
+"""Shard writer: real mp4 sources cut and transcoded, deterministic tars read back with webdataset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from pydantic import ValidationError
+
+from curation.format import INDEX_COLUMNS, bucket_for, make_clip_id
+from curation.shards import MANIFEST_FILE, ShardConfig, caption_text, read_shard_config, write_shards
+from curation.transcode import output_size, output_times
+from model.video_io import read_frames, write_mp4
+
+SOURCE_A = "a" * 32
+SOURCE_B = "b" * 32
+
+
+def _gray_video(path: Path, n: int, fps: float, h: int, w: int) -> Path:
+    """Frame i is a flat gray of value 3*i (+ a moving bar), so a decoded frame tells which source frame it is."""
+    frames = np.zeros((n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        frames[i] = 3 * i
+        frames[i, :, (4 * i) % w, 1] = 255
+    return write_mp4(frames, path, fps)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sources")
+    return {
+        SOURCE_A: _gray_video(folder / "a.mp4", 72, 24.0, 48, 64),
+        SOURCE_B: _gray_video(folder / "b.mp4", 60, 30.0, 80, 48),
+    }
+
+
+def _clips(sources: dict[str, Path]) -> pd.DataFrame:
+    spans = {SOURCE_A: [(0, 24), (30, 66)], SOURCE_B: [(0, 30), (30, 60)]}
+    rows = []
+    for sid, pairs in spans.items():
+        fps = 24.0 if sid == SOURCE_A else 30.0
+        w, h = (64, 48) if sid == SOURCE_A else (48, 80)
+        for k, (a, b) in enumerate(pairs):
+            rows.append(
+                {
+                    "clip_id": make_clip_id(sid, a, b),
+                    "source_id": sid,
+                    "uri": str(sources[sid]),
+                    "start_frame": a,
+                    "end_frame": b,
+                    "start_s": a / fps,
+                    "end_s": b / fps,
+                    "fps": fps,
+                    "width": w,
+                    "height": h,
+                    "motion_score": 4.6 + k,
+                    "aesthetic_score": np.nan if k else 5.25,
+                    "caption": f"clip {k} of source {sid[0]}: a flat gray card",
+                    "caption_issues": np.array([], dtype=object),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+CFG = ShardConfig(fps=12, short_side=32, target_shard_mb=0.008, prefix="test")
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_shards_read_back_with_webdataset_and_every_mp4_decodes(sources, tmp_path):
+    clips = _clips(sources)
+    index = write_shards(tmp_path, clips, CFG)
+    shards = tmp_path / "shards"
+    assert tuple(index.columns) == INDEX_COLUMNS
+    assert tuple(pq.read_table(shards / "index.parquet").column_names) == INDEX_COLUMNS
+    assert len(_digests(shards)) >= 2  # the small target size splits the clips over several shards
+    assert list(index["key"]) == sorted(clips["clip_id"])  # clip_id order
+    urls = [str(p) for p in sorted(shards.glob("test-*.tar"))]
+    seen = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        seen[sample["__key__"]] = sample
+    assert sorted(seen) == sorted(clips["clip_id"])
+    for row in clips.to_dict("records"):
+        sample = seen[row["clip_id"]]
+        frames = read_frames(sample["mp4"])
+        expected = len(output_times(row["start_s"], row["end_s"], CFG.fps, CFG.max_frames))
+        w, h = output_size(row["width"], row["height"], CFG.short_side)
+        assert frames.shape == (expected, h, w, 3)
+        entry = index.set_index("key").loc[row["clip_id"]]
+        assert (entry.num_frames, entry.height, entry.width, entry.fps) == (expected, h, w, CFG.fps)
+        assert entry.bucket == bucket_for(h, w, expected).name
+        assert entry.duration_s == pytest.approx(expected / CFG.fps)
+        meta = json.loads(sample["json"])
+        assert meta["clip_id"] == row["clip_id"] and meta["caption"] == row["caption"]
+        assert meta["aesthetic_score"] == (
+            None if np.isnan(row["aesthetic_score"]) else row["aesthetic_score"]
+        )
+        assert meta["shard_video"] == {"num_frames": expected, "height": h, "width": w, "fps": CFG.fps}
+        assert sample["txt"].decode() == f"{row['caption']} motion score: {round(row['motion_score'])}."
+
+
+def test_frames_are_resampled_by_timestamp(sources, tmp_path):
+    """24 fps → 12 fps: output frame j shows source frame start + 2j; 30 fps → 12 fps: start + floor(2.5j)."""
+    clips = _clips(sources)
+    write_shards(tmp_path, clips, CFG)
+    samples = {
+        s["__key__"]: s
+        for s in wds.WebDataset(sorted(map(str, (tmp_path / "shards").glob("*.tar"))), shardshuffle=False)
+    }
+    for row in clips.to_dict("records"):
+        frames = read_frames(samples[row["clip_id"]]["mp4"]).astype(int)
+        ratio = row["fps"] / CFG.fps
+        # Read the gray level away from the moving bar: the red channel carries only the flat value.
+        levels = frames[:, :, :, 0].mean(axis=(1, 2))
+        expected = [3 * (row["start_frame"] + int(np.floor(j * ratio + 1e-9))) for j in range(len(frames))]
+        np.testing.assert_allclose(levels, expected, atol=4)
+
+
+def test_two_runs_are_byte_identical_and_a_rerun_skips_finished_shards(sources, tmp_path):
+    clips = _clips(sources)
+    write_shards(tmp_path / "one", clips, CFG)
+    write_shards(tmp_path / "two", clips.sample(frac=1.0, random_state=0), CFG)  # row order does not matter
+    one, two = _digests(tmp_path / "one" / "shards"), _digests(tmp_path / "two" / "shards")
+    assert one == two and one
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "one" / "shards").glob("*.tar")}
+    write_shards(tmp_path / "one", clips, CFG)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "one" / "shards").glob("*.tar")} == mtimes
+
+
+def test_leftovers_of_a_killed_run_and_stale_shards_are_removed(sources, tmp_path):
+    clips = _clips(sources)
+    reference = _digests(_fresh(tmp_path / "ref", clips, CFG))
+    shards = tmp_path / "out" / "shards"
+    shards.mkdir(parents=True)
+    # What a kill leaves: a half-written tar under its temp name, a half-written cached clip, a shard of an
+    # older, larger plan, and a complete-looking shard the manifest knows nothing about.
+    (shards / ".test-000000.tar.tmp").write_bytes(b"partial")
+    (shards / ".transcoded").mkdir()
+    (shards / ".transcoded" / f".{clips.clip_id[0]}.mp4.tmp").write_bytes(b"partial")
+    (shards / "test-000042.tar").write_bytes(b"stale")
+    (shards / "test-000000.tar").write_bytes(b"not what the plan says")
+    write_shards(tmp_path / "out", clips, CFG)
+    assert not list(shards.glob(".*.tmp")) and not list((shards / ".transcoded").glob(".*.tmp"))
+    assert _digests(shards) == reference
+
+
+def test_a_smaller_selection_rewrites_shards_and_drops_cached_clips(sources, tmp_path):
+    clips = _clips(sources)
+    write_shards(tmp_path, clips, CFG)
+    fewer = clips.iloc[1:]
+    index = write_shards(tmp_path, fewer, CFG)
+    assert sorted(index["key"]) == sorted(fewer["clip_id"])
+    cached = {p.stem for p in (tmp_path / "shards" / ".transcoded").glob("*.mp4")}
+    assert cached == set(fewer["clip_id"])
+    assert _digests(tmp_path / "shards") == _digests(_fresh(tmp_path / "fresh", fewer, CFG))
+
+
+def test_without_kept_transcodes_a_rewrite_transcodes_again_to_the_same_bytes(sources, tmp_path):
+    cfg = CFG.model_copy(update={"keep_transcoded": False})
+    clips = _clips(sources)
+    write_shards(tmp_path, clips, cfg)
+    assert not list((tmp_path / "shards" / ".transcoded").glob("*.mp4"))
+    write_shards(tmp_path, clips.iloc[:-1], cfg)  # shifts no boundary before the end: some shards rewritten
+    assert _digests(tmp_path / "shards") == _digests(_fresh(tmp_path / "fresh", clips.iloc[:-1], CFG))
+    assert read_shard_config(tmp_path) == cfg
+
+
+def test_ray_tasks_give_the_same_bytes_as_a_serial_run(sources, tmp_path, ray_session):
+    clips = _clips(sources)
+    cfg = CFG.model_copy(update={"clips_per_task": 1})
+    assert ray_session.is_initialized()
+    on_ray = _digests(_fresh(tmp_path / "ray", clips, cfg))
+    assert on_ray == _digests(_fresh(tmp_path / "serial", clips, cfg, use_ray=False))
+
+
+def _fresh(out: Path, clips: pd.DataFrame, cfg: ShardConfig, use_ray: bool | None = None) -> Path:
+    write_shards(out, clips, cfg, use_ray=use_ray)
+    return out / "shards"
+
+
+def test_config_validation_and_caption_text():
+    with pytest.raises(ValidationError, match="even"):
+        ShardConfig(short_side=255)
+    with pytest.raises(ValidationError, match="invalid sample key"):
+        ShardConfig(prefix="../x")
+    with pytest.raises(ValidationError, match="extra"):
+        ShardConfig(fpss=3)
+    assert caption_text({"caption": " a dog ", "motion_score": 7.6}, True) == "a dog motion score: 8."
+    assert caption_text({"caption": "a dog", "motion_score": float("nan")}, True) == "a dog"
+    assert caption_text({"caption": "a dog", "motion_score": 7.6}, False) == "a dog"
+    assert caption_text({"caption": None, "motion_score": 2.0}, True) == "motion score: 2."
+
+
+def test_missing_columns_and_unsafe_keys_are_clear_errors(sources, tmp_path):
+    clips = _clips(sources)
+    with pytest.raises(ValueError, match="lack columns: uri"):
+        write_shards(tmp_path, clips.drop(columns=["uri"]), CFG)
+    bad = clips.copy()
+    bad.loc[0, "clip_id"] = "../../etc/passwd"
+    with pytest.raises(ValueError, match="invalid sample key"):
+        write_shards(tmp_path, bad, CFG)
+    assert not (tmp_path / "shards" / MANIFEST_FILE).exists()

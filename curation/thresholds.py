@@ -1,0 +1,174 @@
+"""Late filtering: thresholds applied to the scores table, never to video.
+
+`thresholds.yaml`:
+
+    scores:                       # min and/or max per numeric column of clips.parquet
+      motion_score: {min: 0.5}
+      aesthetic_score: {min: 4.5}
+      caption_score: {min: 20}
+    caption:
+      require_caption: true       # a clip without a caption is dropped ("caption.required")
+      max_caption_issues: 0       # more quality issues than this drops the clip ("caption.issues")
+      ignore_issues: []           # issue names that do not count, e.g. [too_long]
+
+A clip is dropped by every filter it fails; `filtered_by` lists them (`<column>.min`, `<column>.max`,
+`caption.required`, `caption.issues`). A null score (its scorer was skipped, or failed on that clip) never
+drops a clip; the report says how many clips each filter could not judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ScoreRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        return self
+
+
+class CaptionRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    require_caption: bool = True
+    max_caption_issues: int | None = Field(0, ge=0)  # None: issues never drop a clip
+    ignore_issues: list[str] = Field(default_factory=list)
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scores: dict[str, ScoreRange] = Field(default_factory=dict)
+    caption: CaptionRules = Field(default_factory=CaptionRules)
+
+    def filter_names(self) -> list[str]:
+        """Every filter these thresholds define, in the order `filtered_by` lists them."""
+        names = []
+        for column, rng in self.scores.items():
+            names += [f"{column}.{bound}" for bound in ("min", "max") if getattr(rng, bound) is not None]
+        if self.caption.require_caption:
+            names.append("caption.required")
+        if self.caption.max_caption_issues is not None:
+            names.append("caption.issues")
+        return names
+
+
+def default_thresholds() -> Thresholds:
+    """LAION aesthetic ≥ 4.5 (Open-Sora 1.2's cut on Panda-70M) and clean captions. Motion and caption
+    similarity have no universal scale: set them per dataset from the score histograms (scores.png)."""
+    return Thresholds(scores={"aesthetic_score": ScoreRange(min=4.5)})
+
+
+def validation_message(err: ValidationError, path: str | Path) -> str:
+    """One line naming the file and the first offending key, e.g. `t.yaml: scores.x.min: Input should be …`."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{path}: {key}: {message}{more}"
+
+
+def load_yaml_model(path: str | Path, model: type[M]) -> M:
+    """Load a YAML file into a pydantic model; any problem is a one-line ValueError/FileNotFoundError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(validation_message(err, path)) from None
+
+
+def load_thresholds(path: str | Path) -> Thresholds:
+    return load_yaml_model(path, Thresholds)
+
+
+def dump_thresholds(t: Thresholds) -> str:
+    return yaml.safe_dump(t.model_dump(mode="json"), sort_keys=False)
+
+
+def write_thresholds(path: str | Path, t: Thresholds) -> Path:
+    from curation.shards import atomic_write_bytes
+
+    return atomic_write_bytes(Path(path), dump_thresholds(t).encode())
+
+
+def thresholds_hash(t: Thresholds) -> str:
+    """Stable short hash of what the thresholds mean (for MLflow tags and the report)."""
+    canonical = json.dumps(t.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def issue_list(value: object) -> list[str]:
+    """A `caption_issues` cell as a list (parquet gives numpy arrays, Ray gives lists, absent is None)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return [str(v) for v in value]
+
+
+def _has_caption(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def apply_thresholds(clips: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
+    """A copy of `clips` with `kept` (bool) and `filtered_by` (list of filter names). Pure pandas."""
+    out = clips.copy()
+    failed: dict[str, np.ndarray] = {}
+    for column, rng in t.scores.items():
+        if column not in out.columns:
+            raise ValueError(
+                f"thresholds name score column {column!r}, which the clips table lacks "
+                f"(numeric columns: {', '.join(sorted(out.select_dtypes('number').columns))})"
+            )
+        values = pd.to_numeric(out[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        # NaN compares False: a clip without a score is never dropped by that score.
+        if rng.min is not None:
+            failed[f"{column}.min"] = values < rng.min
+        if rng.max is not None:
+            failed[f"{column}.max"] = values > rng.max
+    captions = out["caption"] if "caption" in out.columns else pd.Series([None] * len(out), index=out.index)
+    if t.caption.require_caption:
+        failed["caption.required"] = ~np.array([_has_caption(c) for c in captions], dtype=bool)
+    if t.caption.max_caption_issues is not None:
+        if "caption_issues" in out.columns:
+            ignored = set(t.caption.ignore_issues)
+            counts = np.array(
+                [len([i for i in issue_list(v) if i not in ignored]) for v in out["caption_issues"]],
+                dtype=int,
+            )
+            failed["caption.issues"] = counts > t.caption.max_caption_issues
+        else:
+            failed["caption.issues"] = np.zeros(len(out), dtype=bool)
+    names = t.filter_names()
+    out["filtered_by"] = [[n for n in names if failed[n][i]] for i in range(len(out))]
+    out["kept"] = np.array([not f for f in out["filtered_by"]], dtype=bool)
+    return out

@@ -1,0 +1,378 @@
+"""Flow-matching samplers: Euler, DPM-Solver++(2M) and the re-noising few-step sampler, with CFG.
+
+Every sampler integrates the probability-flow ODE dx/dσ = v(x, σ) from σ = 1 (pure noise) to σ = 0 over a
+descending sigma schedule, and works with any velocity function
+
+    v = fn(x, timesteps, text, text_mask)      # timesteps: (B,) float, 1000·σ
+
+so the same code drives LinearDiT, a diffusers model, or an analytic field in a test. Classifier-free
+guidance batches the negative and the positive text into one call: v = v_neg + g·(v_pos − v_neg).
+
+`block_ar_sample` runs them block by block with LinearDiT's constant-memory cache (reference notes §3.5):
+each block of latent frames is denoised while attending to the cache, then folded into the cache as a clean
+block (t = 0), so memory stays constant however long the video grows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
+
+if TYPE_CHECKING:
+    from model.cache import LinearDiTCache
+    from model.linear_dit import LinearDiT
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# The guided field the steppers integrate: (x, σ) -> velocity.
+_Field = Callable[[torch.Tensor, float], torch.Tensor]
+
+DEFAULT_INFERENCE_SHIFT = 8.0
+# Self-Forcing/LongSANA few-step list (reference notes §3.5), in unshifted timesteps.
+DEFAULT_DENOISING_STEPS = (1000.0, 960.0, 889.0, 727.0)
+
+
+def flow_sigmas(steps: int, shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
+    """`steps`+1 descending noise levels: linspace(1, 0) with the flow shift applied (float64, CPU)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+
+
+def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
+    """A descending list of unshifted timesteps in (0, 1000] (e.g. [1000, 960, 889, 727]) → shifted noise
+    levels with a final 0 appended, the form every sampler here takes."""
+    values = [float(t) for t in timesteps]
+    if not values or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in values):
+        raise ValueError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
+    if any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"denoising timesteps must be strictly descending, got {values}")
+    base = torch.tensor([*values, 0.0], dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
+    return shift_sigma(base, shift)
+
+
+def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
+    values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
+    if len(values) < 2 or values[-1] != 0.0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise ValueError(f"sigmas must be strictly descending and end at 0, got {values}")
+    if values[0] > 1.0:
+        raise ValueError(f"sigmas must lie in [0, 1], got a first value of {values[0]}")
+    return values
+
+
+def _pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - text.shape[1]
+    if extra == 0:
+        return text, mask
+    return (
+        torch.nn.functional.pad(text, (0, 0, 0, extra)),
+        torch.nn.functional.pad(mask, (0, extra)),
+    )
+
+
+def guidance_text(
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    negative_text: torch.Tensor,
+    negative_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (2B, L, C) text and (2B, L) mask of a CFG batch: negative rows first, then positive.
+
+    A (1, L, C) negative text serves a whole batch; texts of different lengths are zero-padded with mask 0.
+    """
+    batch = text.shape[0]
+    if negative_text.shape[0] not in (1, batch):
+        raise ValueError(
+            f"negative text batch {negative_text.shape[0]} does not match the text batch {batch}"
+        )
+    ones = torch.ones(1, 1, dtype=torch.long, device=text.device)
+    pos_mask = text_mask if text_mask is not None else ones.expand(batch, text.shape[1])
+    neg_mask = negative_mask if negative_mask is not None else ones.expand(1, negative_text.shape[1])
+    neg_text, neg_mask = negative_text.expand(batch, -1, -1), neg_mask.expand(batch, -1)
+    length = max(text.shape[1], neg_text.shape[1])
+    neg_text, neg_mask = _pad_text(neg_text, neg_mask, length)
+    pos_text, pos_mask = _pad_text(text, pos_mask, length)
+    both_text = torch.cat([neg_text.to(text.device, text.dtype), pos_text])
+    both_mask = torch.cat([neg_mask.to(text.device, torch.long), pos_mask.long()])
+    return both_text, both_mask
+
+
+def guided_field(
+    fn: VelocityFn,
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None = None,
+    *,
+    guidance_scale: float = 1.0,
+    negative_text: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+) -> _Field:
+    """The (x, σ) → velocity field a sampler integrates, with classifier-free guidance when scale ≠ 1.
+
+    At scale 1 guidance is the conditional field itself, so the negative text is not evaluated (as in
+    diffusers). Otherwise one batched call on `guidance_text(...)` computes both branches.
+    """
+
+    def timesteps_for(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return torch.full((x.shape[0],), sigma_to_timestep(sigma), device=x.device, dtype=torch.float32)
+
+    if guidance_scale == 1.0:
+        return lambda x, sigma: fn(x, timesteps_for(x, sigma), text, text_mask)
+    if negative_text is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
+    both_text, both_mask = guidance_text(text, text_mask, negative_text, negative_mask)
+
+    def field(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        x2 = torch.cat([x, x])
+        v_neg, v_pos = fn(x2, timesteps_for(x2, sigma), both_text, both_mask).chunk(2)
+        return v_neg + guidance_scale * (v_pos - v_neg)
+
+    return field
+
+
+def euler_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """First-order flow Euler: x ← x + (σ_next − σ)·v."""
+    for sigma, sigma_next in zip(sigmas, sigmas[1:], strict=False):
+        x = x + (sigma_next - sigma) * field(x, sigma)
+    return x
+
+
+def _lambda(sigma: float) -> float:
+    """log-SNR λ = log(α/σ) with α = 1 − σ; ±inf at the ends of the schedule."""
+    if sigma >= 1.0:
+        return -math.inf
+    if sigma <= 0.0:
+        return math.inf
+    return math.log((1.0 - sigma) / sigma)
+
+
+def dpm_solver_pp_2m_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """DPM-Solver++(2M), data-prediction form with the midpoint update (as diffusers' default).
+
+    The model's x0 estimate is x − σ·v (α = 1 − σ). The first step, the final step to σ = 0, and a step
+    whose previous log-SNR gap is infinite (it started at σ = 1) are first order; the others use the
+    previous x0 estimate for a second-order correction.
+    """
+    prev_x0: torch.Tensor | None = None
+    prev_lambda = -math.inf
+    for sigma, sigma_next in zip(sigmas, sigmas[1:], strict=False):
+        x0 = x - sigma * field(x, sigma)
+        alpha_next = 1.0 - sigma_next
+        lam, lam_next = _lambda(sigma), _lambda(sigma_next)
+        if sigma_next == 0.0:
+            x = x0
+        else:
+            # σ_t/σ_s·x − α_t·(e^{−h} − 1)·D, written without λ so σ_s = 1 (α_s = 0) needs no special case.
+            ratio = sigma_next / sigma
+            coeff = alpha_next - ratio * (1.0 - sigma)  # = −α_t·(e^{−h} − 1)
+            h_prev = lam - prev_lambda
+            if prev_x0 is None or math.isinf(h_prev):
+                x = ratio * x + coeff * x0
+            else:
+                r = h_prev / (lam_next - lam)
+                d1 = (x0 - prev_x0) / r
+                x = ratio * x + coeff * x0 + 0.5 * coeff * d1
+        prev_x0, prev_lambda = x0, lam
+    return x
+
+
+def renoise_steps(
+    field: _Field, x: torch.Tensor, sigmas: Sequence[float], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The few-step sampler of Self-Forcing/LongSANA: predict x0 = x − σ·v, then re-noise it to the next
+    level with fresh noise, x ← (1 − σ_next)·x0 + σ_next·ε; the last prediction is the result."""
+    for sigma, sigma_next in zip(sigmas, sigmas[1:], strict=False):
+        x0 = x - sigma * field(x, sigma)
+        if sigma_next == 0.0:
+            x = x0
+        else:
+            device = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+            x = (1.0 - sigma_next) * x0 + sigma_next * noise
+    return x
+
+
+SAMPLERS = ("euler", "dpm++", "renoise")
+
+
+def run_sampler(
+    sampler: str,
+    field: _Field,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Integrate `field` from `noise` (at sigmas[0]) to σ = 0 with the named sampler."""
+    values = _check_sigmas(sigmas)
+    if sampler == "euler":
+        return euler_steps(field, noise, values)
+    if sampler == "dpm++":
+        return dpm_solver_pp_2m_steps(field, noise, values)
+    if sampler == "renoise":
+        return renoise_steps(field, noise, values, generator)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def sample(
+    fn: VelocityFn,
+    noise: torch.Tensor,
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None = None,
+    *,
+    sampler: str = "dpm++",
+    steps: int = 50,
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+    sigmas: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    negative_text: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Denoise `noise` into a sample with the velocity function `fn`.
+
+    The schedule is `flow_sigmas(steps, shift)` unless `sigmas` (descending, ending at 0) is given.
+    `generator` only matters for the re-noising sampler.
+    """
+    field = guided_field(
+        fn,
+        text,
+        text_mask,
+        guidance_scale=guidance_scale,
+        negative_text=negative_text,
+        negative_mask=negative_mask,
+    )
+    schedule = flow_sigmas(steps, shift) if sigmas is None else sigmas
+    return run_sampler(sampler, field, noise, schedule, generator)
+
+
+def euler_sample(
+    fn: VelocityFn, noise: torch.Tensor, text: torch.Tensor, text_mask=None, **kwargs
+) -> torch.Tensor:
+    """`sample` with the flow Euler sampler."""
+    return sample(fn, noise, text, text_mask, sampler="euler", **kwargs)
+
+
+def dpm_solver_pp_sample(
+    fn: VelocityFn, noise: torch.Tensor, text: torch.Tensor, text_mask=None, **kwargs
+) -> torch.Tensor:
+    """`sample` with the DPM-Solver++(2M) sampler."""
+    return sample(fn, noise, text, text_mask, sampler="dpm++", **kwargs)
+
+
+# ------------------------------------------------------------------------------------ with a LinearDiT
+
+
+def model_velocity(
+    model: LinearDiT, cache: LinearDiTCache | None = None, frame_offset: int = 0
+) -> VelocityFn:
+    """A LinearDiT as a velocity function: the bidirectional forward, or with `cache` the block forward at
+    `frame_offset`. Inputs are cast to the model's dtype and the velocity comes back in the latents' dtype,
+    so samplers keep their state in fp32 under a bf16 model."""
+    dtype = next(model.parameters()).dtype
+
+    def fn(
+        x: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if cache is None:
+            v = model(x.to(dtype), text.to(dtype), timesteps, text_mask=mask)
+        else:
+            v = model.forward_block(
+                x.to(dtype), text.to(dtype), timesteps, cache, frame_offset, text_mask=mask
+            )
+        return v.to(x.dtype)
+
+    return fn
+
+
+def autoregressive_segments(num_frames: int, block_frames: int) -> list[tuple[int, int]]:
+    """(start, end) latent-frame spans of the blocks: `block_frames` each, the first also takes the
+    remainder (official `_create_autoregressive_segments`: 21 frames in blocks of 10 → [0, 11), [11, 21))."""
+    if num_frames < 1 or block_frames < 1:
+        raise ValueError(f"need num_frames >= 1 and block_frames >= 1, got {num_frames}, {block_frames}")
+    count = num_frames // block_frames
+    if count == 0:
+        return [(0, num_frames)]
+    bounds = [0, block_frames + num_frames % block_frames]
+    bounds += [bounds[1] + block_frames * i for i in range(1, count)]
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+def block_schedule(
+    steps: int | None = None,
+    denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+) -> torch.Tensor:
+    """A block's noise levels: `steps` evenly spaced shifted levels, or else the few-step timestep list."""
+    return flow_sigmas(steps, shift) if steps is not None else sigmas_from_timesteps(denoising_steps, shift)
+
+
+@torch.no_grad()
+def block_ar_sample(
+    model: LinearDiT,
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    num_latent_frames: int,
+    block_frames: int,
+    latent_hw: tuple[int, int],
+    *,
+    sampler: str = "renoise",
+    steps: int | None = None,
+    denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+    sigmas: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    negative_text: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generate latents (B, C, F, H, W) block by block with the constant-memory cache.
+
+    For each block (`autoregressive_segments`): start from its slice of the initial noise, denoise it with
+    `sampler` over the block schedule while attending to the cache (`forward_block`), then fold the clean
+    block into the cache (`update_cache`, t = 0). The default is the LongSANA loop: the re-noising sampler
+    over the timesteps [1000, 960, 889, 727]; `steps` (or `sigmas`) selects an even shifted schedule
+    instead, e.g. with `sampler="dpm++"` for a model that was not distilled to few steps. With CFG the
+    negative and positive branches share one cache of batch 2B. The initial noise is drawn for the whole
+    video up front (or passed as `noise`), so a seed gives the same starting point as the bidirectional
+    sampler.
+    """
+    cfg = model.config
+    param = next(model.parameters())
+    batch, (height, width) = text.shape[0], latent_hw
+    shape = (batch, cfg.in_channels, num_latent_frames, height, width)
+    if noise is None:
+        noise_device = generator.device if generator is not None else param.device
+        noise = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    noise = noise.to(param.device, torch.float32)
+    schedule = sigmas if sigmas is not None else block_schedule(steps, denoising_steps, shift)
+
+    if guidance_scale == 1.0:
+        cache_text, cache_mask, copies = text, text_mask, 1
+    elif negative_text is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
+    else:
+        cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
+        copies = 2
+    cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
+
+    out = torch.empty_like(noise)
+    for start, end in autoregressive_segments(num_latent_frames, block_frames):
+        field = guided_field(
+            model_velocity(model, cache, start),
+            text,
+            text_mask,
+            guidance_scale=guidance_scale,
+            negative_text=negative_text,
+            negative_mask=negative_mask,
+        )
+        clean = run_sampler(sampler, field, noise[:, :, start:end], schedule, generator)
+        out[:, :, start:end] = clean
+        clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
+        model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start, text_mask=cache_mask)
+    return out

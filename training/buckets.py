@@ -73,13 +73,7 @@ def assign_buckets(
     best_key = np.full((n, 4), np.inf)
     aspect = np.log(width / np.maximum(height, 1))
     for b, bucket in enumerate(buckets):
-        ok = np.array(
-            [
-                fits(int(t), float(f), bucket.num_frames, target_fps)
-                for t, f in zip(num_frames, fps, strict=True)
-            ],
-            dtype=bool,
-        )
+        ok = fits(num_frames, fps, bucket.num_frames, target_fps)
         upscale = np.maximum(bucket.height / height, bucket.width / width) > 1.0
         key = np.stack(
             [

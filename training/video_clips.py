@@ -25,15 +25,16 @@ class BadClip(Exception):
         self.reason = reason
 
 
-def clip_span(num_frames: int, fps: float) -> float:
-    """Seconds from the first to the last frame of a clip."""
-    return max(num_frames - 1, 0) / fps
+def clip_span(num_frames, fps):
+    """Seconds from the first to the last frame of a clip (scalars or numpy arrays)."""
+    return np.maximum(np.asarray(num_frames) - 1, 0) / fps
 
 
-def fits(num_frames: int, fps: float, want_frames: int, target_fps: float | None) -> bool:
-    """Whether a clip holds a window of `want_frames` frames at `target_fps` (native fps when None)."""
+def fits(num_frames, fps, want_frames: int, target_fps: float | None):
+    """Whether clips hold a window of `want_frames` frames at `target_fps` (native fps when None);
+    `num_frames` and `fps` may be numpy arrays (one entry per clip)."""
     if target_fps is None:
-        return num_frames >= want_frames
+        return np.asarray(num_frames) >= want_frames
     return (want_frames - 1) / target_fps <= clip_span(num_frames, fps) + 1e-6
 
 
@@ -43,7 +44,7 @@ def window_times(
     """Timestamps (seconds from the clip's first frame) of the frames to take: `want_frames` frames
     1/target_fps apart, starting at a random point that keeps the window inside the clip."""
     step = 1.0 / (target_fps or fps)
-    slack = clip_span(num_frames, fps) - (want_frames - 1) * step
+    slack = float(clip_span(num_frames, fps)) - (want_frames - 1) * step
     if slack < -1e-6:
         raise BadClip("too_short", f"{num_frames} frames at {fps:g} fps hold no {want_frames}-frame window")
     # Start on a source frame so that native-fps windows are exact frame runs.

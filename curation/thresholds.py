@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 M = TypeVar("M", bound=BaseModel)
 
+THRESHOLDS_FILE = "thresholds.yaml"  # in the output folder: the thresholds that produced `kept`
+
 
 class ScoreRange(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -195,3 +195,38 @@ def test_position_checks_and_data_errors(tmp_path):
     short = make_shards(tmp_path / "short", 2, frames=4)
     with pytest.raises(ValueError, match="none of the 2 samples .* fills a bucket"):
         StageData(video_stage(short))
+
+
+def test_reads_the_curation_writer_output(tmp_path):
+    """Shards written by curation's own writer (PAX tars, a curation output folder) load as they are."""
+    from shard_fixtures import moving_square
+
+    from curation.format import make_clip_id
+    from curation.shards import ShardConfig, write_shards
+    from model.video_io import write_mp4
+
+    rows = []
+    for i in range(4):
+        source = write_mp4(
+            moving_square(96, 128, 48, "red", "right", i), tmp_path / "src" / f"v{i}.mp4", fps=24
+        )
+        rows.append(
+            {
+                "clip_id": make_clip_id(f"source{i}", 0, 48),
+                "uri": str(source),
+                "start_s": 0.0,
+                "end_s": 2.0,
+                "caption": "a red square moves right",
+            }
+        )
+    out = tmp_path / "curated"
+    config = ShardConfig(fps=8, short_side=64, target_shard_mb=0.02)
+    write_shards(out, pd.DataFrame(rows), config, use_ray=False)
+    assert len(list((out / "shards").glob("*.tar"))) > 1
+    stage = load_preset("tiny", variables={"data_root": str(out)}).stage("video-hires")
+    loader = StageData(stage)
+    batches = take(loader, loader.batches_per_epoch())
+    assert {k for b in batches for k in b.keys} == {r["clip_id"] for r in rows}
+    assert all(b.video.shape == (2, 3, 9, 64, 64) for b in batches)
+    assert batches[0].captions[0].startswith("a red square moves right")
+    assert loader.stats.skipped == {}

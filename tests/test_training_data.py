@@ -230,3 +230,19 @@ def test_reads_the_curation_writer_output(tmp_path):
     assert all(b.video.shape == (2, 3, 9, 64, 64) for b in batches)
     assert batches[0].captions[0].startswith("a red square moves right")
     assert loader.stats.skipped == {}
+
+
+def test_reads_shards_through_fsspec(tmp_path):
+    """An fsspec URI (here the in-memory filesystem) instead of a local folder."""
+    import fsspec
+
+    local = make_shards(tmp_path / "d", 6, clips_per_shard=3)
+    memory = fsspec.filesystem("memory")
+    for path in (local / "shards").iterdir():
+        memory.pipe(f"/remote-data/shards/{path.name}", path.read_bytes())
+    try:
+        remote = StageData(video_stage("memory://remote-data"))
+        assert all(uri.startswith("memory://remote-data/shards/") for uri in remote.shard_uris)
+        same_batches(take(remote, 4), take(StageData(video_stage(local)), 4))
+    finally:
+        memory.rm("/remote-data", recursive=True)

@@ -43,8 +43,7 @@ class DataPosition:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataPosition:
-        names = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"data position: unknown keys {', '.join(unknown)}")
         values = {}

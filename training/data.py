@@ -10,10 +10,14 @@ then read by byte offset from their shards (`training.shard_reader`) and decoded
 (`training.video_clips`), in `stage.num_workers` dataloader worker processes. A sample that cannot be used
 (undecodable mp4, missing caption, too short, unreadable) is replaced by the next sample of the same bucket and
 counted in `stats.skipped` by reason; it never stops training.
+
+Shards are local paths or fsspec URIs (`s3://…`, `gs://…`, with the matching fsspec backend installed). The
+optional precomputed `latent.safetensors` member is not read yet: clips are encoded by the training worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tarfile
 import time
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curation.format import CAPTION_MEMBER, VIDEO_MEMBER
 from training.buckets import DataPosition, EpochPlan, PlannedBatch, assign_buckets, rank_batches
-from training.config import StageConfig
+from training.config import BucketConfig, StageConfig
 from training.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
 from training.video_clips import BadClip, decode_at, resize_crop, window_times
 
@@ -44,6 +48,10 @@ class Batch:
     position: DataPosition  # resuming from it yields the batch after this one
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) replaced in this batch
     read_seconds: float = 0.0  # time spent reading and decoding this batch (in its worker)
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread (GPU runs), so the copy to the GPU can be asynchronous."""
+        return dataclasses.replace(self, video=self.video.pin_memory())
 
 
 @dataclass
@@ -230,7 +238,7 @@ class StageData:
             read_seconds=time.perf_counter() - t0,
         )
 
-    def _clip(self, index: int, epoch: int, bucket: Any) -> tuple[torch.Tensor, str]:
+    def _clip(self, index: int, epoch: int, bucket: BucketConfig) -> tuple[torch.Tensor, str]:
         if index in self._bad:
             raise BadClip(self._bad[index], "seen before")
         key = self.keys[index]

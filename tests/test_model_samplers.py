@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_test_support import one_thread  # noqa: F401  (fixture)
 
 from model.config import LinearDiTConfig
 from model.linear_dit import LinearDiT
@@ -23,15 +24,7 @@ from model.samplers import (
 )
 
 DIM = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: intra-op threads only add synchronisation, which is ruinous on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EIGVALS = torch.tensor([0.25, 0.5, 1.0, 2.0], dtype=torch.float64)

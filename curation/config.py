@@ -85,6 +85,7 @@ class RayConfig(_Strict):
     scorer_batch_size: int = Field(16, ge=1)
     gpus_per_scorer: float = Field(1.0, gt=0, le=8, description="used only when the cluster has GPUs")
     max_retries: int = Field(2, ge=0, description="retries of a source whose worker crashed")
+    runtime_env: dict | None = Field(None, description="Ray runtime_env of the job's tasks and actors")
 
 
 class CurationConfig(_Strict):

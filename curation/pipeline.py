@@ -1,0 +1,278 @@
+"""The curation job: one Ray Data streaming pipeline from raw videos to scored clips, then late filtering,
+shards and the report.
+
+    sources ─► flat_map(process_source)            CPU tasks: fingerprint, probe, decode once, cut, motion
+            ─► map_batches(AestheticScorer)        actor pool (GPUs when the cluster has them)
+            ─► map_batches(CaptionStage)           actor pool
+            ─► drop frames ─► driver               per-source completion → .svp-work (resume)
+    then    clips.parquet + thresholds ─► shards/ + index ─► report.json
+
+Source rows come back through a ledger actor (a source may produce no clip at all); the driver declares a
+source finished when its row has arrived and all of its clips have been scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+from curation import aesthetic, captions
+from curation.config import CurationConfig
+from curation.report import finish_report
+from curation.resume import ResumeState
+from curation.shards import write_shards
+from curation.sources import SourceEntry, fingerprint, list_sources, open_source
+from curation.tables import (
+    CLIPS_FILE,
+    SOURCES_FILE,
+    clips_table,
+    empty_clips,
+    source_row,
+    sources_table,
+    write_table_atomic,
+)
+from curation.thresholds import apply_thresholds, default_thresholds, load_thresholds, write_thresholds
+from curation.worker import SourceLedger, process_source
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS_FILE = "thresholds.yaml"
+
+
+def connect_ray(address: str | None = None) -> bool:
+    """Join the Ray that is already up in this process, else `address` / `RAY_ADDRESS`, else start a local
+    one. Returns True when this call started (and so must stop) Ray."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, log_to_driver=True)
+    return True
+
+
+@dataclass
+class _InFlight:
+    entry: SourceEntry
+    clips: dict[str, dict] = field(default_factory=dict)
+    row: dict | None = None
+
+
+def _scorer_stages(cfg: CurationConfig) -> list[tuple[str, type, object]]:
+    """(name, class, config) of the scorer stages that can run; the others say once why they are skipped
+    (their score column stays null, and the report lists them)."""
+    stages = []
+    for name, module, cls, sub in (
+        ("aesthetic", aesthetic, aesthetic.AestheticScorer, cfg.aesthetic),
+        ("caption", captions, captions.CaptionStage, cfg.caption),
+    ):
+        reason = module.availability(sub)
+        if reason is None:
+            stages.append((name, cls, sub))
+        else:
+            log.warning(reason)
+    return stages
+
+
+def _build_dataset(
+    pending: list[SourceEntry], cfg: CurationConfig, stages: list[tuple[str, type, object]], ledger
+) -> ray.data.Dataset:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # A block holds one source: a block whose task died on every retry is dropped, not fatal; the driver
+    # notices that the source never reported and records it as failed.
+    ctx.max_errored_blocks = -1
+    ds = ray.data.from_items([e.to_row() for e in pending], override_num_blocks=len(pending))
+    # max_retries bounds the retries of a source whose worker process died (Ray Data's default is forever).
+    ds = ds.flat_map(
+        process_source,
+        fn_kwargs={"config": cfg.model_dump(mode="json"), "ledger": ledger},
+        num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=cfg.ray.decode_concurrency),
+        max_retries=cfg.ray.max_retries,
+        runtime_env=cfg.ray.runtime_env,
+    )
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    for _name, cls, sub in stages:
+        ds = ds.map_batches(
+            cls,
+            fn_constructor_kwargs={"config": sub},
+            batch_format="numpy",
+            batch_size=cfg.ray.scorer_batch_size,
+            compute=ray.data.ActorPoolStrategy(size=cfg.ray.scorer_concurrency),
+            num_gpus=cfg.ray.gpus_per_scorer if has_gpu else 0,
+            max_restarts=cfg.ray.max_retries,
+            max_task_retries=cfg.ray.max_retries,
+            runtime_env=cfg.ray.runtime_env,
+        )
+    return ds.drop_columns(["frames"])
+
+
+class _Driver:
+    """Collects scored clips and source rows, and records each source as soon as it is complete."""
+
+    def __init__(self, pending: list[SourceEntry], state: ResumeState, ledger):
+        self.inflight = {e.uri: _InFlight(e) for e in pending}
+        self.state = state
+        self.ledger = ledger
+        self.failed: list[dict] = []
+
+    def add_clips(self, batch: pd.DataFrame) -> None:
+        for rec in batch.to_dict("records"):
+            job = self.inflight.get(rec["uri"])
+            if job is not None:  # clip ids are deterministic: a retried task's repeat is the same clip
+                job.clips[rec["clip_id"]] = rec
+
+    def settle(self) -> None:
+        for row in ray.get(self.ledger.drain.remote()):
+            if row["uri"] in self.inflight:
+                self.inflight[row["uri"]].row = row
+        for uri in [u for u, j in self.inflight.items() if self._complete(j)]:
+            self._finish(self.inflight.pop(uri))
+
+    @staticmethod
+    def _complete(job: _InFlight) -> bool:
+        return job.row is not None and (job.row["status"] != "ok" or len(job.clips) >= job.row["num_clips"])
+
+    def _finish(self, job: _InFlight) -> None:
+        row = job.row
+        if row["status"] == "failed":
+            self.failed.append(row)  # not recorded as done: a rerun tries it again
+            return
+        clips = None
+        if row["status"] == "ok":
+            clips = pd.DataFrame(sorted(job.clips.values(), key=lambda r: r["clip_id"]))
+        self.state.record(job.entry, row, clips)
+
+    def close(self) -> None:
+        """Sources still open when the stream ended: their worker died on every attempt, or a scorer
+        stage lost some of their clips."""
+        self.settle()
+        attempts, source_ids = ray.get(self.ledger.attempts_of.remote())
+        for uri, job in sorted(self.inflight.items()):
+            if job.row is not None:
+                lost = job.row["num_clips"] - len(job.clips)
+                reason = (
+                    f"{lost} of {job.row['num_clips']} clips were lost in a scorer stage (see the Ray logs)"
+                )
+                self.failed.append({**job.row, "status": "failed", "reason": reason, "num_clips": 0})
+                continue
+            n = attempts.get(uri, 0)
+            reason = (
+                f"worker crashed or was killed on each of {n} attempts"
+                if n
+                else "never processed: its task failed before starting (see the Ray logs)"
+            )
+            self.failed.append(
+                source_row(
+                    uri=uri,
+                    bytes=job.entry.bytes,
+                    source_id=source_ids.get(uri) or _fingerprint_or_none(uri, job.entry.bytes),
+                    status="failed",
+                    reason=reason,
+                )
+            )
+        self.inflight.clear()
+
+
+def _fingerprint_or_none(uri: str, size: int) -> str | None:
+    try:
+        with open_source(uri) as f:
+            return fingerprint(f, size)
+    except OSError:
+        return None
+
+
+def _score_sources(
+    pending: list[SourceEntry],
+    cfg: CurationConfig,
+    stages: list[tuple[str, type, object]],
+    state: ResumeState,
+) -> list[dict]:
+    """Run the streaming job over `pending`; returns the rows of sources that failed."""
+    ledger = SourceLedger.remote()
+    try:
+        ds = _build_dataset(pending, cfg, stages, ledger)
+        driver = _Driver(pending, state, ledger)
+        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+            driver.add_clips(batch)
+            driver.settle()
+        driver.close()
+        return driver.failed
+    finally:
+        ray.kill(ledger)
+
+
+def _dedupe(sources: list[dict], clips: dict[str, pd.DataFrame]) -> None:
+    """The same content under two uris would give two clips with one id: the first uri keeps its clips,
+    the others are rejected as duplicates."""
+    owner: dict[str, str] = {}
+    for row in sources:
+        sid = row.get("source_id")
+        if row["status"] != "ok" or not sid:
+            continue
+        if sid in owner:
+            row.update(status="rejected", reason=f"duplicate content of {owner[sid]}", num_clips=0)
+            clips.pop(row["uri"], None)
+        else:
+            owner[sid] = row["uri"]
+
+
+def run_curation(
+    input: str, output: str | os.PathLike, config: CurationConfig | None = None, address: str | None = None
+) -> dict:
+    """Curate `input` into `output` (see DESIGN.md for the folder layout); returns the report."""
+    cfg = config or CurationConfig()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    thresholds = load_thresholds(cfg.thresholds_file) if cfg.thresholds_file else default_thresholds()
+    listing = list_sources(input, cfg.extensions)
+    if not listing:
+        raise ValueError(f"no videos found in {input} (extensions: {', '.join(cfg.extensions)})")
+    state = ResumeState(out, cfg.scoring_fingerprint())
+    pending = [e for e in listing if not state.is_done(e)]
+    log.info(
+        "%d sources, %d already finished in an earlier run, %d to process",
+        len(listing),
+        len(listing) - len(pending),
+        len(pending),
+    )
+    stages = _scorer_stages(cfg)
+    started = connect_ray(address)
+    try:
+        failed = _score_sources(pending, cfg, stages, state) if pending else []
+        sources, table = _assemble(listing, state, failed)
+        table = apply_thresholds(table, thresholds)
+        write_table_atomic(sources_table(sources), out / SOURCES_FILE)
+        write_table_atomic(clips_table(table), out / CLIPS_FILE)
+        write_thresholds(out / THRESHOLDS_FILE, thresholds)
+        write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
+        return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _assemble(
+    listing: list[SourceEntry], state: ResumeState, failed: list[dict]
+) -> tuple[list[dict], pd.DataFrame]:
+    """Every listed source's row (this run's failures, else its recorded result) and all clips of ok
+    sources, sorted by clip id."""
+    failed_by_uri = {r["uri"]: r for r in failed}
+    sources, clips = [], {}
+    for e in listing:
+        row = failed_by_uri.get(e.uri) or state.source_row(e.uri)
+        sources.append(row)
+        if row["status"] == "ok":
+            clips[e.uri] = state.clips(e.uri)
+    _dedupe(sources, clips)
+    parts = [c for c in clips.values() if len(c)]
+    table = pd.concat(parts, ignore_index=True) if parts else empty_clips()
+    for column in ("aesthetic_score", "caption_score"):
+        if column not in table.columns:
+            table[column] = math.nan  # a skipped scorer's column exists and is null
+    return sources, table.sort_values("clip_id", kind="stable").reset_index(drop=True)

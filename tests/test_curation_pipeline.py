@@ -1,0 +1,114 @@
+"""The curation job end to end on a real local Ray: every input accounted for, broken files rejected with
+their reasons, a crashing worker retried then recorded as failed, clips and scores in parquet, shards that
+read back with webdataset and decode, and a report with the thresholds hash."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import webdataset as wds
+import yaml
+
+from curation.config import CurationConfig
+from curation.format import INDEX_COLUMNS, SHARDS_DIR, make_clip_id
+from curation.pipeline import run_curation
+from curation.synth import VIDEOS_DIR, make_corpus
+from curation.thresholds import load_thresholds, thresholds_hash
+from curation.worker import CRASH_ENV
+from model.video_io import read_frames
+
+MAX_RETRIES = 1
+
+
+@pytest.fixture(scope="module")
+def curated(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    truth = make_corpus(root, 3, seed=5)
+    videos = root / VIDEOS_DIR
+    # A per-source Python failure: a caption sidecar that is not JSON.
+    (videos / "bad_sidecar.mp4").write_bytes((videos / truth.videos[0].file).read_bytes()[:-1] + b"\x00")
+    (videos / "bad_sidecar.json").write_text("{not json")
+    # A worker that dies outright (like a decoder segfault) on every attempt.
+    (videos / "crashme.mp4").write_bytes((videos / truth.videos[1].file).read_bytes() + b"\x00")
+    cfg = CurationConfig.model_validate(
+        {
+            "scenes": {"min_clip_s": 1.0, "max_clip_s": 3.0},
+            "ray": {"max_retries": MAX_RETRIES, "runtime_env": {"env_vars": {CRASH_ENV: "*crashme*"}}},
+        }
+    )
+    out = root / "out"
+    report = run_curation(str(videos), out, cfg)
+    return root, truth, out, report
+
+
+def test_every_input_is_accounted_for(curated):
+    root, truth, out, report = curated
+    sources = pd.read_parquet(out / "sources.parquet")
+    names = {u.rsplit("/", 1)[1] for u in sources["uri"]}
+    expected = {v.file for v in truth.videos} | set(truth.broken) | {"bad_sidecar.mp4", "crashme.mp4"}
+    assert names == expected
+    by_name = {
+        u.rsplit("/", 1)[1]: row for u, row in zip(sources["uri"], sources.to_dict("records"), strict=True)
+    }
+    for name, words in truth.broken.items():
+        assert by_name[name]["status"] == "rejected" and words in by_name[name]["reason"], by_name[name]
+    bad = by_name["bad_sidecar.mp4"]
+    assert bad["status"] == "failed" and "not valid JSON" in bad["reason"]
+    crash = by_name["crashme.mp4"]
+    assert crash["status"] == "failed"
+    assert f"each of {MAX_RETRIES + 1} attempts" in crash["reason"]
+    assert crash["source_id"]
+    for video in truth.videos:
+        row = by_name[video.file]
+        assert row["status"] == "ok" and row["reason"] == ""
+        assert (row["width"], row["height"], row["codec"]) == (video.width, video.height, "h264")
+        assert row["num_clips"] >= 1
+    assert report["sources"] == {**report["sources"], "total": len(expected), "failed": 2, "rejected": 6}
+
+
+def test_clips_table_has_every_score_and_decision(curated):
+    root, truth, out, report = curated
+    sources = pd.read_parquet(out / "sources.parquet")
+    clips = pd.read_parquet(out / "clips.parquet")
+    ok = sources[sources["status"] == "ok"]
+    assert len(clips) == ok["num_clips"].sum() == report["clips"]["total"]
+    assert set(clips["source_id"]) == set(ok["source_id"])
+    for col in ("motion_score", "aesthetic_score", "caption_score", "caption", "kept", "filtered_by"):
+        assert col in clips.columns
+    assert clips["aesthetic_score"].isna().all()  # no weights configured: skipped, never made up
+    assert "aesthetic_score" in report["skipped_scorers"]
+    assert clips["motion_score"].notna().all()
+    for row in clips.to_dict("records"):
+        assert row["clip_id"] == make_clip_id(row["source_id"], row["start_frame"], row["end_frame"])
+        assert row["end_frame"] - row["start_frame"] <= 3 * 24
+    captions = {v.caption for v in truth.videos}
+    assert set(clips["caption"]) <= captions and (clips["caption_source"] == "sidecar").all()
+    assert list(clips["clip_id"]) == sorted(clips["clip_id"])
+
+
+def test_outputs_thresholds_report_and_shards(curated):
+    root, truth, out, report = curated
+    thresholds = load_thresholds(out / "thresholds.yaml")
+    assert yaml.safe_load((out / "thresholds.yaml").read_text())
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["thresholds_hash"] == thresholds_hash(thresholds) == report["thresholds_hash"]
+    clips = pd.read_parquet(out / "clips.parquet")
+    kept = set(clips.loc[clips["kept"], "clip_id"])
+    assert kept
+
+    index = pd.read_parquet(out / SHARDS_DIR / "index.parquet")
+    assert tuple(index.columns) == INDEX_COLUMNS
+    assert set(index["key"]) == kept
+    shards = sorted(str(p) for p in (out / SHARDS_DIR).glob("*.tar"))
+    seen = set()
+    for sample in wds.WebDataset(shards, shardshuffle=False):
+        key = sample["__key__"]
+        seen.add(key)
+        frames = read_frames(sample["mp4"])
+        row = index[index["key"] == key].iloc[0]
+        assert frames.shape[0] == row["num_frames"] and frames.shape[1:3] == (row["height"], row["width"])
+        assert json.loads(sample["json"])["clip_id"] == key
+        assert sample["txt"].decode().strip()
+    assert seen == kept

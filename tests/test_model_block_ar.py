@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_test_support import one_thread  # noqa: F401  (fixture)
 
 from model import LinearDiT, LinearDiTConfig
+
+# Tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

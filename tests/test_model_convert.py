@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 from diffusers import SanaVideoTransformer3DModel
+from model_test_support import one_thread  # noqa: F401  (fixture)
 from safetensors.torch import load_file
 
 from model.config import LinearDiTConfig
@@ -18,6 +19,9 @@ from model.convert import (
     save_official,
     to_diffusers,
 )
+
+# Tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The tiny config diffusers' own tests use (head_dim 12: RoPE t/h/w = 4/4/4 channels).
 TINY_DIFFUSERS = {

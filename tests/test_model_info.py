@@ -6,12 +6,16 @@ import json
 
 import pytest
 import torch
+from model_test_support import one_thread  # noqa: F401  (fixture)
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import LinearDiT, LinearDiTConfig
 from model.config import OFFICIAL_NUMERICS
 from model.info import cache_bytes_per_layer, count_parameters, forward_flops, tokens_per_video
 from orchestration.cli import main
+
+# Tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

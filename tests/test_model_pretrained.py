@@ -6,10 +6,14 @@ import json
 
 import pytest
 import torch
+from model_test_support import one_thread  # noqa: F401  (fixture)
 from safetensors.torch import load_file, save_file
 
 from model import LinearDiT, LinearDiTConfig
 from model.pretrained import load_pretrained, save_pretrained
+
+# Tiny tensors: one intra-op thread avoids synchronisation costs on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model() -> LinearDiT:

@@ -14,8 +14,8 @@ BASE = {
     "defaults": {
         "optimizer": {"lr": 1e-3},
         "checkpoint": {"every": 2},
-        "autoencoder": {"name": "space_to_depth"},
-        "text_encoder": {"name": "hashed"},
+        "autoencoder": {"name": "space_to_depth", "options": {"stride": [1, 4, 4]}},
+        "text_encoder": {"name": "hashed", "options": {"channels": 64}},
         "model": {"preset": "tiny"},
     },
     "stages": [
@@ -134,6 +134,15 @@ def test_overrides_by_name_index_and_wildcard(tmp_path):
         (
             {"optimizer": {"lr": 1e-3, "betas": [0.9, 1.5]}},
             "stages[1].optimizer.betas: Value error, each beta",
+        ),
+        ({"autoencoder": {"name": "vqgan"}}, "stages[1].autoencoder.name: unknown autoencoder 'vqgan'"),
+        (
+            {"autoencoder": {"name": "space_to_depth", "options": {"stride": [1, 8, 8]}}},
+            "stages[1].autoencoder.options: stride [1, 8, 8] differs from the model's vae_stride [1, 4, 4]",
+        ),
+        (
+            {"text_encoder": {"name": "hashed", "options": {"channels": 32}}},
+            "stages[1].text_encoder.options: 32 channels but the model takes caption_channels=64",
         ),
     ],
 )

@@ -6,6 +6,10 @@ or the other stages (`init_from.stage` must name an earlier one).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 from training.config.schema import PipelineConfig, StageConfig
 
 
@@ -55,6 +59,7 @@ def check_stage(stage: StageConfig, where: str) -> None:
         model = stage.model_config()
     except (ValueError, TypeError) as err:
         raise ConfigKeyError(f"{where}.model", str(err)) from None
+    frames_of = check_encoders(stage, model, where)
     st, sh, sw = model.vae_stride
     pt, ph, pw = model.patch_size
     if stage.kind == "image" and stage.chunk_sizes is not None:
@@ -72,7 +77,7 @@ def check_stage(stage: StageConfig, where: str) -> None:
                     f"{size} is not a multiple of {stride * patch} (autoencoder stride {stride} × patch {patch})",
                 )
         try:
-            frames = latent_frames(bucket.num_frames, st)
+            frames = frames_of(bucket.num_frames)
         except ValueError as err:
             raise ConfigKeyError(f"{at}.num_frames", str(err)) from None
         if frames % pt:
@@ -86,6 +91,51 @@ def check_stage(stage: StageConfig, where: str) -> None:
             )
     if stage.sample is not None:
         try:
-            latent_frames(stage.sample.num_frames, st)
+            frames_of(stage.sample.num_frames)
         except ValueError as err:
             raise ConfigKeyError(f"{where}.sample.num_frames", str(err)) from None
+
+
+def check_encoders(stage: StageConfig, model: Any, where: str) -> Callable[[int], int]:
+    """Backend names must exist; parameter-free backends are built here (cheap) and must match the model:
+    the autoencoder's stride and channels, the text encoder's channels. Returns the pixel→latent frame rule."""
+    from model.autoencoders import AUTOENCODERS, build_autoencoder
+    from model.text_encoders import TEXT_ENCODERS, build_text_encoder
+
+    ae, te = stage.autoencoder, stage.text_encoder
+    if ae.name not in AUTOENCODERS:
+        raise ConfigKeyError(
+            f"{where}.autoencoder.name", f"unknown autoencoder {ae.name!r}; one of {AUTOENCODERS}"
+        )
+    if te.name not in TEXT_ENCODERS:
+        raise ConfigKeyError(
+            f"{where}.text_encoder.name", f"unknown text encoder {te.name!r}; one of {TEXT_ENCODERS}"
+        )
+    frames_of: Callable[[int], int] = partial(latent_frames, vae_stride_t=model.vae_stride[0])
+    if ae.path is None:
+        try:
+            built = build_autoencoder(ae.name, None, **ae.options)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise ConfigKeyError(f"{where}.autoencoder", str(err)) from None
+        if tuple(built.stride) != tuple(model.vae_stride):
+            raise ConfigKeyError(
+                f"{where}.autoencoder.options",
+                f"stride {list(built.stride)} differs from the model's vae_stride {list(model.vae_stride)}",
+            )
+        if built.latent_channels != model.in_channels:
+            raise ConfigKeyError(
+                f"{where}.autoencoder.options",
+                f"{built.latent_channels} latent channels but the model takes in_channels={model.in_channels}",
+            )
+        frames_of = built.latent_frames
+    if te.path is None:
+        try:
+            text = build_text_encoder(te.name, None, max_length=te.max_length, **te.options)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            raise ConfigKeyError(f"{where}.text_encoder", str(err)) from None
+        if text.caption_channels != model.caption_channels:
+            raise ConfigKeyError(
+                f"{where}.text_encoder.options",
+                f"{text.caption_channels} channels but the model takes caption_channels={model.caption_channels}",
+            )
+    return frames_of

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_test_support import one_thread  # noqa: F401  (fixture)
 
 from model.config import LinearDiTConfig
 from model.flow import (
@@ -16,6 +17,8 @@ from model.flow import (
     sigma_to_timestep,
 )
 from model.linear_dit import LinearDiT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unshift(sigma: torch.Tensor, shift: float) -> torch.Tensor:

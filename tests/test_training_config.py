@@ -84,6 +84,19 @@ def test_environment_variable_and_file_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("SVP_DATA_ROOT", "/env")
     assert load_pipeline(path).stages[1].data[0] == "/env/clips"
     assert load_pipeline(path, variables={"data_root": "/arg"}).stages[1].data[0] == "/arg/clips"
+    # Relative values from the caller or the environment are taken from the current directory.
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("SVP_DATA_ROOT", "here")
+    assert load_pipeline(path).stages[1].data[0] == str(tmp_path / "cwd" / "here" / "clips")
+
+
+def test_relative_weight_paths_follow_the_yaml(tmp_path):
+    data = edited(init_from={"path": "exports/previous"})
+    data["stages"][1]["text_encoder"] = {"name": "gemma2", "path": "weights/gemma"}
+    stage = load_pipeline(write(tmp_path, data), variables={"data_root": "/d"}).stages[1]
+    assert stage.init_from.path == str(tmp_path / "exports" / "previous")
+    assert stage.text_encoder.path == str(tmp_path / "weights" / "gemma")
 
 
 def test_overrides_by_name_index_and_wildcard(tmp_path):

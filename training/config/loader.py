@@ -5,8 +5,10 @@ optional `defaults` (deep-merged under every stage; a stage's own values win) an
 
 `${data_root}` (or any `${name}`) in a string value is replaced by, in order of precedence: the `variables`
 argument of `load_pipeline`, the environment variable `SVP_<NAME>` (e.g. `SVP_DATA_ROOT`), the file's own
-`variables:` block. A relative local path in a stage's `data` (or a relative `variables` value from the file)
-is taken relative to the folder of the YAML file; URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
+`variables:` block. Variables are folders: a relative one is taken from the current directory when given as
+an argument or environment variable, and from the YAML file's folder when written in the file. Relative local
+paths in a stage (`data`, `autoencoder.path`, `text_encoder.path`, `init_from.path`) are relative to the YAML
+file's folder. URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
 """
 
 from __future__ import annotations
@@ -86,8 +88,7 @@ def _build(
     raw = _substitute(raw, values, "")
     raw["stages"] = [_merge(defaults, stage) for stage in raw["stages"]]
     for stage in raw["stages"]:
-        if isinstance(stage.get("data"), list):
-            stage["data"] = [_resolve_local(d, base) if isinstance(d, str) else d for d in stage["data"]]
+        _resolve_stage_paths(stage, base)
 
     try:
         pipeline = PipelineConfig.model_validate(raw)
@@ -98,12 +99,25 @@ def _build(
     return pipeline
 
 
+def _resolve_stage_paths(stage: dict[str, Any], base: Path) -> None:
+    """Relative local paths in a stage are relative to the YAML's folder (Ray workers run elsewhere)."""
+    if isinstance(stage.get("data"), list):
+        stage["data"] = [_resolve_local(d, base) if isinstance(d, str) else d for d in stage["data"]]
+    for section in ("autoencoder", "text_encoder", "init_from"):
+        spec = stage.get(section)
+        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
+            spec["path"] = _resolve_local(spec["path"], base)
+
+
 def _variable_values(file_vars: dict[str, Any], given: dict[str, str], base: Path) -> dict[str, str]:
     """Known variable values: the file's `variables:` (relative paths taken from the file's folder),
     overridden by `SVP_<NAME>` environment variables, overridden by the caller's values."""
+    cwd = Path.cwd()
     values = {str(k): _resolve_local(str(v), base) for k, v in file_vars.items()}
-    values.update({k[4:].lower(): v for k, v in os.environ.items() if k.startswith("SVP_") and v})
-    values.update({k: str(v) for k, v in given.items()})
+    values.update(
+        {k[4:].lower(): _resolve_local(v, cwd) for k, v in os.environ.items() if k.startswith("SVP_") and v}
+    )
+    values.update({k: _resolve_local(str(v), cwd) for k, v in given.items()})
     return values
 
 

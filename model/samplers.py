@@ -154,7 +154,8 @@ def dpm_solver_pp_2m_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[floa
 
     The model's x0 estimate is x − σ·v (α = 1 − σ). The first step, the final step to σ = 0, and a step
     whose previous log-SNR gap is infinite (it started at σ = 1) are first order; the others use the
-    previous x0 estimate for a second-order correction.
+    previous x0 estimate for a second-order correction. (In flow coordinates the first-order update is
+    exactly an Euler step, so the gain over Euler comes only from the second-order steps.)
     """
     prev_x0: torch.Tensor | None = None
     prev_lambda = -math.inf

@@ -112,13 +112,20 @@ def _decode_at(data: bytes, times: np.ndarray) -> np.ndarray:
 
 
 def resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
-    """(T, H, W, 3) uint8 → (3, T, height, width) float32 in [-1, 1]: scale to cover, centre-crop."""
-    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    h, w = video.shape[-2:]
+    """(T, H, W, 3) uint8 → (3, T, height, width) float32 in [-1, 1]: the centred region of the bucket's
+    aspect ratio, scaled to the bucket's size. Cropping first, in uint8, leaves fewer pixels to convert and
+    resample."""
+    h, w = frames.shape[1:3]
     scale = max(height / h, width / w)
-    size = (max(height, round(h * scale)), max(width, round(w * scale)))
-    if size != (h, w):
-        video = F.interpolate(video, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    video = video[:, :, top : top + height, left : left + width]
-    return (video / 127.5 - 1.0).clamp_(-1.0, 1.0).permute(1, 0, 2, 3).contiguous()
+    crop_h, crop_w = min(h, round(height / scale)), min(w, round(width / scale))
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    video = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + crop_h, left : left + crop_w]))
+    if (crop_h, crop_w) == (height, width):
+        video = video.permute(3, 0, 1, 2).float()
+    else:
+        video = video.permute(0, 3, 1, 2).float()
+        video = F.interpolate(
+            video, size=(height, width), mode="bilinear", antialias=scale < 1, align_corners=False
+        )
+        video = video.permute(1, 0, 2, 3)
+    return video.contiguous().div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)

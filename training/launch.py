@@ -1,0 +1,241 @@
+"""Run one stage as a Ray Train job: `run_stage(pipeline, stage, workers, gpus_per_worker, address, work_dir)`.
+
+The Ray run is named `{pipeline}-{stage}` under `{work_dir}/ray`, so running the same command again resumes
+from the latest checkpoint (Ray Train V2 has no `restore`: the same name and storage path is the resume).
+Before launching, the driver looks at that latest checkpoint: if it was written by another world size or
+ZeRO stage, it converts it to a universal checkpoint in place, which the workers then load. After `fit()`,
+the driver builds the stage export (universal checkpoint + consolidated weights + EMA) from the final
+checkpoint and records it in MLflow.
+
+Worker deaths are retried (`FailureConfig(max_failures)`); errors a retry cannot fix stop at once
+(`training.errors.FailFastCallback`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.checkpoints import convert_to_universal, ds_tag, export_complete, export_stage, read_state
+from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
+from training.job import FaultInjection, StageJob
+from training.sampling import export_extra
+from training.tracking import (
+    TAG_CONFIG,
+    TAG_DATASET,
+    TAG_INIT_FROM,
+    TAG_RAY_NAME,
+    TAG_THRESHOLDS,
+    Tracker,
+    thresholds_hash,
+)
+
+log = logging.getLogger("svp.training")
+
+DEFAULT_WORK_DIR = "svp-work"
+
+
+@dataclass
+class StageResult:
+    stage: str
+    export_dir: Path
+    skipped: bool  # the export was already there: nothing ran
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    mlflow_run_id: str | None = None
+
+
+def resolve_work_dir(pipeline: Any, work_dir: str | os.PathLike | None) -> Path:
+    return Path(work_dir or pipeline.work_dir or DEFAULT_WORK_DIR).resolve()
+
+
+def stage_dir(work_dir: Path, pipeline: Any, stage_name: str) -> Path:
+    return Path(work_dir) / pipeline.name / stage_name
+
+
+def export_dir_of(work_dir: Path, pipeline: Any, stage_name: str) -> Path:
+    return stage_dir(work_dir, pipeline, stage_name) / "export"
+
+
+def ray_run_name(pipeline: Any, stage: Any) -> str:
+    return f"{pipeline.name}-{stage.name}"
+
+
+def resolve_init_from(pipeline: Any, stage: Any, work_dir: Path) -> str | None:
+    """The folder/file a stage initialises from; an unfinished previous stage is an error that says so."""
+    spec = stage.init_from
+    if spec is None:
+        return None
+    if spec.path is not None:
+        path = Path(spec.path)
+        if not path.exists():
+            raise FileNotFoundError(f"stage {stage.name}: init_from.path {path} does not exist")
+        return str(path.resolve())
+    export = export_dir_of(work_dir, pipeline, spec.stage)
+    if not export_complete(export):
+        raise StageConfigError(
+            f"stage {stage.name}: init_from.stage {spec.stage!r} has no export at {export}; run that stage first"
+        )
+    return str(export)
+
+
+def ensure_ray(address: str | None, use_gpu: bool) -> None:
+    import ray
+
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), configure_logging=False)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    from ray.train import Result
+
+    if not (run_dir / "checkpoint_manager_snapshot.json").is_file():
+        return None
+    checkpoint = Result.from_path(str(run_dir)).checkpoint
+    return Path(checkpoint.path) if checkpoint is not None else None
+
+
+def _prepare_resume(run_dir: Path, workers: int, zero_stage: int) -> None:
+    """Convert the latest checkpoint to universal when the world size or ZeRO stage changed."""
+    latest = _latest_checkpoint(run_dir)
+    if latest is None:
+        return
+    state = read_state(latest)
+    if state.world_size != workers or state.zero_stage != zero_stage:
+        log.warning(
+            f"{latest.name}: written by {state.world_size} workers (ZeRO-{state.zero_stage}), resuming on "
+            f"{workers} (ZeRO-{zero_stage}): converting to a universal checkpoint"
+        )
+        convert_to_universal(latest / "ds", ds_tag(state.step))
+
+
+def run_stage(
+    pipeline: Any,
+    stage: Any,
+    workers: int = 1,
+    gpus_per_worker: float = 0,
+    address: str | None = None,
+    work_dir: str | os.PathLike | None = None,
+    *,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+    max_failures: int = 3,
+    fault: FaultInjection | None = None,
+) -> StageResult:
+    """Train one stage to its last step and export it (see the module docstring)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    from training.worker import train_loop_per_worker
+
+    if isinstance(stage, str):
+        stage = pipeline.stage(stage)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    work_dir = resolve_work_dir(pipeline, work_dir)
+    export_dir = export_dir_of(work_dir, pipeline, stage.name)
+    stage_index = pipeline.stage_names.index(stage.name)
+    if export_complete(export_dir):
+        log.warning(f"stage {stage.name}: export present at {export_dir}, skipping")
+        return StageResult(stage.name, export_dir, skipped=True)
+    init_from = resolve_init_from(pipeline, stage, work_dir)
+    use_gpu = gpus_per_worker > 0
+    ensure_ray(address, use_gpu)
+
+    name = ray_run_name(pipeline, stage)
+    storage = work_dir / "ray"
+    _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
+
+    run_id = None
+    if tracker is not None:
+        run_id = _track_stage(tracker, parent_run_id, stage, stage_index, name, init_from, workers)
+    job = StageJob(
+        pipeline=pipeline.name,
+        stage=stage.resolved(),
+        stage_index=stage_index,
+        init_from=init_from,
+        tracking_uri=tracker.tracking_uri if tracker else None,
+        mlflow_run_id=run_id,
+        samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
+        fault=fault,
+    )
+    worker_env = {} if use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker} if use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
+            callbacks=[FailFastCallback()],
+            worker_runtime_env=worker_env,
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        if tracker is not None and run_id is not None:
+            tracker.finish(run_id, ok=False)
+        raise unwrap_training_error(err) from err
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage.name}: training finished without a checkpoint in {storage / name}")
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
+        export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
+    if tracker is not None and run_id is not None:
+        tracker.log_export(run_id, export_dir)
+        tracker.finish(run_id, ok=True)
+    log.warning(f"stage {stage.name}: exported to {export_dir}")
+    return StageResult(
+        stage.name,
+        export_dir,
+        skipped=False,
+        metrics=dict(result.metrics or {}),
+        checkpoint=result.checkpoint.path,
+        mlflow_run_id=run_id,
+    )
+
+
+def _track_stage(
+    tracker: Tracker,
+    parent_run_id: str | None,
+    stage: Any,
+    stage_index: int,
+    ray_name: str,
+    init_from: str | None,
+    workers: int,
+) -> str:
+    from training.data import StageData
+
+    if parent_run_id is None:
+        parent_run_id = tracker.parent_run()
+    tags = {
+        TAG_DATASET: StageData(stage, 0, 1, stage.seed).dataset_fingerprint(),
+        TAG_THRESHOLDS: thresholds_hash(stage.data),
+        TAG_RAY_NAME: ray_name,
+        TAG_INIT_FROM: init_from or "",
+        "svp.world_size": str(workers),
+        "svp.zero_stage": str(stage.deepspeed.zero_stage),
+        TAG_CONFIG: stage.fingerprint(),
+    }
+    return tracker.stage_run(
+        parent_run_id,
+        stage.name,
+        stage_index,
+        params=stage.to_flat_params(),
+        tags=tags,
+        config=stage.resolved(),
+    )

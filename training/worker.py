@@ -1,0 +1,273 @@
+"""The Ray Train worker loop of one stage: DeepSpeed inside, flow-matching loss, checkpoints, rank-0 MLflow.
+
+One call of `train_loop_per_worker` per worker process. It resumes from `ray.train.get_checkpoint()` when Ray
+hands one over (a restart after a failure, or a rerun of the same command), else initialises weights from
+the previous stage's export (`init_from`), then runs the steps that are left.
+
+Determinism: every random draw of a step (caption dropout, noise level, noise) comes from a generator seeded
+by (seed, rank, step), and the data stream resumes from each rank's saved position, so a stage interrupted
+and resumed on the same world size computes exactly the same steps as one that ran straight through.
+
+A step whose loss is NaN/inf on any rank is skipped on every rank (one all-reduce decides, so no rank waits
+in a collective the others skipped) and counted in `train/skipped_steps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoints import TrainState, load_checkpoint, resume_point, save_checkpoint
+from training.errors import StageConfigError
+from training.job import StageJob
+from training.metrics import StepTotals, peak_flops, step_metrics
+from training.sampling import render_sample
+
+log = logging.getLogger("svp.training")
+
+
+def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator of every random draw of one rank's step (CPU, so results do not depend on the device)."""
+    digest = hashlib.sha256(f"{seed}:{rank}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def _maybe_die(job: StageJob, rank: int, step: int) -> None:
+    fault = job.fault
+    if fault is None or fault.rank != rank or fault.kill_at_step != step:
+        return
+    marker = Path(fault.marker)
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {rank} at step {step} (pid {os.getpid()})\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StageStep:
+    """The encoders and the per-step math of one stage, independent of Ray (also used by the benchmark)."""
+
+    def __init__(self, stage: Any, device: torch.device, dtype: torch.dtype) -> None:
+        from model.autoencoders import build_autoencoder
+        from model.text_encoders import build_text_encoder
+
+        self.stage = stage
+        self.device = device
+        self.dtype = dtype
+        self.autoencoder = build_autoencoder(
+            stage.autoencoder.name, stage.autoencoder.path, device=device, **stage.autoencoder.options
+        )
+        options = dict(stage.text_encoder.options)
+        options.setdefault("max_length", stage.text_encoder.max_length)
+        self.text_encoder = build_text_encoder(
+            stage.text_encoder.name, stage.text_encoder.path, device=device, **options
+        )
+        self.model_config = stage.model_config()
+
+    def encode(self, video: torch.Tensor, captions: list[str], generator: torch.Generator):
+        """Latents (B, C, F, H, W) and text (embeddings, mask), with caption dropout → empty caption."""
+        drop = torch.rand(len(captions), generator=generator) < self.stage.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        with torch.no_grad():
+            latents = self.autoencoder.encode(video.to(self.device, torch.float32))
+            text, mask = self.text_encoder.encode(captions)
+        return latents.float(), text.to(self.device, self.dtype), mask.to(self.device)
+
+    def noise(self, latents: torch.Tensor, generator: torch.Generator):
+        """(noisy latents, timesteps, noise): per-sample σ, or per-chunk σ for block-causal stages."""
+        from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
+
+        flow, batch = self.stage.flow, latents.shape[0]
+        if self.stage.chunk_sizes:
+            sigma = sample_chunk_sigmas(
+                batch,
+                self.stage.chunk_sizes,
+                self.stage.chunk_sigma_strategy,
+                generator,
+                flow.logit_mean,
+                flow.logit_std,
+                flow.shift,
+            )
+        else:
+            sigma = sample_sigmas(batch, generator, flow.logit_mean, flow.logit_std, flow.shift)
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        sigma = sigma.to(self.device)
+        noisy = add_noise(latents, noise, sigma)
+        return noisy.to(self.dtype), sigma_to_timestep(sigma), noise
+
+    def flops_and_tokens(self, latents: torch.Tensor, text_len: int) -> tuple[float, float]:
+        """Model FLOPs (forward + backward = 3 × forward) and latent tokens of this batch."""
+        from model.info import forward_flops
+
+        batch, _, frames, height, width = latents.shape
+        pt, ph, pw = self.model_config.patch_size
+        tokens = batch * (frames // pt) * (height // ph) * (width // pw)
+        flops = 3.0 * batch * forward_flops(self.model_config, tuple(latents.shape[1:]), text_len)
+        return flops, float(tokens)
+
+
+def _build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
+    import deepspeed
+
+    config = stage.deepspeed_config(world_size, use_gpu)
+    if universal:
+        config["checkpoint"] = {"load_universal": True}
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    return engine
+
+
+def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
+    """Ray Train entry point (see the module docstring)."""
+    import ray.train
+    import ray.train.torch
+    from pydantic import TypeAdapter
+
+    from model import LinearDiT
+    from training.config import StageConfig
+    from training.data import DataPosition, StageData
+    from training.ema import EMA
+    from training.init_from import init_from_weights
+    from training.tracking import RunLogger
+
+    job = StageJob.from_dict(job_dict)
+    stage = TypeAdapter(StageConfig).validate_python(job.stage)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_gpu = device.type == "cuda"
+    bf16 = stage.deepspeed.bf16_enabled(use_gpu)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    tracker = RunLogger(job.tracking_uri, job.mlflow_run_id) if rank == 0 and job.mlflow_run_id else None
+
+    torch.manual_seed(stage.seed)  # identical fresh init on every rank
+    step_math = StageStep(stage, device, dtype)
+    model = LinearDiT(step_math.model_config)
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None) as checkpoint_dir:
+        point = None
+        if checkpoint_dir is not None:
+            point = resume_point(Path(checkpoint_dir), rank, world, stage.deepspeed.zero_stage)
+        elif job.init_from:
+            report = init_from_weights(
+                model,
+                Path(job.init_from),
+                drop_keys=stage.init_from.drop_keys,
+                reinit_keys=stage.init_from.reinit_keys,
+                pad_ffn=stage.init_from.pad_ffn,
+            )
+            if rank == 0:
+                log.warning(report.summary())
+                if tracker:
+                    tracker.log_json(report.to_dict(), "init_from/keys.json")
+        engine = _build_engine(stage, model, world, use_gpu, universal=bool(point and point.universal))
+        ema = EMA(engine.module, stage.ema.decay, stage.ema.update_every) if stage.ema and rank == 0 else None
+        state = TrainState(0, world, stage.deepspeed.zero_stage, mlflow_run_id=job.mlflow_run_id)
+        state.stage_fingerprint = stage.fingerprint()
+        if point is not None:
+            load_checkpoint(engine, point)
+            state = point.state
+            if ema is not None and point.ema_file is not None:
+                ema.load(point.ema_file)
+            if rank == 0:
+                how = "universal checkpoint" if point.universal else "checkpoint"
+                log.warning(f"stage {stage.name}: resumed from {how} at step {state.step} on {world} workers")
+                if tracker:
+                    tracker.log_metrics({"train/resumed_from_step": state.step}, state.step)
+    data = StageData(stage, rank, world, stage.seed)
+    position = None
+    if point is not None and point.data_position:
+        position = DataPosition.from_dict(point.data_position)
+    batches = data.batches(position)
+    state.world_size, state.zero_stage = world, stage.deepspeed.zero_stage
+    peak = job.peak_flops_per_worker or peak_flops(device, bf16)
+
+    last_position = position
+    for step in range(state.step + 1, stage.steps + 1):
+        _maybe_die(job, rank, step)
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except ValueError as err:  # the data changed under a saved position, or fills no bucket
+            raise StageConfigError(f"stage {stage.name}: {err}") from err
+        data_wait = time.perf_counter() - start
+        last_position = batch.position
+        generator = step_generator(stage.seed, rank, step)
+        latents, text, mask = step_math.encode(batch.video, batch.captions, generator)
+        noisy, timesteps, noise = step_math.noise(latents, generator)
+        flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
+
+        from model.flow import flow_matching_loss
+
+        prediction = engine(noisy, text, timesteps, text_mask=mask, chunk_sizes=stage.chunk_sizes)
+        loss = flow_matching_loss(prediction, latents, noise)
+        finite = bool(torch.isfinite(loss.detach()))
+        local = StepTotals(
+            float(loss.detach()) if finite else 0.0,
+            0.0 if finite else 1.0,
+            latents.shape[0],
+            tokens,
+            flops,
+            data_wait,
+        )
+        totals = StepTotals.all_reduce(local, device)
+        if totals.nonfinite:
+            state.skipped_steps += 1
+            del prediction, loss
+        else:
+            engine.backward(loss)
+            engine.step()
+            if ema is not None:
+                ema.maybe_update(engine.module, step)
+        state.step = step
+        state.samples_seen += int(totals.samples)
+        if use_gpu:
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        metrics = step_metrics(
+            totals, world, elapsed, engine.get_lr()[0], engine.get_global_grad_norm(), peak
+        )
+        metrics["train/skipped_steps"] = state.skipped_steps
+        if tracker and (step % job.log_every == 0 or step == stage.steps):
+            tracker.log_metrics(metrics, step)
+        if step % stage.checkpoint.every == 0 or step == stage.steps:
+            stats = _data_stats(data)
+            if tracker and stats:
+                tracker.log_metrics(stats, step)
+            save_checkpoint(
+                engine, state, rank, _position_dict(last_position), {"step": step, **metrics}, ema
+            )
+        if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
+            sample = render_sample(
+                stage, step_math, engine.module, Path(job.samples_dir) / f"step{step:08d}.mp4"
+            )
+            if tracker:
+                tracker.log_artifact(sample, "samples")
+    if ema is not None:
+        ema.close()
+
+
+def _position_dict(position: Any) -> dict[str, Any] | None:
+    return None if position is None else position.to_dict()
+
+
+def _data_stats(data: Any) -> dict[str, float]:
+    """Data counters as metrics (`data/samples_read`, `data/skipped/<reason>`, `data/wait_s`)."""
+    stats = getattr(data, "stats", None)
+    if stats is None:
+        return {}
+    raw = stats.to_dict() if hasattr(stats, "to_dict") else dict(vars(stats))
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update({f"data/{key}/{k}": float(v) for k, v in value.items()})
+        elif isinstance(value, int | float):
+            out[f"data/{key}"] = float(value)
+    return out

@@ -131,7 +131,9 @@ def _to_rgb(frame: av.VideoFrame, short_side: int) -> np.ndarray:
     disp_w, disp_h = (frame.height, frame.width) if turned else (frame.width, frame.height)
     out_w, out_h = output_size(disp_w, disp_h, short_side)
     coded_w, coded_h = (out_h, out_w) if turned else (out_w, out_h)
-    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation="AREA").to_ndarray()
+    rgb = frame.reformat(
+        width=coded_w, height=coded_h, format="rgb24", interpolation="AREA", threads=1
+    ).to_ndarray()
     if rotation:
         rgb = np.rot90(rgb, k=rotation // 90)
     return np.ascontiguousarray(rgb)

@@ -216,3 +216,60 @@ def test_missing_columns_and_unsafe_keys_are_clear_errors(sources, tmp_path):
     with pytest.raises(ValueError, match="invalid sample key"):
         write_shards(tmp_path, bad, CFG)
     assert not (tmp_path / "shards" / MANIFEST_FILE).exists()
+
+
+def _rotated_vfr_mp4(path: Path) -> tuple[Path, list[float]]:
+    """Coded 64×32, displayed turned 90° counter-clockwise; alternating 55/30 ms frame durations. The coded
+    left half carries the frame index (100 + 3i), the right half is black. Written with PyAV directly
+    because model.video_io writes constant-rate, unrotated files only."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    times, t = [], 0
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        s.set_display_rotation(90)
+        for i in range(40):
+            img = np.zeros((32, 64, 3), np.uint8)
+            img[:, :32] = 100 + 3 * i
+            f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            times.append(t / 1000)
+            t += 55 if i % 2 == 0 else 30
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    path.write_bytes(buf.getvalue())
+    return path, times
+
+
+def test_rotation_is_applied_and_variable_frame_rate_is_resampled_by_timestamp(tmp_path):
+    path, times = _rotated_vfr_mp4(tmp_path / "rot.mp4")
+    sid = "c" * 32
+    clip = {
+        "clip_id": make_clip_id(sid, 4, 36),
+        "source_id": sid,
+        "uri": str(path),
+        "start_s": times[4],
+        "end_s": times[36],
+        "width": 32,  # display size
+        "height": 64,
+        "caption": "a rotated clip",
+    }
+    cfg = CFG.model_copy(update={"fps": 10.0})
+    index = write_shards(tmp_path / "out", pd.DataFrame([clip]), cfg)
+    (sample,) = wds.WebDataset(str(tmp_path / "out" / "shards" / "test-000000.tar"), shardshuffle=False)
+    frames = read_frames(sample["mp4"]).astype(int)
+    assert frames.shape[1:3] == (64, 32)  # portrait, as displayed
+    assert (index.height[0], index.width[0]) == (64, 32)
+    top, bottom = frames[:, :28].mean(axis=(1, 2, 3)), frames[:, 36:].mean(axis=(1, 2, 3))
+    assert (bottom - top > 60).all()  # the coded left half ends up at the bottom after a CCW quarter turn
+    targets = output_times(clip["start_s"], clip["end_s"], cfg.fps, cfg.max_frames)
+    shown = [max(i for i, t in enumerate(times) if t <= target + 1e-6) for target in targets]
+    np.testing.assert_allclose(frames[:, 40:, :, 0].mean(axis=(1, 2)), [100 + 3 * i for i in shown], atol=5)

@@ -1,0 +1,63 @@
+"""Resuming a stage: a 2-worker stage continues on 1 worker through a universal checkpoint; a plain ZeRO
+checkpoint on another world size is refused with a clear message instead of a DeepSpeed error."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.train.v2.api.exceptions import TrainingFailedError
+from training_runs import image_pipeline, sqlite_tracker, tiny_data
+
+from model.pretrained import load_pretrained
+from training.checkpoints import STATE_FILE, TrainState, export_complete, resume_point
+from training.errors import WorldSizeMismatchError
+from training.job import FaultInjection
+from training.launch import run_stage
+
+
+def test_plain_zero_checkpoint_on_another_world_size_is_refused(tmp_path):
+    checkpoint = tmp_path / "checkpoint_step00000004"
+    (checkpoint / "ds" / "step00000004").mkdir(parents=True)
+    (checkpoint / STATE_FILE).write_text(json.dumps(TrainState(step=4, world_size=2, zero_stage=2).to_dict()))
+    assert resume_point(checkpoint, rank=0, world_size=2, zero_stage=2).tag == "step00000004"
+    with pytest.raises(
+        WorldSizeMismatchError, match="written by 2 workers with ZeRO-2; this run has 1 workers"
+    ):
+        resume_point(checkpoint, rank=0, world_size=1, zero_stage=2)
+
+
+@pytest.mark.slow
+def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
+    ray_session, tmp_path, tmp_path_factory, caplog
+):
+    caplog.set_level(logging.WARNING, logger="svp.training")
+    pipeline = image_pipeline(tiny_data(tmp_path_factory.getbasetemp()))
+    work = tmp_path / "work"
+    tracker = sqlite_tracker(pipeline, work)
+    fault = FaultInjection(kill_at_step=6, rank=1, marker=str(tmp_path / "killed.txt"))
+    # A node is lost at step 6 and no retries are allowed: the run stops with its step-4 checkpoint.
+    with pytest.raises(TrainingFailedError):
+        run_stage(pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=0, fault=fault)
+    assert not export_complete(work / "tiny" / "image" / "export")
+
+    # The same command on the one worker left: converted to universal, resumed at step 4, finished.
+    result = run_stage(pipeline, "image", workers=1, work_dir=work, tracker=tracker)
+
+    # (The converted step-4 checkpoint itself is gone by now: keep_last=2 keeps steps 8 and 12.)
+    assert (
+        "checkpoint_step00000004: written by 2 workers (ZeRO-2), resuming on 1 (ZeRO-2): converting"
+        in caplog.text
+    )
+    info = json.loads((result.export_dir / "stage.json").read_text())
+    assert (info["step"], info["world_size"]) == (12, 1)
+    client = MlflowClient(tracker.tracking_uri)
+    assert [m.value for m in client.get_metric_history(result.mlflow_run_id, "train/resumed_from_step")] == [
+        4.0
+    ]
+    steps = sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, "train/loss"))
+    assert steps[-8:] == list(range(5, 13))  # the resumed attempt logged steps 5..12
+    assert client.get_run(result.mlflow_run_id).data.tags["svp.world_size"] == "1"
+    load_pretrained(result.export_dir)  # the consolidated weights load through the model's own loader

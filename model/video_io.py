@@ -51,7 +51,11 @@ def encode_mp4(
                 stream.codec_context.thread_count = threads
                 # x264 writes its version and options into the stream; keep the bitstream reproducible.
                 container.metadata["encoder"] = ""
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # Convert to yuv420p ourselves: letting the encoder convert RGB frames made the output depend on
+            # leftover buffer contents (the same frames sometimes gave different bytes), which breaks
+            # byte-identical reruns.
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         if stream is None:
             raise ValueError("no frames to encode")

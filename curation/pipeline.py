@@ -37,12 +37,16 @@ from curation.tables import (
     sources_table,
     write_table_atomic,
 )
-from curation.thresholds import apply_thresholds, default_thresholds, load_thresholds, write_thresholds
+from curation.thresholds import (
+    THRESHOLDS_FILE,
+    apply_thresholds,
+    default_thresholds,
+    load_thresholds,
+    write_thresholds,
+)
 from curation.worker import SourceLedger, process_source
 
 log = logging.getLogger(__name__)
-
-THRESHOLDS_FILE = "thresholds.yaml"
 
 
 def connect_ray(address: str | None = None) -> bool:

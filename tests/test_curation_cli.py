@@ -1,0 +1,87 @@
+"""`svp synth`, `svp curate`, `svp curate filter`, `svp curate report`: the commands a user types, run
+through the real CLI entry point (in this process, on the session's Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestration.cli import main
+
+
+@pytest.fixture(scope="module")
+def curated(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["synth", str(root / "corpus"), "--videos", "3", "--seed", "4"]) == 0
+    assert (root / "corpus" / "ground_truth.json").is_file()
+    out = root / "out"
+    code = main(
+        [
+            "curate",
+            "--input",
+            str(root / "corpus" / "videos"),
+            "--output",
+            str(out),
+            "--min-clip-s",
+            "1",
+            "--max-clip-s",
+            "2",
+        ]
+    )
+    assert code == 0
+    return root, out
+
+
+def test_curate_writes_the_output_folder(curated, capsys):
+    root, out = curated
+    for name in (
+        "sources.parquet",
+        "clips.parquet",
+        "thresholds.yaml",
+        "report.json",
+        "shards/index.parquet",
+    ):
+        assert (out / name).is_file(), name
+    clips = pd.read_parquet(out / "clips.parquet")
+    # --max-clip-s 2 at 24 fps: no clip longer than 48 frames.
+    assert (clips["end_frame"] - clips["start_frame"]).max() <= 48
+    assert main(["curate", "report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sources in" in printed
+    assert main(["curate", "report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["clips"]["total"] == len(clips)
+
+
+def test_filter_rewrites_decisions_without_decoding(curated):
+    root, out = curated
+    clips = pd.read_parquet(out / "clips.parquet")
+    cut = float(clips["motion_score"].median())
+    strict = root / "strict.yaml"
+    strict.write_text(yaml.safe_dump({"scores": {"motion_score": {"min": cut}}}))
+    assert main(["curate", "filter", str(out), "--thresholds", str(strict)]) == 0
+    after = pd.read_parquet(out / "clips.parquet")
+    expect = after["motion_score"] >= cut
+    assert list(after["kept"]) == list(expect)
+    assert all("motion_score.min" in f for f in after.loc[~after["kept"], "filtered_by"])
+    index = pd.read_parquet(out / "shards" / "index.parquet")
+    assert set(index["key"]) == set(after.loc[after["kept"], "clip_id"])
+    assert yaml.safe_load((out / "thresholds.yaml").read_text())["scores"]["motion_score"]["min"] == cut
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["curate", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"svp: error: input not found: {tmp_path / 'missing'}"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scenes:\n  min_clip_z: 3\n")
+    assert (
+        main(["curate", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("svp: error: ") and str(bad) in err and "scenes.min_clip_z" in err
+    assert main(["curate", "--input", str(tmp_path)]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert main(["curate", "report", str(tmp_path)]) == 2
+    assert "no report.json" in capsys.readouterr().err

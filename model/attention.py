@@ -54,7 +54,8 @@ def linear_attention(
         numerator = torch.einsum("bhed,bnhd->bnhe", kv_sum, qr_c)
         denominator = torch.einsum("bhd,bnhd->bnh", k_sum, q_c)
         outputs.append(numerator * (1.0 / (denominator + eps))[..., None])
-    return torch.cat(outputs, dim=1), (kv_sum, k_sum)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    return out, (kv_sum, k_sum)
 
 
 class LinearSelfAttention(nn.Module):

@@ -4,7 +4,7 @@ Per layer it keeps three tensors whose sizes never depend on how many blocks cam
 - `kv[i]`    (B, heads, d, d) fp32: Σ v·RoPE(φ(k))ᵀ over every cached token (keys rotated at their absolute
   frame positions when they were folded in; later queries are rotated at theirs, so no re-rotation is needed);
 - `k_sum[i]` (B, heads, d) fp32: Σ φ(k), the un-rotated normaliser;
-- `temporal[i]` (B, D, k//2, H'·W'): the last k//2 frames of the Mix-FFN temporal conv's input, the left
+- `temporal[i]` (B, k//2, H'·W', D): the last k//2 frames of the Mix-FFN temporal conv's input, the left
   context of the next block's first frame. Allocated on the first `update_cache` unless the token grid was
   given to `LinearDiT.new_cache`.
 """

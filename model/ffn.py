@@ -3,6 +3,10 @@
 The temporal conv (kernel k over frames, zero padding) is the only place where frames mix outside attention.
 In block-causal mode each chunk sees the previous chunk's last k//2 frames of `u` on its left and zeros on its
 right, so a chunk never looks ahead; the cached mode hands those k//2 frames from block to block.
+
+Parameters keep their conv shapes (the checkpoint layouts), but the forward works on tokens (B, F, H·W, D):
+the 1×1 convs are matmuls, the depthwise conv runs channels-last, and the temporal conv is k matmuls over
+shifted frames, so activations are never transposed to channels-first and back.
 """
 
 from __future__ import annotations
@@ -34,44 +38,37 @@ class MixFFN(nn.Module):
         past: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, N, D) over a (F, H, W) token grid -> (B, N, D), and the last k//2 frames of the temporal conv's
-        input (B, D, k//2, H·W) including `past`, which is what a cache keeps.
+        input (B, k//2, H·W, D) including `past`, which is what a cache keeps.
 
-        `chunk_frames` switches on block-causal padding; `past` (B, D, k//2, H·W) is the left context of the
+        `chunk_frames` switches on block-causal padding; `past` (B, k//2, H·W, D) is the left context of the
         first frame (zeros when None).
         """
         batch, tokens, dim = x.shape
         frames, height, width = grid
-        h = x.reshape(batch * frames, height, width, dim).permute(0, 3, 1, 2)
-        h = nn.functional.silu(self.conv_inverted(h))
-        value, gate = self.conv_depth(h).chunk(2, dim=1)
-        h = self.conv_point(value * nn.functional.silu(gate))
-        u = h.reshape(batch, frames, dim, height * width).permute(0, 2, 1, 3)  # (B, D, F, HW)
+        h = nn.functional.linear(x, self.conv_inverted.weight.flatten(1), self.conv_inverted.bias)
+        h = nn.functional.silu(h).view(batch * frames, height, width, -1).permute(0, 3, 1, 2)
+        h = self.conv_depth(h.contiguous(memory_format=torch.channels_last))
+        value, gate = h.permute(0, 2, 3, 1).reshape(batch, tokens, -1).chunk(2, dim=-1)
+        u = nn.functional.linear(value * nn.functional.silu(gate), self.conv_point.weight.flatten(1))
+        u = u.view(batch, frames, height * width, dim)
 
-        if past is None and chunk_frames is None:
-            temporal = self.conv_temp(u)  # one chunk with zero context: the plain zero-padded conv
-        else:
-            if past is None:
-                past = u.new_zeros(batch, dim, self.context, height * width)
-            temporal = self._chunked_temporal_conv(u, chunk_frames or [frames], past.to(u.dtype))
-        out = (u + temporal).permute(0, 2, 3, 1).reshape(batch, tokens, dim)
-        return out, self._last_frames(u, past)
-
-    def _last_frames(self, u: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
-        """The last k//2 frames of [past, u] (a view of u when u is long enough)."""
-        frames = u.shape[2]
-        if frames >= self.context:
-            return u[:, :, frames - self.context :]
         if past is None:
-            past = u.new_zeros(*u.shape[:2], self.context, u.shape[3])
-        return torch.cat([past[:, :, frames:].to(u.dtype), u], dim=2)
-
-    def _chunked_temporal_conv(
-        self, u: torch.Tensor, chunk_frames: list[int], left: torch.Tensor
-    ) -> torch.Tensor:
+            past = u.new_zeros(batch, self.context, height * width, dim)
+        left = past.to(u.dtype)
         outputs = []
-        for chunk in u.split(chunk_frames, dim=2):
-            right = chunk.new_zeros(*chunk.shape[:2], self.context, chunk.shape[3])
-            padded = torch.cat([left, chunk, right], dim=2)
-            outputs.append(nn.functional.conv2d(padded, self.conv_temp.weight))
-            left = torch.cat([left, chunk], dim=2)[:, :, chunk.shape[2] :]
-        return torch.cat(outputs, dim=2)
+        for chunk in u.split(chunk_frames or [frames], dim=1):
+            right = chunk.new_zeros(batch, self.context, height * width, dim)
+            outputs.append(chunk + self._temporal_conv(torch.cat([left, chunk, right], dim=1)))
+            left = torch.cat([left, chunk], dim=1)[:, chunk.shape[1] :]
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return out.view(batch, tokens, dim), left
+
+    def _temporal_conv(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, f + 2·(k//2), HW, D) zero/context-padded frames -> (B, f, HW, D): Σ_j W_j · frame[i + j]."""
+        weight = self.conv_temp.weight  # (D_out, D_in, k, 1)
+        frames = padded.shape[1] - 2 * self.context
+        out = None
+        for tap in range(weight.shape[2]):
+            term = padded[:, tap : tap + frames] @ weight[:, :, tap, 0].T
+            out = term if out is None else out + term
+        return out

@@ -79,7 +79,7 @@ class LinearDiT(nn.Module):
         if latent_hw is not None:
             token_hw = self._token_hw(*latent_hw)
             cache.token_hw = token_hw
-            shape = (batch_size, cfg.hidden_size, cfg.temporal_context, token_hw[0] * token_hw[1])
+            shape = (batch_size, cfg.temporal_context, token_hw[0] * token_hw[1], cfg.hidden_size)
             cache.temporal = [torch.zeros(shape, device=device, dtype=param.dtype) for _ in range(depth)]
         return cache
 

@@ -1,0 +1,108 @@
+"""The four tiny stages end to end through `svp train`, tracked in one MLflow parent run, then `svp generate`
+writes a block-autoregressive mp4 from the last stage's export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from training_runs import tiny_data
+
+from model.video_io import read_frames
+from orchestration.cli import main
+from training.tracking import (
+    PARENT_TAG,
+    TAG_DATASET,
+    TAG_EXPORT,
+    TAG_GIT,
+    TAG_INIT_FROM,
+    TAG_STAGE,
+    TAG_THRESHOLDS,
+)
+
+pytestmark = pytest.mark.slow
+STAGES = ["image", "video", "video-hires", "long-video-ar"]
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path or None):
+        out |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_factory, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_data(tmp_path_factory.getbasetemp())
+    work = tmp_path / "work"
+    argv = ["train", "tiny", "--var", f"data_root={data}", "--work-dir", str(work), "--workers", "1"]
+
+    assert main(argv) == 0
+    exports = {name: work / "tiny" / name / "export" for name in STAGES}
+    assert all((e / "model.safetensors").is_file() for e in exports.values())
+
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags[TAG_STAGE] == "-"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {
+        r.data.tags[TAG_STAGE]: r for r in runs if r.data.tags.get(PARENT_TAG) == parents[0].info.run_id
+    }
+    assert sorted(children) == sorted(STAGES)
+
+    init_keys = {}
+    for index, name in enumerate(STAGES):
+        run = children[name]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["svp.stage_index"] == str(index)
+        assert (
+            len(run.data.tags[TAG_DATASET]) >= 8 and run.data.tags[TAG_THRESHOLDS] and run.data.tags[TAG_GIT]
+        )
+        assert run.data.tags[TAG_EXPORT] == exports[name].resolve().as_uri()
+        assert run.data.params["steps"] == "8" and run.data.params["optimizer.lr"] == "0.001"
+        losses = client.get_metric_history(run.info.run_id, "train/loss")
+        assert sorted(m.step for m in losses) == list(range(1, 9))
+        artifacts = _artifacts(client, run.info.run_id)
+        assert {
+            "config/stage.json",
+            "export/model.safetensors",
+            "export/config.json",
+            "export/pointer.json",
+        } <= artifacts
+        assert any(a.startswith("samples/") and a.endswith(".mp4") for a in artifacts), artifacts
+        if index:
+            # Each stage started from the previous stage's export.
+            assert run.data.tags[TAG_INIT_FROM] == str(exports[STAGES[index - 1]])
+            local = client.download_artifacts(run.info.run_id, "init_from/keys.json", str(tmp_path / name))
+            init_keys[name] = json.loads(Path(local).read_text())
+            assert init_keys[name]["loaded"] and not init_keys[name]["unexpected"]
+    # The latent space and patch size change at video-hires: embedding and head are dropped and re-learned.
+    hires = json.loads((exports["video-hires"] / "config.json").read_text())
+    assert hires["in_channels"] == 192 and hires["patch_size"] == [1, 1, 1]
+    assert "patch_embedding.weight" in init_keys["video-hires"]["dropped"]
+    assert "proj_out.weight" in init_keys["video-hires"]["missing"]
+    assert init_keys["long-video-ar"]["dropped"] == [] and init_keys["long-video-ar"]["missing"] == []
+    assert children["video-hires"].data.params["model.overrides.in_channels"] == "192"
+
+    # Rerunning the same command finds every export and trains nothing; the parent run is re-attached.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already exported") == 4
+    assert len(client.search_runs([experiment.experiment_id])) == 5
+
+    # 2 s at the stage's 8 fps = 16 latent frames (space-to-depth has no temporal stride) = 4 blocks of 4.
+    video = tmp_path / "long.mp4"
+    gen = [
+        "generate",
+        str(exports["long-video-ar"]),
+        "--prompt",
+        "a red square moves right",
+        "--seconds",
+        "2",
+    ]
+    assert main([*gen, "--out", str(video), "--block-frames", "4", "--steps", "2"]) == 0
+    frames = read_frames(video)
+    assert frames.shape == (16, 64, 64, 3)

@@ -81,39 +81,55 @@ class StageStep:
         return latents.float(), text.to(self.device, self.dtype), mask.to(self.device)
 
     def noise(self, latents: torch.Tensor, generator: torch.Generator):
-        """(noisy latents, timesteps, noise): per-sample σ, or per-chunk σ for block-causal stages."""
-        from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
-
-        flow, batch = self.stage.flow, latents.shape[0]
-        if self.stage.chunk_sizes:
-            sigma = sample_chunk_sigmas(
-                batch,
-                self.stage.chunk_sizes,
-                self.stage.chunk_sigma_strategy,
-                generator,
-                flow.logit_mean,
-                flow.logit_std,
-                flow.shift,
-            )
-        else:
-            sigma = sample_sigmas(batch, generator, flow.logit_mean, flow.logit_std, flow.shift)
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        sigma = sigma.to(self.device)
-        noisy = add_noise(latents, noise, sigma)
-        return noisy.to(self.dtype), sigma_to_timestep(sigma), noise
+        return noise_latents(self.stage, latents, generator, self.dtype)
 
     def flops_and_tokens(self, latents: torch.Tensor, text_len: int) -> tuple[float, float]:
-        """Model FLOPs (forward + backward = 3 × forward) and latent tokens of this batch."""
-        from model.info import forward_flops
-
-        batch, _, frames, height, width = latents.shape
-        pt, ph, pw = self.model_config.patch_size
-        tokens = batch * (frames // pt) * (height // ph) * (width // pw)
-        flops = 3.0 * batch * forward_flops(self.model_config, tuple(latents.shape[1:]), text_len)
-        return flops, float(tokens)
+        return step_flops_and_tokens(self.model_config, tuple(latents.shape), text_len)
 
 
-def _build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
+def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
+    """(noisy latents in `dtype`, timesteps, noise): per-sample σ, or per-chunk σ for block-causal stages."""
+    from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
+
+    flow, batch = stage.flow, latents.shape[0]
+    if stage.chunk_sizes:
+        sigma = sample_chunk_sigmas(
+            batch,
+            stage.chunk_sizes,
+            stage.chunk_sigma_strategy,
+            generator,
+            flow.logit_mean,
+            flow.logit_std,
+            flow.shift,
+        )
+    else:
+        sigma = sample_sigmas(batch, generator, flow.logit_mean, flow.logit_std, flow.shift)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    sigma = sigma.to(latents.device)
+    return add_noise(latents, noise, sigma).to(dtype), sigma_to_timestep(sigma), noise
+
+
+def step_flops_and_tokens(
+    model_config: Any, latent_shape: tuple[int, ...], text_len: int
+) -> tuple[float, float]:
+    """Model FLOPs of one training step (forward + backward = 3 × forward) and latent tokens of a batch."""
+    from model.info import forward_flops
+
+    batch, _, frames, height, width = latent_shape
+    pt, ph, pw = model_config.patch_size
+    tokens = batch * (frames // pt) * (height // ph) * (width // pw)
+    return 3.0 * batch * forward_flops(model_config, tuple(latent_shape[1:]), text_len), float(tokens)
+
+
+def forward_loss(engine: Any, stage: Any, latents, noisy, text, mask, timesteps, noise) -> torch.Tensor:
+    """Flow-matching loss of one batch (block-causal when the stage has `chunk_sizes`)."""
+    from model.flow import flow_matching_loss
+
+    prediction = engine(noisy, text, timesteps, text_mask=mask, chunk_sizes=stage.chunk_sizes)
+    return flow_matching_loss(prediction, latents, noise)
+
+
+def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
     import deepspeed
 
     config = stage.deepspeed_config(world_size, use_gpu)
@@ -167,7 +183,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 log.warning(report.summary())
                 if tracker:
                     tracker.log_json(report.to_dict(), "init_from/keys.json")
-        engine = _build_engine(stage, model, world, use_gpu, universal=bool(point and point.universal))
+        engine = build_engine(stage, model, world, use_gpu, universal=bool(point and point.universal))
         ema = EMA(engine.module, stage.ema.decay, stage.ema.update_every) if stage.ema and rank == 0 else None
         state = TrainState(0, world, stage.deepspeed.zero_stage, mlflow_run_id=job.mlflow_run_id)
         state.stage_fingerprint = stage.fingerprint()
@@ -204,10 +220,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         noisy, timesteps, noise = step_math.noise(latents, generator)
         flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
 
-        from model.flow import flow_matching_loss
-
-        prediction = engine(noisy, text, timesteps, text_mask=mask, chunk_sizes=stage.chunk_sizes)
-        loss = flow_matching_loss(prediction, latents, noise)
+        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise)
         finite = bool(torch.isfinite(loss.detach()))
         local = StepTotals(
             float(loss.detach()) if finite else 0.0,
@@ -220,7 +233,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         totals = StepTotals.all_reduce(local, device)
         if totals.nonfinite:
             state.skipped_steps += 1
-            del prediction, loss
+            del loss
         else:
             engine.backward(loss)
             engine.step()

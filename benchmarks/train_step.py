@@ -1,0 +1,161 @@
+"""Throughput of one training step of the Linear DiT: samples/s, tokens/s and MFU, for a preset and resolution.
+
+    python -m benchmarks.train_step --preset sana-video-2b-480p --frames 81 --height 480 --width 832
+
+One process, one device, DeepSpeed with the same engine config as `svp train` (ZeRO-2, bf16 on GPU,
+activation checkpointing by default), and the loop's own step (`training.worker`: noise, flow-matching loss,
+backward, optimizer step). Latents and text embeddings are random tensors of the real shapes, so the numbers
+are the DiT's alone (as with precomputed latents); the VAE and text encoder are not timed.
+
+MFU counts model FLOPs only (3 × `model.info.forward_flops`; the recompute of activation checkpointing is
+extra work that is not counted) against the device's dense peak (`training.metrics.peak_flops`,
+`SVP_PEAK_TFLOPS` overrides). Prints one JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import time
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stage(args: argparse.Namespace):
+    """A StageConfig with the benchmark's settings, so the DeepSpeed and model configs are the trainer's."""
+    from pydantic import TypeAdapter
+
+    from training.config import StageConfig
+
+    return TypeAdapter(StageConfig).validate_python(
+        {
+            "name": "benchmark",
+            "data": ["unused"],
+            "kind": "video" if args.frames > 1 else "image",
+            "buckets": [
+                {
+                    "height": args.height,
+                    "width": args.width,
+                    "num_frames": args.frames,
+                    "batch_size": args.batch,
+                }
+            ],
+            "autoencoder": {"name": "unused"},
+            "text_encoder": {"name": "unused", "max_length": args.text_len},
+            "model": {"preset": args.preset},
+            "optimizer": {"lr": 5e-5, "grad_clip": 0.1},
+            "steps": args.steps,
+            "checkpoint": {"every": 10**9},
+            "deepspeed": {
+                "zero_stage": args.zero_stage,
+                "bf16": args.bf16,
+                "activation_checkpointing": args.activation_checkpointing,
+            },
+        }
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    from model import LinearDiT
+    from model.info import latent_shape
+    from training.metrics import peak_flops
+    from training.worker import build_engine, forward_loss, noise_latents, step_flops_and_tokens
+
+    use_gpu = torch.cuda.is_available() and not args.cpu
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+
+    stage = _stage(args)
+    config = stage.model_config()
+    bf16 = stage.deepspeed.bf16_enabled(use_gpu)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LinearDiT(config)
+    engine = build_engine(stage, model, world_size=1, use_gpu=use_gpu, universal=False)
+
+    shape = (args.batch, *latent_shape(config, args.frames, args.height, args.width))
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(shape, generator=generator).to(device)
+    text = torch.randn(args.batch, args.text_len, config.caption_channels, generator=generator).to(
+        device, dtype
+    )
+    mask = torch.ones(args.batch, args.text_len, dtype=torch.long, device=device)
+    flops, tokens = step_flops_and_tokens(config, shape, args.text_len)
+
+    times = []
+    for step in range(args.warmup + args.steps):
+        if use_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        noisy, timesteps, noise = noise_latents(stage, latents, generator, dtype)
+        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise)
+        engine.backward(loss)
+        engine.step()
+        if use_gpu:
+            torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    peak = peak_flops(device, bf16)
+    return {
+        "preset": args.preset,
+        "frames": args.frames,
+        "height": args.height,
+        "width": args.width,
+        "batch": args.batch,
+        "latent": list(shape[1:]),
+        "tokens_per_sample": tokens / args.batch,
+        "zero_stage": args.zero_stage,
+        "bf16": bf16,
+        "activation_checkpointing": args.activation_checkpointing,
+        "device": torch.cuda.get_device_name(device) if use_gpu else "cpu",
+        "step_s_median": step_s,
+        "step_s_min": min(times),
+        "samples_per_s": args.batch / step_s,
+        "tokens_per_s": tokens / step_s,
+        "model_tflops_per_step": flops / 1e12,
+        "achieved_tflops": flops / step_s / 1e12,
+        "mfu": flops / step_s / peak if peak else None,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if use_gpu else None,
+        "loss": float(loss),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="sana-video-2b-480p")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--text-len", type=int, default=300)
+    parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--bf16", default="auto", type=lambda v: v if v == "auto" else v.lower() == "true")
+    parser.add_argument(
+        "--no-activation-checkpointing", dest="activation_checkpointing", action="store_false"
+    )
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
+    print(json.dumps(run(parser.parse_args())), flush=True)
+
+
+if __name__ == "__main__":
+    main()

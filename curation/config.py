@@ -54,7 +54,7 @@ class DetectorConfig(_Strict):
 
 class SceneConfig(_Strict):
     detectors: list[DetectorConfig] = Field(default_factory=lambda: [DetectorConfig()], min_length=1)
-    detect_width: int = Field(128, ge=16, description="frames are shrunk to this width before detection")
+    detect_width: int = Field(64, ge=16, description="frames are shrunk to this width before detection")
     min_clip_s: float = Field(2.0, gt=0)
     max_clip_s: float = Field(10.0, gt=0, description="longer scenes are split into windows this long")
     trim_s: float = Field(0.1, ge=0, description="dropped at both sides of every cut (transition frames)")

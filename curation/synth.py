@@ -103,6 +103,11 @@ def render_shot(
     return translating_frames(base, height * scale, width * scale, num_frames, px_per_frame * scale)
 
 
+def _add_grain(frame: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+    noise = rng.normal(0.0, sigma, frame.shape).astype(np.float32)
+    return np.clip(frame.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+
 def _caption(rng: np.random.Generator) -> str:
     return f"{_SUBJECTS[rng.integers(len(_SUBJECTS))]} {_ACTIONS[rng.integers(len(_ACTIONS))]}"
 
@@ -171,8 +176,13 @@ def make_corpus(
     shot_seconds: tuple[float, float] = (1.5, 3.0),
     shots_per_video: tuple[int, int] = (1, 3),
     broken: bool = True,
+    grain: float = 0.0,
 ) -> GroundTruth:
-    """Write `num_videos` videos (+ broken files) under `out/videos` and the truth to `out/ground_truth.json`."""
+    """Write `num_videos` videos (+ broken files) under `out/videos` and the truth to `out/ground_truth.json`.
+
+    `grain` adds Gaussian noise of that standard deviation (in 8-bit levels) to every frame: smooth synthetic
+    pictures compress to almost nothing and decode unrealistically fast; grain brings the bitrate and the
+    decode cost to those of camera footage (used by the benchmark)."""
     if num_videos < 0:
         raise ValueError(f"--videos must be >= 0, got {num_videos}")
     if width % 2 or height % 2:
@@ -192,7 +202,10 @@ def make_corpus(
             length = int(round(fps * rng.uniform(*shot_seconds)))
             motion = int(MOTION_LEVELS[rng.integers(len(MOTION_LEVELS))])
             start = len(frames)
-            frames += render_shot(int(rng.integers(1 << 31)), height, width, length, motion, hue)
+            shot = render_shot(int(rng.integers(1 << 31)), height, width, length, motion, hue)
+            if grain > 0:
+                shot = [_add_grain(f, rng, grain) for f in shot]
+            frames += shot
             shots.append(Shot(start, len(frames), motion))
             hue = (hue + 0.33 + 0.1 * float(rng.random())) % 1.0
         name = f"video_{v:03d}.mp4"

@@ -3,7 +3,7 @@
     python -m benchmarks.train_step --preset sana-video-2b-480p --frames 81 --height 480 --width 832
 
 One process, one device, DeepSpeed with the same engine config as `svp train` (ZeRO-2, bf16 on GPU,
-activation checkpointing by default), and the loop's own step (`training.worker`: noise, flow-matching loss,
+activation checkpointing by default), and the loop's own step (`training.step`: noise, flow-matching loss,
 backward, optimizer step). Latents and text embeddings are random tensors of the real shapes, so the numbers
 are the DiT's alone (as with precomputed latents); the VAE and text encoder are not timed.
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     from model import LinearDiT
     from model.info import latent_shape
     from training.metrics import peak_flops
-    from training.worker import build_engine, forward_loss, noise_latents, step_flops_and_tokens
+    from training.step import build_engine, forward_loss, noise_latents, step_flops_and_tokens
 
     use_gpu = torch.cuda.is_available() and not args.cpu
     if not use_gpu:

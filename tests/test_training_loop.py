@@ -12,7 +12,7 @@ from model.flow import flow_matching_loss
 from model.pretrained import load_pretrained
 from training.checkpoints import export_complete
 from training.data import StageData
-from training.worker import StageStep, step_generator
+from training.step import StageStep, step_generator
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,6 @@ in a collective the others skipped) and counted in `train/skipped_steps`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -30,14 +29,9 @@ from training.errors import StageConfigError
 from training.job import StageJob
 from training.metrics import StepTotals, peak_flops, step_metrics
 from training.sampling import render_sample
+from training.step import StageStep, build_engine, forward_loss, step_generator
 
 log = logging.getLogger("svp.training")
-
-
-def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """The generator of every random draw of one rank's step (CPU, so results do not depend on the device)."""
-    digest = hashlib.sha256(f"{seed}:{rank}:{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def _maybe_die(job: StageJob, rank: int, step: int) -> None:
@@ -49,95 +43,6 @@ def _maybe_die(job: StageJob, rank: int, step: int) -> None:
         return
     marker.write_text(f"killed rank {rank} at step {step} (pid {os.getpid()})\n")
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-class StageStep:
-    """The encoders and the per-step math of one stage, independent of Ray (also used by the benchmark)."""
-
-    def __init__(self, stage: Any, device: torch.device, dtype: torch.dtype) -> None:
-        from model.autoencoders import build_autoencoder
-        from model.text_encoders import build_text_encoder
-
-        self.stage = stage
-        self.device = device
-        self.dtype = dtype
-        self.autoencoder = build_autoencoder(
-            stage.autoencoder.name, stage.autoencoder.path, device=device, **stage.autoencoder.options
-        )
-        options = dict(stage.text_encoder.options)
-        options.setdefault("max_length", stage.text_encoder.max_length)
-        self.text_encoder = build_text_encoder(
-            stage.text_encoder.name, stage.text_encoder.path, device=device, **options
-        )
-        self.model_config = stage.model_config()
-
-    def encode(self, video: torch.Tensor, captions: list[str], generator: torch.Generator):
-        """Latents (B, C, F, H, W) and text (embeddings, mask), with caption dropout → empty caption."""
-        drop = torch.rand(len(captions), generator=generator) < self.stage.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        with torch.no_grad():
-            latents = self.autoencoder.encode(video.to(self.device, torch.float32))
-            text, mask = self.text_encoder.encode(captions)
-        return latents.float(), text.to(self.device, self.dtype), mask.to(self.device)
-
-    def noise(self, latents: torch.Tensor, generator: torch.Generator):
-        return noise_latents(self.stage, latents, generator, self.dtype)
-
-    def flops_and_tokens(self, latents: torch.Tensor, text_len: int) -> tuple[float, float]:
-        return step_flops_and_tokens(self.model_config, tuple(latents.shape), text_len)
-
-
-def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
-    """(noisy latents in `dtype`, timesteps, noise): per-sample σ, or per-chunk σ for block-causal stages."""
-    from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
-
-    flow, batch = stage.flow, latents.shape[0]
-    if stage.chunk_sizes:
-        sigma = sample_chunk_sigmas(
-            batch,
-            stage.chunk_sizes,
-            stage.chunk_sigma_strategy,
-            generator,
-            flow.logit_mean,
-            flow.logit_std,
-            flow.shift,
-        )
-    else:
-        sigma = sample_sigmas(batch, generator, flow.logit_mean, flow.logit_std, flow.shift)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    sigma = sigma.to(latents.device)
-    return add_noise(latents, noise, sigma).to(dtype), sigma_to_timestep(sigma), noise
-
-
-def step_flops_and_tokens(
-    model_config: Any, latent_shape: tuple[int, ...], text_len: int
-) -> tuple[float, float]:
-    """Model FLOPs of one training step (forward + backward = 3 × forward) and latent tokens of a batch."""
-    from model.info import forward_flops
-
-    batch, _, frames, height, width = latent_shape
-    pt, ph, pw = model_config.patch_size
-    tokens = batch * (frames // pt) * (height // ph) * (width // pw)
-    return 3.0 * batch * forward_flops(model_config, tuple(latent_shape[1:]), text_len), float(tokens)
-
-
-def forward_loss(engine: Any, stage: Any, latents, noisy, text, mask, timesteps, noise) -> torch.Tensor:
-    """Flow-matching loss of one batch (block-causal when the stage has `chunk_sizes`)."""
-    from model.flow import flow_matching_loss
-
-    prediction = engine(noisy, text, timesteps, text_mask=mask, chunk_sizes=stage.chunk_sizes)
-    return flow_matching_loss(prediction, latents, noise)
-
-
-def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
-    import deepspeed
-
-    config = stage.deepspeed_config(world_size, use_gpu)
-    if universal:
-        config["checkpoint"] = {"load_universal": True}
-    params = [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
-    return engine
 
 
 def train_loop_per_worker(job_dict: dict[str, Any]) -> None:

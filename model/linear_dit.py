@@ -106,7 +106,9 @@ class LinearDiT(nn.Module):
         frame_offset: int,
         text_mask: torch.Tensor | None = None,
     ) -> None:
-        """Run the clean block at t = 0 and fold it into `cache` in place (running sums, last frames)."""
+        """Run the clean block at t = 0 and fold it into `cache` in place (running sums, last frames).
+
+        Runs without autograd: the cache is inference state (block-AR training uses `chunk_sizes`)."""
         self._check_cache(clean_block, cache, frame_offset)
         zeros = torch.zeros(clean_block.shape[0], device=clean_block.device)
         self._run(clean_block, text, zeros, text_mask, None, frame_offset, cache=cache, store=True)

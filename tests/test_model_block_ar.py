@@ -162,8 +162,9 @@ def test_bad_inputs_name_the_problem(model, inputs):
         model(latents[:, :16], text, 1.0)
     with pytest.raises(ValueError, match="timesteps must be"):
         model(latents, text, torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="rope_max_seq_len"):
-        model.forward_block(latents[:, :, :1], text, 1.0, model.new_cache(2), 0)  # fine
-        cache = model.new_cache(2)
-        cache.num_frames = 1024
+    cache = model.new_cache(2)
+    cache.num_frames = 1023  # the last frame RoPE covers: still fine
+    model.forward_block(latents[:, :, :1], text, 1.0, cache, 1023)
+    cache.num_frames = 1024
+    with pytest.raises(ValueError, match="exceeds rope_max_seq_len=1024"):
         model.forward_block(latents[:, :, :1], text, 1.0, cache, 1024)

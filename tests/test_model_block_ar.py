@@ -58,9 +58,11 @@ def test_block_causal_last_chunk_equals_cached_block(model, inputs, chunks):
         for size in chunks[:-1]:
             model.update_cache(latents[:, :, start : start + size], text, cache, start, mask)
             start += size
+        before = [t.clone() for t in cache.tensors()]
         block = model.forward_block(latents[:, :, last:], text, t_last, cache, last, mask)
         empty = model.forward_block(latents[:, :, last:], text, t_last, model.new_cache(2), 0, mask)
     assert cache.num_frames == last
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.tensors(), strict=True))  # read only
     assert _rel(block, full[:, :, last:]) < 1e-5
     # The cache carries real information: without it the block's output is different.
     assert _rel(empty, full[:, :, last:]) > 1e-3

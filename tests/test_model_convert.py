@@ -192,8 +192,10 @@ def test_official_layout_keys_and_round_trip(diffusers_model):
         assert torch.equal(back.state_dict()[key], tensor), key
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_official_files_load_and_drop_unused_keys(diffusers_model, tmp_path, caplog, suffix):
+@pytest.mark.parametrize(
+    ("suffix", "wrapper"), [(".pth", "state_dict"), (".pth", "model"), (".safetensors", None)]
+)
+def test_official_files_load_and_drop_unused_keys(diffusers_model, tmp_path, caplog, suffix, wrapper):
     ours = from_diffusers(diffusers_model)
     path = tmp_path / f"SANA_Video_tiny{suffix}"
     save_official(ours, path)
@@ -205,7 +207,7 @@ def test_official_files_load_and_drop_unused_keys(diffusers_model, tmp_path, cap
         state["pos_embed"] = torch.zeros(1, 64, 24)
         state["logvar_linear.weight"] = torch.zeros(1, 24)
         state["logvar_linear.bias"] = torch.zeros(1)
-        torch.save({"state_dict": state, "step": 1000}, path)
+        torch.save({wrapper: state, "step": 1000}, path)
     else:
         assert set(load_file(str(path))) == _official_keys(depth=2)
     with caplog.at_level(logging.INFO, logger="model.convert"):

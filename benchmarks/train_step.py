@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    if args.profile:
+        _profile(stage, engine, latents, text, mask, generator, dtype, args.profile)
     peak = peak_flops(device, bf16)
     return {
         "preset": args.preset,
@@ -134,8 +136,27 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "mfu": flops / step_s / peak if peak else None,
         "peak_tflops": peak / 1e12 if peak else None,
         "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if use_gpu else None,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
     }
+
+
+def _profile(stage, engine, latents, text, mask, generator, dtype, rows: int) -> None:
+    """One more step under torch.profiler; the top ops by device (or CPU) time go to stderr."""
+    import sys
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from training.step import forward_loss, noise_latents
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if latents.is_cuda else [])
+    with profile(activities=activities) as prof:
+        noisy, timesteps, noise = noise_latents(stage, latents, generator, dtype)
+        engine.backward(forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise))
+        engine.step()
+        if latents.is_cuda:
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if latents.is_cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=rows), file=sys.stderr)
 
 
 def main() -> None:
@@ -154,6 +175,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="Profile one more step; print this many top ops."
+    )
     print(json.dumps(run(parser.parse_args())), flush=True)
 
 

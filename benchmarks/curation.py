@@ -155,6 +155,7 @@ def main() -> None:
     paths = sorted((work / VIDEOS_DIR).glob("*.mp4"))
     cfg = CurationConfig()
     hours = 0.0
+    bits = sum(p.stat().st_size for p in paths) * 8
     for p in paths:
         with av.open(str(p)) as c:
             s = c.streams.video[0]
@@ -177,7 +178,8 @@ def main() -> None:
 
     base = rows["(a) plain decode"][0]
     print(
-        f"corpus: {len(paths)} videos, {args.width}x{args.height} @ {args.fps:g} fps, {hours * 3600:.0f} s of video; "
+        f"corpus: {len(paths)} videos, {args.width}x{args.height} @ {args.fps:g} fps, {hours * 3600:.0f} s of video, "
+        f"H.264 {bits / (hours * 3600) / 1e6:.1f} Mb/s (grain {args.grain:g}); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}"
     )

@@ -140,6 +140,32 @@ def _audio_only_mp4(seconds: float = 1.0, rate: int = 16000) -> bytes:
     return buf.getvalue()
 
 
+def write_phone_clip(path: str | os.PathLike, rotation: int = 90, frames: int = 48) -> Path:
+    """A phone-style mp4: 160x96 coded, a display rotation, and a variable frame rate (30 and 55 ms frame
+    durations alternate). Written directly with PyAV because `encode_mp4` makes constant-rate, upright files."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.codec_context.thread_count = 1
+        stream.set_display_rotation(rotation)
+        pts = 0
+        for i in range(frames):
+            picture = np.full((96, 160, 3), (i * 5) % 256, np.uint8)
+            picture[:16, :16] = (255, 0, 0)  # a marker in the coded top-left corner
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += 30 if i % 2 else 55
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    path = Path(path)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
 def _write_broken(
     videos: Path, rng: np.random.Generator, fps: float, height: int, width: int
 ) -> dict[str, str]:

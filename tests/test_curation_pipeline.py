@@ -14,7 +14,7 @@ import yaml
 from curation.config import CurationConfig
 from curation.format import INDEX_COLUMNS, SHARDS_DIR, make_clip_id
 from curation.pipeline import run_curation
-from curation.synth import VIDEOS_DIR, make_corpus
+from curation.synth import VIDEOS_DIR, make_corpus, write_phone_clip
 from curation.thresholds import load_thresholds, thresholds_hash
 from curation.worker import CRASH_ENV
 from model.video_io import read_frames
@@ -30,6 +30,10 @@ def curated(ray_session, tmp_path_factory):
     # A per-source Python failure: a caption sidecar that is not JSON.
     (videos / "bad_sidecar.mp4").write_bytes((videos / truth.videos[0].file).read_bytes()[:-1] + b"\x00")
     (videos / "bad_sidecar.json").write_text("{not json")
+    # The same content under a second name, and an upright-by-rotation, variable-frame-rate phone clip (its
+    # portrait scorer frames share batches with the landscape ones).
+    (videos / "zz_copy.mp4").write_bytes((videos / truth.videos[2].file).read_bytes())
+    write_phone_clip(videos / "phone.mp4")
     # A worker that dies outright (like a decoder segfault) on every attempt.
     (videos / "crashme.mp4").write_bytes((videos / truth.videos[1].file).read_bytes() + b"\x00")
     cfg = CurationConfig.model_validate(
@@ -47,7 +51,8 @@ def test_every_input_is_accounted_for(curated):
     root, truth, out, report = curated
     sources = pd.read_parquet(out / "sources.parquet")
     names = {u.rsplit("/", 1)[1] for u in sources["uri"]}
-    expected = {v.file for v in truth.videos} | set(truth.broken) | {"bad_sidecar.mp4", "crashme.mp4"}
+    extra = {"bad_sidecar.mp4", "crashme.mp4", "zz_copy.mp4", "phone.mp4"}
+    expected = {v.file for v in truth.videos} | set(truth.broken) | extra
     assert names == expected
     by_name = {
         u.rsplit("/", 1)[1]: row for u, row in zip(sources["uri"], sources.to_dict("records"), strict=True)
@@ -60,12 +65,21 @@ def test_every_input_is_accounted_for(curated):
     assert crash["status"] == "failed"
     assert f"each of {MAX_RETRIES + 1} attempts" in crash["reason"]
     assert crash["source_id"]
+    copy = by_name["zz_copy.mp4"]
+    assert (
+        copy["status"] == "rejected"
+        and copy["reason"] == f"duplicate content of {root / VIDEOS_DIR / truth.videos[2].file}"
+    )
+    phone = by_name["phone.mp4"]
+    assert (
+        phone["status"] == "ok" and (phone["width"], phone["height"]) == (96, 160) and phone["num_clips"] >= 1
+    )
     for video in truth.videos:
         row = by_name[video.file]
         assert row["status"] == "ok" and row["reason"] == ""
         assert (row["width"], row["height"], row["codec"]) == (video.width, video.height, "h264")
         assert row["num_clips"] >= 1
-    assert report["sources"] == {**report["sources"], "total": len(expected), "failed": 2, "rejected": 6}
+    assert report["sources"] == {**report["sources"], "total": len(expected), "failed": 2, "rejected": 7}
 
 
 def test_clips_table_has_every_score_and_decision(curated):
@@ -83,8 +97,13 @@ def test_clips_table_has_every_score_and_decision(curated):
     for row in clips.to_dict("records"):
         assert row["clip_id"] == make_clip_id(row["source_id"], row["start_frame"], row["end_frame"])
         assert row["end_frame"] - row["start_frame"] <= 3 * 24
-    captions = {v.caption for v in truth.videos}
-    assert set(clips["caption"]) <= captions and (clips["caption_source"] == "sidecar").all()
+    captioned = clips[clips["caption"].notna()]
+    assert set(captioned["caption"]) == {v.caption for v in truth.videos}
+    assert (captioned["caption_source"] == "sidecar").all()
+    # The phone clip has no caption: the default thresholds (require_caption) drop it, and say why.
+    uncaptioned = clips[clips["caption"].isna()]
+    assert len(uncaptioned) and not uncaptioned["kept"].any()
+    assert all("caption.required" in f for f in uncaptioned["filtered_by"])
     assert list(clips["clip_id"]) == sorted(clips["clip_id"])
 
 

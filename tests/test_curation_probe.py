@@ -3,16 +3,11 @@ duration, fps, size, codec; rotation and variable frame rate are read from real 
 
 from __future__ import annotations
 
-import io
-from fractions import Fraction
-
-import av
-import numpy as np
 import pytest
 
 from curation.config import ProbeConfig
 from curation.probe import probe_source
-from curation.synth import VIDEOS_DIR, make_corpus
+from curation.synth import VIDEOS_DIR, make_corpus, write_phone_clip
 
 
 @pytest.fixture(scope="module")
@@ -49,34 +44,22 @@ def test_good_files_report_their_properties(corpus):
     assert strict.status == "rejected" and strict.reason.startswith("too short")
 
 
-def _vfr_rotated_mp4(path, rotation):
-    """48 frames with alternating 30/55 ms durations, with a display rotation."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
-        s.codec_context.time_base = Fraction(1, 1000)
-        s.set_display_rotation(rotation)
-        t = 0
-        for i in range(48):
-            f = av.VideoFrame.from_ndarray(np.full((96, 160, 3), i * 5, np.uint8), format="rgb24")
-            f.pts, f.time_base = t, Fraction(1, 1000)
-            t += 30 if i % 2 else 55
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    path.write_bytes(buf.getvalue())
-    return path
-
-
 def test_rotation_and_variable_frame_rate(tmp_path):
-    result = _probe(_vfr_rotated_mp4(tmp_path / "vfr.mp4", 90))
+    result = _probe(write_phone_clip(tmp_path / "vfr.mp4", 90))
     assert result.status == "ok"
     assert result.rotation == 90
     assert (result.width, result.height) == (96, 160)  # display size, after the quarter turn
     assert result.variable_frame_rate
     assert result.fps == pytest.approx(48 / result.duration_s, rel=0.05)  # mean rate, not the nominal 24
+
+    from curation.config import CurationConfig
+    from curation.decode import SourceDecoder
+
+    cfg = CurationConfig.model_validate({"scenes": {"min_clip_s": 1.0}})
+    clips = list(SourceDecoder(str(tmp_path / "vfr.mp4"), result, cfg).clips())
+    assert clips and all(c.frames.shape[1:] == (160, 96, 3) for c in clips)  # scorers see it upright
+    # Clip times come from the frames' timestamps, not from frame count / nominal rate.
+    assert clips[-1].end_s == pytest.approx(result.duration_s, abs=0.06)
 
 
 def test_truncated_file_with_index_first_is_caught_by_the_frame_count(tmp_path):
@@ -84,7 +67,7 @@ def test_truncated_file_with_index_first_is_caught_by_the_frame_count(tmp_path):
     from curation.config import CurationConfig
     from curation.decode import DecodeError, SourceDecoder
 
-    path = _vfr_rotated_mp4(tmp_path / "whole.mp4", 0)
+    path = write_phone_clip(tmp_path / "whole.mp4", 0)
     result = _probe(path)
     assert result.status == "ok"
     # Pretend the header promises twice the frames that are there (as an index-first file cut in half does).

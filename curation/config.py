@@ -70,6 +70,7 @@ class MotionConfig(_Strict):
     short_side: int = Field(96, ge=16, description="flow is computed at this short side (no upscaling)")
     pairs_per_s: float = Field(2.0, gt=0, description="frame pairs sampled per second of video")
     pair_gap_s: float = Field(1 / 30, gt=0, description="time between the two frames of a pair")
+    codec_mvs: bool = Field(False, description="also score the codec's motion vectors (motion_mv_score)")
 
 
 class ProbeConfig(_Strict):

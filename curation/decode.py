@@ -19,7 +19,15 @@ import cv2
 import numpy as np
 
 from curation.config import CurationConfig
-from curation.motion import analysis_size, clip_motion, pair_gap_frames, pair_motion, to_analysis_gray
+from curation.motion import (
+    analysis_size,
+    clip_motion,
+    clip_mv_motion,
+    codec_mv_motion,
+    pair_gap_frames,
+    pair_motion,
+    to_analysis_gray,
+)
 from curation.probe import Probe
 from curation.scenes import CutTracker
 
@@ -39,6 +47,7 @@ class DecodedClip:
     frames: np.ndarray  # (K, h, w, 3) uint8 RGB at the scorers' short side, display orientation
     motion_score: float | None
     motion_peak: float | None  # highest pair score: a missed cut shows here
+    motion_mv_score: float | None = None  # from the codec's motion vectors, when `motion.codec_mvs` is on
 
 
 @dataclass
@@ -50,13 +59,14 @@ class _Buffers:
     samples: dict[int, av.VideoFrame] = field(default_factory=dict)
     pending_gray: dict[int, np.ndarray] = field(default_factory=dict)  # first frames of open pairs
     pairs: list[tuple[int, int, float]] = field(default_factory=list)
+    mv: dict[int, float] = field(default_factory=dict)  # frame -> codec motion-vector score
     horizon: int = 0
 
     def drop_before(self, frame: int) -> None:
         if frame <= self.horizon:
             return
         self.horizon = frame
-        for d in (self.times, self.samples, self.pending_gray):
+        for d in (self.times, self.samples, self.pending_gray, self.mv):
             for k in [k for k in d if k < frame]:
                 del d[k]
         self.pairs = [p for p in self.pairs if p[0] >= frame]
@@ -137,6 +147,8 @@ class SourceDecoder:
             stream.codec_context.thread_count = cfg.decode_threads
             if cfg.decode_threads != 1:
                 stream.thread_type = "AUTO"
+            if cfg.motion.codec_mvs:
+                stream.codec_context.options = {"flags2": "+export_mvs"}
             w, h = stream.codec_context.width, stream.codec_context.height
             det_w = min(cfg.scenes.detect_width, w)
             det_size = (det_w, max(2, int(round(h * det_w / w))))
@@ -152,6 +164,10 @@ class SourceDecoder:
                     buf.times[index] = t
                     if index % self.sample_every == 0:
                         buf.samples[index] = frame
+                    if cfg.motion.codec_mvs:
+                        mv = codec_mv_motion(frame, self.fps)
+                        if mv is not None:
+                            buf.mv[index] = mv
                     first = index - self.gap
                     if first in buf.pending_gray:
                         gray = to_analysis_gray(luma(frame), motion_size)
@@ -197,4 +213,5 @@ class SourceDecoder:
             frames=frames,
             motion_score=motion,
             motion_peak=peak,
+            motion_mv_score=clip_mv_motion(buf.mv, a, b) if self.cfg.motion.codec_mvs else None,
         )

@@ -66,8 +66,33 @@ def pair_motion(first: np.ndarray, second: np.ndarray, fps: float, gap_frames: i
     return normalised_motion(mean_flow_px(first, second), size, fps, gap_frames)
 
 
+def codec_mv_motion(frame, fps: float) -> float | None:
+    """Motion from the codec's motion vectors of one decoded frame (exported with `flags2=+export_mvs`):
+    block displacements weighted by block area, over the frame, in the same unit as `pair_motion`.
+
+    None for frames without vectors (intra frames say nothing about motion). A vector points to its
+    reference frame, which with B-frames can be a few frames away, so the scale depends on the encoder's
+    GOP settings: compare these scores within one source or one encoder setting, as Cosmos-Curate does."""
+    side = frame.side_data.get("MOTION_VECTORS")
+    if side is None:
+        return None
+    mv = side.to_ndarray()
+    if mv.size == 0:
+        return 0.0
+    length = np.hypot(mv["motion_x"], mv["motion_y"]) / np.maximum(mv["motion_scale"], 1)
+    area = mv["w"].astype(np.float64) * mv["h"]
+    mean_px = float((length * area).sum() / (frame.width * frame.height))
+    return normalised_motion(mean_px, (frame.width, frame.height), fps, 1)
+
+
 def pair_gap_frames(fps: float, pair_gap_s: float) -> int:
     return max(1, int(round(fps * pair_gap_s)))
+
+
+def clip_mv_motion(frames: dict[int, float], start: int, end: int) -> float | None:
+    """Mean codec-vector motion of the frames in [start, end) that have vectors."""
+    inside = [v for k, v in frames.items() if start <= k < end]
+    return float(np.mean(inside)) if inside else None
 
 
 def clip_motion(

@@ -47,6 +47,7 @@ CLIP_TYPES: dict[str, pa.DataType] = {
     "height": pa.int64(),
     "motion_score": pa.float64(),
     "motion_peak": pa.float64(),
+    "motion_mv_score": pa.float64(),
     "aesthetic_score": pa.float64(),
     "caption_score": pa.float64(),
     "caption": pa.string(),

@@ -71,6 +71,10 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def _caption(entry: SourceEntry) -> tuple[str | None, str]:
     if entry.caption:
         return entry.caption, "manifest"
@@ -115,7 +119,7 @@ def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
             n = 0
             for clip in decoder.clips():
                 n += 1
-                yield {
+                row = {
                     "clip_id": make_clip_id(source_id, clip.start_frame, clip.end_frame),
                     "source_id": source_id,
                     "uri": entry.uri,
@@ -129,9 +133,12 @@ def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
                     "frames": clip.frames,
                     "caption": caption,
                     "caption_source": caption_source,
-                    "motion_score": math.nan if clip.motion_score is None else clip.motion_score,
-                    "motion_peak": math.nan if clip.motion_peak is None else clip.motion_peak,
+                    "motion_score": _nan(clip.motion_score),
+                    "motion_peak": _nan(clip.motion_peak),
                 }
+                if cfg.motion.codec_mvs:
+                    row["motion_mv_score"] = _nan(clip.motion_mv_score)
+                yield row
         ray.get(ledger.report.remote(source_row(**base, **known, status="ok", num_clips=n)))
     except DecodeError as err:
         ray.get(ledger.report.remote(source_row(**base, **known, status="rejected", reason=str(err))))

@@ -23,14 +23,20 @@ def test_normalisation_is_percent_of_diagonal_per_second():
     assert normalised_motion(2.0, (4, 3), 10.0, 2) == pytest.approx(200.0)
 
 
-def _encoded_motion(tmp_path, name, px_per_frame, fps, scale=1, seconds=2.0):
+def _encoded_clip(tmp_path, name, px_per_frame, fps, scale=1, seconds=2.0, codec_mvs=False):
     frames = render_shot(11, 96, 160, int(fps * seconds), px_per_frame, 0.6, scale=scale)
     path = write_mp4(frames, tmp_path / f"{name}.mp4", fps)
     probe = probe_source(str(path), path.stat().st_size, CurationConfig().probe, 0.5)
-    cfg = CurationConfig.model_validate({"scenes": {"min_clip_s": 1.0, "max_clip_s": 10.0}})
+    cfg = CurationConfig.model_validate(
+        {"scenes": {"min_clip_s": 1.0, "max_clip_s": 10.0}, "motion": {"codec_mvs": codec_mvs}}
+    )
     clips = list(SourceDecoder(str(path), probe, cfg).clips())
     assert len(clips) == 1
-    return clips[0].motion_score
+    return clips[0]
+
+
+def _encoded_motion(*args, **kwargs):
+    return _encoded_clip(*args, **kwargs).motion_score
 
 
 def test_known_motions_rank_and_static_is_zero(tmp_path):
@@ -46,6 +52,15 @@ def test_same_motion_scores_the_same_at_twice_the_resolution_or_half_the_fps(tmp
     half_fps = _encoded_motion(tmp_path, "fps12", 4, 12.0, seconds=3.0)
     assert double_res == pytest.approx(base, rel=0.10)
     assert half_fps == pytest.approx(base, rel=0.10)
+
+
+def test_codec_motion_vectors_from_the_same_decode_rank_too(tmp_path):
+    clips = [_encoded_clip(tmp_path, f"mv{v}", v, 24.0, codec_mvs=True) for v in (0, 1, 2, 4)]
+    mv = [c.motion_mv_score for c in clips]
+    assert mv[0] < 0.5
+    assert mv[0] < mv[1] < mv[2] < mv[3]
+    # Off by default: no vectors are exported and the column stays empty.
+    assert _encoded_clip(tmp_path, "plain", 2, 24.0).motion_mv_score is None
 
 
 def test_a_cut_hidden_in_a_clip_scores_a_high_peak():

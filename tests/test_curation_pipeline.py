@@ -39,6 +39,7 @@ def curated(ray_session, tmp_path_factory):
     cfg = CurationConfig.model_validate(
         {
             "scenes": {"min_clip_s": 1.0, "max_clip_s": 3.0},
+            "motion": {"codec_mvs": True},
             "ray": {"max_retries": MAX_RETRIES, "runtime_env": {"env_vars": {CRASH_ENV: "*crashme*"}}},
         }
     )
@@ -94,6 +95,7 @@ def test_clips_table_has_every_score_and_decision(curated):
     assert clips["aesthetic_score"].isna().all()  # no weights configured: skipped, never made up
     assert "aesthetic_score" in report["skipped_scorers"]
     assert clips["motion_score"].notna().all()
+    assert clips["motion_mv_score"].notna().any() and clips["motion_mv_score"].dtype == "float64"
     for row in clips.to_dict("records"):
         assert row["clip_id"] == make_clip_id(row["source_id"], row["start_frame"], row["end_frame"])
         assert row["end_frame"] - row["start_frame"] <= 3 * 24

@@ -105,3 +105,40 @@ def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: b
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
     return engine
+
+
+def guarded_step(
+    engine: Any,
+    step_math: StageStep,
+    video: torch.Tensor,
+    captions: list[str],
+    generator: torch.Generator,
+    data_wait_s: float = 0.0,
+) -> tuple[Any, bool]:
+    """One optimizer step on a batch, skipped on every rank when any rank's loss is NaN/inf.
+
+    Returns the step's totals summed over ranks (`training.metrics.StepTotals`) and whether the step was
+    applied. One all-reduce carries the loss, the non-finite flag and the throughput counters together, so
+    all ranks take the same branch and no rank waits in a collective the others skipped.
+    """
+    from training.metrics import StepTotals
+
+    latents, text, mask = step_math.encode(video, captions, generator)
+    noisy, timesteps, noise = step_math.noise(latents, generator)
+    flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
+    loss = forward_loss(engine, step_math.stage, latents, noisy, text, mask, timesteps, noise)
+    finite = bool(torch.isfinite(loss.detach()))
+    local = StepTotals(
+        float(loss.detach()) if finite else 0.0,
+        0.0 if finite else 1.0,
+        latents.shape[0],
+        tokens,
+        flops,
+        data_wait_s,
+    )
+    totals = StepTotals.all_reduce(local, step_math.device)
+    if totals.nonfinite:
+        return totals, False  # the autograd graph is dropped with `loss`; no gradient was produced
+    engine.backward(loss)
+    engine.step()
+    return totals, True

@@ -27,9 +27,9 @@ import torch
 from training.checkpoints import TrainState, load_checkpoint, resume_point, save_checkpoint
 from training.errors import StageConfigError
 from training.job import StageJob
-from training.metrics import StepTotals, peak_flops, step_metrics
+from training.metrics import peak_flops, step_metrics
 from training.sampling import render_sample
-from training.step import StageStep, build_engine, forward_loss, step_generator
+from training.step import StageStep, build_engine, guarded_step, step_generator
 
 log = logging.getLogger("svp.training")
 
@@ -121,37 +121,18 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         data_wait = time.perf_counter() - start
         last_position = batch.position
         generator = step_generator(stage.seed, rank, step)
-        latents, text, mask = step_math.encode(batch.video, batch.captions, generator)
-        noisy, timesteps, noise = step_math.noise(latents, generator)
-        flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
-
-        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise)
-        finite = bool(torch.isfinite(loss.detach()))
-        local = StepTotals(
-            float(loss.detach()) if finite else 0.0,
-            0.0 if finite else 1.0,
-            latents.shape[0],
-            tokens,
-            flops,
-            data_wait,
-        )
-        totals = StepTotals.all_reduce(local, device)
-        if totals.nonfinite:
+        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside engine.step())
+        totals, applied = guarded_step(engine, step_math, batch.video, batch.captions, generator, data_wait)
+        if not applied:
             state.skipped_steps += 1
-            del loss
-        else:
-            engine.backward(loss)
-            engine.step()
-            if ema is not None:
-                ema.maybe_update(engine.module, step)
+        elif ema is not None:
+            ema.maybe_update(engine.module, step)
         state.step = step
         state.samples_seen += int(totals.samples)
         if use_gpu:
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
-        metrics = step_metrics(
-            totals, world, elapsed, engine.get_lr()[0], engine.get_global_grad_norm(), peak
-        )
+        metrics = step_metrics(totals, world, elapsed, lr, engine.get_global_grad_norm(), peak)
         metrics["train/skipped_steps"] = state.skipped_steps
         if tracker and (step % job.log_every == 0 or step == stage.steps):
             tracker.log_metrics(metrics, step)

@@ -1,0 +1,70 @@
+"""The guarded training step with a real DeepSpeed engine (one process, gloo, CPU): a finite batch updates
+the weights, a batch with a NaN is skipped without touching weights or optimizer state."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from model import LinearDiT
+from training.config import load_preset
+from training.step import StageStep, build_engine, guarded_step, step_generator
+
+
+@pytest.fixture
+def single_process_group(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, tmp_path):
+    stage = load_preset("tiny", variables={"data_root": str(tmp_path)}).stage("image")
+    torch.manual_seed(0)
+    step_math = StageStep(stage, torch.device("cpu"), torch.float32)
+    engine = build_engine(
+        stage, LinearDiT(stage.model_config()), world_size=1, use_gpu=False, universal=False
+    )
+    g = torch.Generator().manual_seed(1)
+    video = torch.rand(4, 3, 1, 32, 32, generator=g) * 2 - 1
+    captions = ["a red square"] * 4
+
+    before = _weights(engine.module)
+    poisoned = video.clone()
+    poisoned[1, :, 0, 5, 5] = float("nan")
+    totals, applied = guarded_step(engine, step_math, poisoned, captions, step_generator(0, 0, 1))
+    assert not applied and totals.nonfinite == 1.0
+    after_skip = _weights(engine.module)
+    assert all(torch.equal(before[k], after_skip[k]) for k in before)
+    assert engine.global_steps == 0
+
+    totals, applied = guarded_step(
+        engine, step_math, video, captions, step_generator(0, 0, 2), data_wait_s=0.5
+    )
+    assert applied and totals.nonfinite == 0.0
+    assert (
+        totals.samples == 4
+        and totals.tokens == 4 * 1 * 4 * 4
+        and totals.flops > 0
+        and totals.data_wait_s == 0.5
+    )
+    assert totals.loss > 0 and engine.global_steps == 1
+    # DeepSpeed's WarmupLR gives lr 0 to the first two steps (warmup_min_lr 0), so the weights move from the
+    # third applied step on.
+    for step in (3, 4):
+        assert guarded_step(engine, step_math, video, captions, step_generator(0, 0, step))[1]
+    after_step = _weights(engine.module)
+    assert any(not torch.equal(before[k], after_step[k]) for k in before)

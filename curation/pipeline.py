@@ -92,6 +92,7 @@ def _build_dataset(
     ctx.max_errored_blocks = -1
     ds = ray.data.from_items([e.to_row() for e in pending], override_num_blocks=len(pending))
     # max_retries bounds the retries of a source whose worker process died (Ray Data's default is forever).
+    # Ray 2.60 has no named parameter for it; the ray_remote_args route warns of deprecation but works.
     ds = ds.flat_map(
         process_source,
         fn_kwargs={"config": cfg.model_dump(mode="json"), "ledger": ledger},
@@ -234,7 +235,7 @@ def run_curation(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     thresholds = load_thresholds(cfg.thresholds_file) if cfg.thresholds_file else default_thresholds()
-    listing = list_sources(input, cfg.extensions)
+    listing = list_sources(input, cfg.extensions, exclude=str(out))
     if not listing:
         raise ValueError(f"no videos found in {input} (extensions: {', '.join(cfg.extensions)})")
     state = ResumeState(out, cfg.scoring_fingerprint())

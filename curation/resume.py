@@ -67,7 +67,10 @@ class ResumeState:
 
     def is_done(self, source: SourceEntry) -> bool:
         entry = self.entries.get(source.uri)
-        return bool(entry) and entry["bytes"] == source.bytes and entry["mtime"] == source.mtime
+        if not entry or entry["bytes"] != source.bytes or entry["mtime"] != source.mtime:
+            return False
+        # An ok source is only done while its clips are still there.
+        return entry["source"]["status"] != "ok" or self.results_path(source.uri).exists()
 
     def results_path(self, uri: str) -> Path:
         return self.dir / RESULTS / f"{_key(uri)}.parquet"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
@@ -70,8 +71,10 @@ def _strip_ext(path: str) -> str:
     return posixpath.splitext(path)[0]
 
 
-def list_sources(input: str, extensions: list[str]) -> list[SourceEntry]:
-    """Every source named by `input`, sorted by uri. Raises FileNotFoundError when `input` names nothing."""
+def list_sources(input: str, extensions: list[str], exclude: str | None = None) -> list[SourceEntry]:
+    """Every source named by `input`, sorted by uri. Files under the local folder `exclude` (the output
+    folder, when it lies inside the input) are never sources. Raises FileNotFoundError when `input` names
+    nothing."""
     if _has_extension(input, list(MANIFEST_SUFFIXES)) and not _is_glob(input):
         return _from_manifest(input)
     fs, path = fsspec.core.url_to_fs(input)
@@ -84,6 +87,9 @@ def list_sources(input: str, extensions: list[str]) -> list[SourceEntry]:
         infos = {path: fs.info(path)}
     else:
         raise FileNotFoundError(f"input not found: {input}")
+    if exclude is not None and _protocol(fs) in ("file", "local"):
+        inside = os.path.abspath(exclude).rstrip("/") + "/"
+        infos = {p: i for p, i in infos.items() if not os.path.abspath(p).startswith(inside)}
     all_paths = set(infos)
     videos = sorted(p for p in infos if _has_extension(p, extensions))
     sidecar_paths = {p for p in all_paths if p.lower().endswith(SIDECAR_SUFFIXES)}

@@ -157,3 +157,26 @@ def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
     pd.testing.assert_frame_equal(
         pd.read_parquet(resumed / "sources.parquet"), pd.read_parquet(reference / "sources.parquet")
     )
+
+
+def test_manifest_survives_a_cut_line_and_rejects_stale_entries(tmp_path):
+    from curation.resume import ResumeState
+    from curation.sources import SourceEntry
+    from curation.tables import source_row
+
+    a = SourceEntry(uri="/v/a.mp4", bytes=10, mtime="1")
+    b = SourceEntry(uri="/v/b.mp4", bytes=20, mtime="2")
+    state = ResumeState(tmp_path, "cfg1")
+    clips = pd.DataFrame({"clip_id": ["x_0000000_0000010"], "source_id": ["x"], "motion_score": [1.5]})
+    state.record(a, source_row(uri=a.uri, bytes=10, status="ok", num_clips=1, source_id="x"), clips)
+    state.record(b, source_row(uri=b.uri, bytes=20, status="rejected", reason="empty file (0 bytes)"), None)
+    with open(tmp_path / WORK_DIR / MANIFEST, "a") as f:
+        f.write('{"uri": "/v/c.mp4", "by')  # a line cut by a kill
+
+    again = ResumeState(tmp_path, "cfg1")
+    assert again.is_done(a) and again.is_done(b)
+    assert again.clips(a.uri)["motion_score"].tolist() == [1.5]
+    assert not again.is_done(SourceEntry(uri=a.uri, bytes=11, mtime="1"))  # the file changed
+    again.results_path(a.uri).unlink()
+    assert not again.is_done(a)  # its clips are gone: redo it
+    assert not ResumeState(tmp_path, "cfg2").is_done(b)  # another scoring configuration starts over

@@ -32,6 +32,16 @@ def test_folder_is_listed_recursively_with_sidecars(tree):
     assert read_sidecar(by_name["two.MOV"].sidecar) == "from json"
 
 
+def test_output_folder_inside_the_input_is_not_a_source(tree):
+    (tree / "out" / "shards").mkdir(parents=True)
+    (tree / "out" / "shards" / "clip.mp4").write_bytes(b"transcoded")
+    assert str(tree / "out" / "shards" / "clip.mp4") in [e.uri for e in list_sources(str(tree), EXT)]
+    assert [e.uri.rsplit("/", 1)[1] for e in list_sources(str(tree), EXT, exclude=str(tree / "out"))] == [
+        "two.MOV",
+        "one.mp4",
+    ]
+
+
 def test_glob_and_single_file_and_missing(tree):
     assert [e.uri for e in list_sources(str(tree / "*.mp4"), EXT)] == [str(tree / "one.mp4")]
     assert [e.uri for e in list_sources(str(tree / "one.mp4"), EXT)] == [str(tree / "one.mp4")]

@@ -68,3 +68,25 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
         assert guarded_step(engine, step_math, video, captions, step_generator(0, 0, step))[1]
     after_step = _weights(engine.module)
     assert any(not torch.equal(before[k], after_step[k]) for k in before)
+
+
+def test_ema_folds_every_k_steps_with_the_matching_decay(tmp_path):
+    from training.ema import EMA
+
+    module = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        module.weight.fill_(0.0)
+        module.bias.fill_(0.0)
+    ema = EMA(module, decay=0.9, update_every=2)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    assert not ema.maybe_update(module, step=1)  # off-cadence steps cost nothing
+    assert ema.maybe_update(module, step=2)
+    # One fold stands for two per-step updates: 0 -> 1 - 0.9**2.
+    torch.testing.assert_close(ema.state_dict()["weight"], torch.full((2, 3), 1 - 0.9**2))
+    ema.save(tmp_path / "ema.safetensors")
+    restored = EMA(torch.nn.Linear(3, 2), decay=0.9, update_every=2)
+    restored.load(tmp_path / "ema.safetensors")
+    assert all(torch.equal(restored.state_dict()[k], ema.state_dict()[k]) for k in ema.state_dict())
+    ema.close()
+    restored.close()

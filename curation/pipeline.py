@@ -85,11 +85,6 @@ def _scorer_stages(cfg: CurationConfig) -> list[tuple[str, type, object]]:
 def _build_dataset(
     pending: list[SourceEntry], cfg: CurationConfig, stages: list[tuple[str, type, object]], ledger
 ) -> ray.data.Dataset:
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    # A block holds one source: a block whose task died on every retry is dropped, not fatal; the driver
-    # notices that the source never reported and records it as failed.
-    ctx.max_errored_blocks = -1
     ds = ray.data.from_items([e.to_row() for e in pending], override_num_blocks=len(pending))
     # max_retries bounds the retries of a source whose worker process died (Ray Data's default is forever).
     # Ray 2.60 has no named parameter for it; the ray_remote_args route warns of deprecation but works.
@@ -199,6 +194,13 @@ def _score_sources(
     state: ResumeState,
 ) -> list[dict]:
     """Run the streaming job over `pending`; returns the rows of sources that failed."""
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.max_errored_blocks
+    ctx.enable_progress_bars = True
+    # A block holds one source: a block whose task died on every retry is dropped, not fatal; the driver
+    # notices that the source never reported and records it as failed. (Restored afterwards: the context
+    # is process-wide, and other Ray Data jobs in this process must keep failing loudly.)
+    ctx.max_errored_blocks = -1
     ledger = SourceLedger.remote()
     try:
         ds = _build_dataset(pending, cfg, stages, ledger)
@@ -210,6 +212,7 @@ def _score_sources(
         return driver.failed
     finally:
         ray.kill(ledger)
+        ctx.enable_progress_bars, ctx.max_errored_blocks = saved
 
 
 def _dedupe(sources: list[dict], clips: dict[str, pd.DataFrame]) -> None:

@@ -82,11 +82,20 @@ class ProbeConfig(_Strict):
 
 class RayConfig(_Strict):
     decode_concurrency: int | None = Field(None, ge=1, description="max parallel decode tasks (None: auto)")
-    scorer_concurrency: int = Field(1, ge=1, description="actors per scorer stage")
+    scorer_concurrency: int = Field(1, ge=1, description="actors per scorer stage (at least)")
+    scorer_max_concurrency: int | None = Field(
+        None, ge=1, description="let Ray Data grow each scorer pool up to this many actors under load"
+    )
     scorer_batch_size: int = Field(16, ge=1)
     gpus_per_scorer: float = Field(1.0, gt=0, le=8, description="used only when the cluster has GPUs")
     max_retries: int = Field(2, ge=0, description="retries of a source whose worker crashed")
     runtime_env: dict | None = Field(None, description="Ray runtime_env of the job's tasks and actors")
+
+    @model_validator(mode="after")
+    def _pool(self) -> RayConfig:
+        if self.scorer_max_concurrency is not None and self.scorer_max_concurrency < self.scorer_concurrency:
+            raise ValueError("scorer_max_concurrency must be >= scorer_concurrency")
+        return self
 
 
 class CurationConfig(_Strict):

@@ -103,7 +103,10 @@ def _build_dataset(
             fn_constructor_kwargs={"config": sub},
             batch_format="numpy",
             batch_size=cfg.ray.scorer_batch_size,
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.scorer_concurrency),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=cfg.ray.scorer_concurrency,
+                max_size=cfg.ray.scorer_max_concurrency or cfg.ray.scorer_concurrency,
+            ),
             num_gpus=cfg.ray.gpus_per_scorer if has_gpu else 0,
             max_restarts=cfg.ray.max_retries,
             max_task_retries=cfg.ray.max_retries,

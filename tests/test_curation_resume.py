@@ -180,3 +180,33 @@ def test_manifest_survives_a_cut_line_and_rejects_stale_entries(tmp_path):
     again.results_path(a.uri).unlink()
     assert not again.is_done(a)  # its clips are gone: redo it
     assert not ResumeState(tmp_path, "cfg2").is_done(b)  # another scoring configuration starts over
+
+
+_ENCODE_SNIPPET = """
+import hashlib, sys
+import cv2
+from curation.synth import render_shot
+from model.video_io import encode_mp4
+shots = render_shot(1, 96, 160, 30, 2, 0.4) + render_shot(11, 96, 160, 30, 0, 0.9)  # a pan, a cut, a still
+frames = [cv2.resize(f, (426, 256)) for f in shots]
+print(hashlib.sha256(encode_mp4(frames, 16.0)).hexdigest())
+"""
+
+
+def test_shard_encoder_does_not_depend_on_leftover_memory():
+    """Byte-identical reruns need an encoder whose output depends only on its input. glibc fills fresh heap
+    memory with a different byte under each MALLOC_PERTURB_: equal digests mean no uninitialised memory
+    reaches the bitstream (x264's mb-tree lookahead reads some; `x264-params: mbtree=0` avoids it)."""
+    digests = set()
+    for perturb in ("1", "77", "200"):
+        env = {**os.environ, "MALLOC_PERTURB_": perturb}
+        out = subprocess.run(
+            [sys.executable, "-c", _ENCODE_SNIPPET],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, "model.video_io.encode_mp4 output depends on uninitialised memory"

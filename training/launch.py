@@ -145,6 +145,10 @@ def run_stage(
         log.warning(f"stage {stage.name}: export present at {export_dir}, skipping")
         return StageResult(stage.name, export_dir, skipped=True)
     init_from = resolve_init_from(pipeline, stage, work_dir)
+    # Reading the index here turns missing or unusable data into one clear error before any worker starts.
+    from training.data import StageData
+
+    fingerprint = StageData(stage, 0, 1, stage.seed).dataset_fingerprint()
     use_gpu = gpus_per_worker > 0
     ensure_ray(address, use_gpu)
 
@@ -154,7 +158,9 @@ def run_stage(
 
     run_id = None
     if tracker is not None:
-        run_id = _track_stage(tracker, parent_run_id, stage, stage_index, name, init_from, workers)
+        run_id = _track_stage(
+            tracker, parent_run_id, stage, stage_index, name, init_from, workers, fingerprint
+        )
     job = StageJob(
         pipeline=pipeline.name,
         stage=stage.resolved(),
@@ -217,13 +223,12 @@ def _track_stage(
     ray_name: str,
     init_from: str | None,
     workers: int,
+    dataset_fingerprint: str,
 ) -> str:
-    from training.data import StageData
-
     if parent_run_id is None:
         parent_run_id = tracker.parent_run()
     tags = {
-        TAG_DATASET: StageData(stage, 0, 1, stage.seed).dataset_fingerprint(),
+        TAG_DATASET: dataset_fingerprint,
         TAG_THRESHOLDS: thresholds_hash(stage.data),
         TAG_RAY_NAME: ray_name,
         TAG_INIT_FROM: init_from or "",

@@ -102,7 +102,10 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 log.warning(f"stage {stage.name}: resumed from {how} at step {state.step} on {world} workers")
                 if tracker:
                     tracker.log_metrics({"train/resumed_from_step": state.step}, state.step)
-    data = StageData(stage, rank, world, stage.seed)
+    try:
+        data = StageData(stage, rank, world, stage.seed)
+    except (FileNotFoundError, ValueError) as err:  # missing or unusable data: the same on every retry
+        raise StageConfigError(str(err)) from err
     position = None
     if point is not None and point.data_position:
         position = DataPosition.from_dict(point.data_position)

@@ -106,3 +106,18 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert main([*gen, "--out", str(video), "--block-frames", "4", "--steps", "2"]) == 0
     frames = read_frames(video)
     assert frames.shape == (16, 64, 64, 3)
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"svp: error: pipeline file not found: {tmp_path / 'missing.yaml'}"
+    )
+    argv = ["train", "tiny", "--var", f"data_root={tmp_path}", "--stage", "nope", "--work-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "no stage named 'nope'" in capsys.readouterr().err
+    assert (
+        main(["generate", str(tmp_path), "--prompt", "x", "--seconds", "1", "--out", str(tmp_path / "a.mp4")])
+        == 2
+    )
+    assert "is not a stage export" in capsys.readouterr().err

@@ -44,7 +44,9 @@ def encode_mp4(
                     raise ValueError(f"H.264 needs even frame sizes, got {h}×{w}")
                 stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                opts = {"crf": str(crf), "preset": preset}
+                # mbtree=0: x264's macroblock-tree lookahead reads uninitialised memory, so with it on the same
+                # frames can encode to different bytes (seen under MALLOC_PERTURB_); reruns must be identical.
+                opts = {"crf": str(crf), "preset": preset, "x264-params": "mbtree=0"}
                 if gop:
                     opts["g"] = str(gop)
                 stream.options = opts

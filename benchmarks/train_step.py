@@ -59,6 +59,8 @@ def _stage(args: argparse.Namespace):
                 "zero_stage": args.zero_stage,
                 "bf16": args.bf16,
                 "activation_checkpointing": args.activation_checkpointing,
+                "checkpoint_fraction": args.checkpoint_fraction,
+                "compile_blocks": args.compile_blocks,
             },
         }
     )
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         engine.step()
         if use_gpu:
             torch.cuda.synchronize()
+        if step == 0:
+            first_step_s = time.perf_counter() - start  # includes torch.compile when on
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
@@ -126,6 +130,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "zero_stage": args.zero_stage,
         "bf16": bf16,
         "activation_checkpointing": args.activation_checkpointing,
+        "checkpoint_fraction": args.checkpoint_fraction,
+        "compile_blocks": args.compile_blocks,
+        "first_step_s": first_step_s,
         "device": torch.cuda.get_device_name(device) if use_gpu else "cpu",
         "step_s_median": step_s,
         "step_s_min": min(times),
@@ -137,7 +144,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "peak_tflops": peak / 1e12 if peak else None,
         "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if use_gpu else None,
         "loss": float(loss.detach()),
+        "compiled_graphs": _compiled_graphs(),
     }
+
+
+def _compiled_graphs() -> int:
+    """Distinct graphs torch.compile built in this process (one per block shape/mode when blocks share one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _profile(stage, engine, latents, text, mask, generator, dtype, rows: int) -> None:
@@ -171,6 +186,15 @@ def main() -> None:
     parser.add_argument("--bf16", default="auto", type=lambda v: v if v == "auto" else v.lower() == "true")
     parser.add_argument(
         "--no-activation-checkpointing", dest="activation_checkpointing", action="store_false"
+    )
+    parser.add_argument(
+        "--checkpoint-fraction",
+        type=float,
+        default=1.0,
+        help="Share of blocks recomputed in backward (the first ones); the rest keep their activations.",
+    )
+    parser.add_argument(
+        "--compile-blocks", action="store_true", help="torch.compile each transformer block (GPU only)."
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

@@ -10,7 +10,9 @@ Timesteps are (B,) or (B, F) with one value per latent frame; the modulation the
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,6 +25,32 @@ from model.config import LinearDiTConfig
 from model.embeddings import AdaLNSingle, CaptionProjection
 from model.norms import RMSNorm, modulated_layer_norm
 from model.rope import rope_tables
+
+
+class _CheckpointedBlock(nn.Module):
+    """A block whose activations are recomputed in backward. A module (not a closure) so that torch.compile
+    traces the checkpoint as one region and reuses one compiled graph for every block of the same shape."""
+
+    def __init__(self, block: LinearDiTBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args):
+        return checkpoint(self.block, *args, use_reentrant=False)
+
+
+# (block, checkpointed) -> compiled callable, for the life of the process (compile_blocks is a training
+# knob: one model per process). Kept outside the module so state_dict keys, deepcopy and pickling are unchanged.
+_COMPILED: dict[tuple[LinearDiTBlock, bool], Callable] = {}
+
+
+def _block_call(block: LinearDiTBlock, checkpointed: bool, compiled: bool) -> Callable:
+    if not compiled:
+        return functools.partial(checkpoint, block, use_reentrant=False) if checkpointed else block
+    key = (block, checkpointed)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_CheckpointedBlock(block) if checkpointed else block)
+    return _COMPILED[key]
 
 
 class LinearDiT(nn.Module):
@@ -149,14 +177,14 @@ class LinearDiT(nn.Module):
         text = self.caption_norm(self.caption_projection(text))
         bias = caption_attention_bias(text_mask, x.dtype)
 
-        use_checkpoint = cfg.gradient_checkpointing and cache is None and torch.is_grad_enabled()
+        checkpointed = 0
+        if cfg.gradient_checkpointing and cache is None and torch.is_grad_enabled():
+            checkpointed = round(cfg.checkpoint_fraction * len(self.blocks))
+        compiled = cfg.compile_blocks and x.is_cuda
         for index, block in enumerate(self.blocks):
             past = cache.layer_state(index) if cache is not None else None
-            args = (x, text, bias, t0, grid, rope, chunk_frames, past)
-            if use_checkpoint:
-                x, state = checkpoint(block, *args, use_reentrant=False)
-            else:
-                x, state = block(*args)
+            call = _block_call(block, index < checkpointed, compiled)
+            x, state = call(x, text, bias, t0, grid, rope, chunk_frames, past)
             if store:
                 cache.store_layer(index, *state)
 

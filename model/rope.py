@@ -54,7 +54,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate interleaved channel pairs of x (..., N, heads, head_dim) by tables (N, head_dim // 2).
 
     The result is float32 whatever x's dtype: the rotated features feed the fp32 attention state. One complex
-    multiply (pair (a, b) as a + ib times cos + i·sin) instead of several real element-wise passes.
+    multiply (pair (a, b) as a + ib times cos + i·sin) instead of several real element-wise passes. Under
+    torch.compile the same product is written out in reals, which the compiler fuses (it does not fuse complex
+    tensors); both round the same four products and two sums.
     """
+    if torch.compiler.is_compiling():
+        pairs = x.float().unflatten(-1, (-1, 2))
+        a, b = pairs.unbind(-1)
+        c, s = cos[:, None, :], sin[:, None, :]
+        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * torch.complex(cos, sin)[:, None, :]).flatten(-2)

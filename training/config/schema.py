@@ -100,6 +100,11 @@ class DeepSpeedSpec(StrictModel):
     # "auto": bf16 on GPU, fp32 on CPU (CPU runs are the test path and must stay exact).
     bf16: Literal["auto"] | bool = "auto"
     activation_checkpointing: bool = False
+    # Share of the blocks recomputed when activation_checkpointing is on (the first ones); below 1 keeps the
+    # rest's activations: less recompute, more memory (480p on one 80 GB H100: see docs/benchmarks.md).
+    checkpoint_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
+    # torch.compile each transformer block on GPU (CPU workers stay eager).
+    compile_blocks: bool = False
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -201,6 +206,8 @@ class StageConfig:
 
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.overrides.items()}
         overrides.setdefault("gradient_checkpointing", self.deepspeed.activation_checkpointing)
+        overrides.setdefault("checkpoint_fraction", self.deepspeed.checkpoint_fraction)
+        overrides.setdefault("compile_blocks", self.deepspeed.compile_blocks)
         return LinearDiTConfig.from_preset(self.model.preset, **overrides)
 
     def deepspeed_config(self, world_size: int, use_gpu: bool) -> dict[str, Any]:

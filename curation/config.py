@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
+from curation.yaml_files import read_yaml_mapping, validation_message
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -124,29 +123,11 @@ class CurationConfig(_Strict):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _first_error(err: ValidationError, path: str | os.PathLike) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{path}: {key}: {first['msg']}"
-
-
 def load_config(path: str | os.PathLike | None = None, **overrides: object) -> CurationConfig:
     """Load a YAML config (or the defaults), then apply dotted overrides such as `scenes.min_clip_s=1.5`
     given as keyword arguments with `__` for the dots (`scenes__min_clip_s=1.5`)."""
-    data: dict = {}
-    where = "config"
-    if path is not None:
-        where = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"curation config not found: {path}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = read_yaml_mapping(path, "curation config") if path is not None else {}
+    where = str(path) if path is not None else "config"
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -158,4 +139,4 @@ def load_config(path: str | os.PathLike | None = None, **overrides: object) -> C
     try:
         return CurationConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(_first_error(err, where)) from None
+        raise ValueError(validation_message(err, where)) from None

@@ -28,6 +28,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from curation.yaml_files import read_yaml_mapping, validation_message
+
 M = TypeVar("M", bound=BaseModel)
 
 THRESHOLDS_FILE = "thresholds.yaml"  # in the output folder: the thresholds that produced `kept`
@@ -78,32 +80,9 @@ def default_thresholds() -> Thresholds:
     return Thresholds(scores={"aesthetic_score": ScoreRange(min=4.5)})
 
 
-def validation_message(err: ValidationError, path: str | Path) -> str:
-    """One line naming the file and the first offending key, e.g. `t.yaml: scores.x.min: Input should be …`."""
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{path}: {key}: {message}{more}"
-
-
 def load_yaml_model(path: str | Path, model: type[M]) -> M:
     """Load a YAML file into a pydantic model; any problem is a one-line ValueError/FileNotFoundError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}: invalid YAML{where}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     try:
         return model.model_validate(data)
     except ValidationError as err:

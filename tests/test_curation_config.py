@@ -1,0 +1,60 @@
+"""The curation config: YAML validated by pydantic, errors of one line naming the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation.config import CurationConfig, load_config
+from orchestration.cli import main
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, scenes__min_clip_s=1.5)
+    assert isinstance(cfg, CurationConfig)
+    assert cfg.scenes.min_clip_s == 1.5
+    assert cfg.scoring_fingerprint() != load_config(None).scoring_fingerprint()
+    # Shard settings are applied after scoring: they must not invalidate finished sources.
+    assert load_config(None, shards__fps=8).scoring_fingerprint() == load_config(None).scoring_fingerprint()
+
+
+def test_file_values_are_read(tmp_path):
+    path = tmp_path / "curate.yaml"
+    path.write_text("scenes:\n  min_clip_s: 3.0\nframes_per_clip: 6\n")
+    cfg = load_config(path)
+    assert (cfg.scenes.min_clip_s, cfg.frames_per_clip) == (3.0, 6)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("scenes:\n  min_clip_seconds: 3\n", "scenes.min_clip_seconds: unknown key"),
+        ("frames_per_clip: -1\n", "frames_per_clip: Input should be greater than or equal to 1"),
+        ("scenes: [1, 2\n", "invalid YAML at line"),
+        ("- a\n- b\n", "expected a mapping at the top level, got list"),
+    ],
+)
+def test_bad_files_give_one_line_naming_file_and_key(tmp_path, text, expected):
+    path = tmp_path / "curate.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and expected in message
+    assert "\n" not in message
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    path = tmp_path / "curate.yaml"
+    path.write_text("motion:\n  bogus: 1\n")
+    (tmp_path / "in").mkdir()
+    code = main(
+        ["curate", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--config", str(path)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"svp: error: {path}: motion.bogus: unknown key"
+
+
+def test_missing_config_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="curation config not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")

@@ -7,7 +7,7 @@ of eager bf16 and compiled (`compile_blocks`) bf16/fp32 runs, with a partial `ch
 eager fp32 (TF32 off), bidirectional and block-causal. Prints ‖out − ref‖ / ‖ref‖ per case; compiled fp32
 must match eager fp32 to fp32 rounding, bf16 runs must land where bf16 rounding puts them.
 
-Part 2: each variant `MODE:FRACTION` (MODE eager or compile) runs `benchmarks.train_step` in a fresh
+Part 2: each variant `MODE:FRACTION[:BUDGET]` (MODE eager or compile; BUDGET the compile memory budget) runs `benchmarks.train_step` in a fresh
 process (clean memory; an out-of-memory variant is reported, not fatal) and the JSON lines end in a table.
 """
 
@@ -80,8 +80,9 @@ def check(device: torch.device) -> list[dict[str, object]]:
 def time_variants(variants: list[str], extra: list[str], timeout: float) -> list[dict[str, object]]:
     rows = []
     for variant in variants:
-        mode, fraction = variant.split(":")
+        mode, fraction, *budget = variant.split(":")
         cmd = [sys.executable, "-m", "benchmarks.train_step", "--checkpoint-fraction", fraction, *extra]
+        cmd += ["--compile-memory-budget", budget[0]] if budget else []
         if mode == "compile":
             cmd.append("--compile-blocks")
         try:

@@ -61,6 +61,7 @@ def _stage(args: argparse.Namespace):
                 "activation_checkpointing": args.activation_checkpointing,
                 "checkpoint_fraction": args.checkpoint_fraction,
                 "compile_blocks": args.compile_blocks,
+                "compile_memory_budget": args.compile_memory_budget,
             },
         }
     )
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_fraction": args.checkpoint_fraction,
         "compile_blocks": args.compile_blocks,
+        "compile_memory_budget": args.compile_memory_budget,
         "first_step_s": first_step_s,
         "device": torch.cuda.get_device_name(device) if use_gpu else "cpu",
         "step_s_median": step_s,
@@ -195,6 +197,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--compile-blocks", action="store_true", help="torch.compile each transformer block (GPU only)."
+    )
+    parser.add_argument(
+        "--compile-memory-budget",
+        type=float,
+        default=1.0,
+        help="With --compile-blocks: share of a non-checkpointed block's activations kept for backward.",
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

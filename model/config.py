@@ -51,6 +51,10 @@ class LinearDiTConfig:
     # torch.compile each block on CUDA (fuses the casts, RoPE, norms, modulation and gating passes); CPU runs
     # stay eager. Same math; bf16 results differ from eager by rounding only.
     compile_blocks: bool = False
+    # With compile_blocks: the share of a non-checkpointed block's activations the compiler may keep for
+    # backward (torch._functorch `activation_memory_budget`); below 1 it recomputes the cheapest ops
+    # (element-wise passes) instead of a whole block, between no checkpointing (1) and full checkpointing.
+    compile_memory_budget: float = 1.0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,8 @@ class LinearDiTConfig:
             raise ValueError(f"head_dim must be even and >= 6 for the t/h/w RoPE split, got {self.head_dim}")
         if not 0.0 <= self.checkpoint_fraction <= 1.0:
             raise ValueError(f"checkpoint_fraction must be in [0, 1], got {self.checkpoint_fraction}")
+        if not 0.0 <= self.compile_memory_budget <= 1.0:
+            raise ValueError(f"compile_memory_budget must be in [0, 1], got {self.compile_memory_budget}")
         if self.temporal_kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd, got {self.temporal_kernel_size}")
         for name in ("in_channels", "out_channels", "num_heads", "depth", "cross_attention_heads"):

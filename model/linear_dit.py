@@ -39,17 +39,30 @@ class _CheckpointedBlock(nn.Module):
         return checkpoint(self.block, *args, use_reentrant=False)
 
 
+def _with_memory_budget(compiled: Callable, budget: float) -> Callable:
+    """Run `compiled` with torch's activation memory budget set, so (re)compiles partition under it."""
+
+    def call(*args):
+        with torch._functorch.config.patch(activation_memory_budget=budget):
+            return compiled(*args)
+
+    return call
+
+
 # (block, checkpointed) -> compiled callable, for the life of the process (compile_blocks is a training
 # knob: one model per process). Kept outside the module so state_dict keys, deepcopy and pickling are unchanged.
 _COMPILED: dict[tuple[LinearDiTBlock, bool], Callable] = {}
 
 
-def _block_call(block: LinearDiTBlock, checkpointed: bool, compiled: bool) -> Callable:
+def _block_call(block: LinearDiTBlock, checkpointed: bool, compiled: bool, memory_budget: float) -> Callable:
     if not compiled:
         return functools.partial(checkpoint, block, use_reentrant=False) if checkpointed else block
     key = (block, checkpointed)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(_CheckpointedBlock(block) if checkpointed else block)
+        if checkpointed:
+            _COMPILED[key] = torch.compile(_CheckpointedBlock(block))
+        else:
+            _COMPILED[key] = _with_memory_budget(torch.compile(block), memory_budget)
     return _COMPILED[key]
 
 
@@ -183,7 +196,7 @@ class LinearDiT(nn.Module):
         compiled = cfg.compile_blocks and x.is_cuda
         for index, block in enumerate(self.blocks):
             past = cache.layer_state(index) if cache is not None else None
-            call = _block_call(block, index < checkpointed, compiled)
+            call = _block_call(block, index < checkpointed, compiled, cfg.compile_memory_budget)
             x, state = call(x, text, bias, t0, grid, rope, chunk_frames, past)
             if store:
                 cache.store_layer(index, *state)

@@ -143,12 +143,14 @@ def test_bf16_forward_and_fp32_attention_state(model, inputs):
     assert all(k.dtype == torch.float32 for k in cache.k_sum)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(inputs):
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_gradient_checkpointing_gives_the_same_gradients(inputs, fraction):
     latents, text, mask = inputs
     grads = []
     for checkpointing in (False, True):
         model = _random_tiny(seed=5).train()
         model.config.gradient_checkpointing = checkpointing
+        model.config.checkpoint_fraction = fraction  # 0.5: one block recomputed, one keeping activations
         loss = model(latents, text, torch.tensor([10.0, 990.0]), mask, chunk_sizes=[2, 3]).square().mean()
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

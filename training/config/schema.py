@@ -105,6 +105,9 @@ class DeepSpeedSpec(StrictModel):
     checkpoint_fraction: float = Field(default=1.0, ge=0.0, le=1.0)
     # torch.compile each transformer block on GPU (CPU workers stay eager).
     compile_blocks: bool = False
+    # With compile_blocks: share of a non-checkpointed block's activations kept (the compiler recomputes the
+    # cheapest ops for the rest).
+    compile_memory_budget: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -208,6 +211,7 @@ class StageConfig:
         overrides.setdefault("gradient_checkpointing", self.deepspeed.activation_checkpointing)
         overrides.setdefault("checkpoint_fraction", self.deepspeed.checkpoint_fraction)
         overrides.setdefault("compile_blocks", self.deepspeed.compile_blocks)
+        overrides.setdefault("compile_memory_budget", self.deepspeed.compile_memory_budget)
         return LinearDiTConfig.from_preset(self.model.preset, **overrides)
 
     def deepspeed_config(self, world_size: int, use_gpu: bool) -> dict[str, Any]:

@@ -7,6 +7,8 @@ sample has, which columns the index carries, how clip ids are formed, and how a 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -15,6 +17,7 @@ SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
 SHARDS_DIR = "shards"
 INDEX_FILE = "index.parquet"
+THRESHOLDS_FILE = "thresholds.yaml"  # in the curation output folder: the thresholds that produced `kept`
 
 # Members of one sample, keyed by WebDataset extension (the part after the key's first dot).
 VIDEO_MEMBER = "mp4"
@@ -88,3 +91,10 @@ def is_safe_relative(relative: str) -> bool:
     """True when `relative` stays inside whatever folder it is joined to (not absolute, no '..')."""
     p = PurePosixPath(relative)
     return not p.is_absolute() and ".." not in p.parts
+
+
+def thresholds_digest(thresholds: dict) -> str:
+    """Short stable hash of what a thresholds mapping means (the parsed `thresholds.yaml`): the same value in
+    curation's report and in the training runs' MLflow tags, whatever the YAML's formatting."""
+    canonical = json.dumps(thresholds, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

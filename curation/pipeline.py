@@ -24,6 +24,7 @@ import ray
 
 from curation import aesthetic, captions
 from curation.config import CurationConfig
+from curation.format import THRESHOLDS_FILE
 from curation.report import finish_report
 from curation.resume import ResumeState
 from curation.shards import write_shards
@@ -38,7 +39,6 @@ from curation.tables import (
     write_table_atomic,
 )
 from curation.thresholds import (
-    THRESHOLDS_FILE,
     apply_thresholds,
     default_thresholds,
     load_thresholds,

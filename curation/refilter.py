@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.format import THRESHOLDS_FILE
 from curation.report import finish_report
 from curation.shards import ShardConfig, read_shard_config, write_shards
 from curation.tables import CLIPS_FILE, SOURCES_FILE, clips_table, read_table, write_table_atomic
-from curation.thresholds import THRESHOLDS_FILE, apply_thresholds, load_thresholds, write_thresholds
+from curation.thresholds import apply_thresholds, load_thresholds, write_thresholds
 
 
 def _with_uris(clips: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:

@@ -18,8 +18,6 @@ drops a clip; the report says how many clips each filter could not judge.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,11 +26,10 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from curation.format import thresholds_digest
 from curation.yaml_files import read_yaml_mapping, validation_message
 
 M = TypeVar("M", bound=BaseModel)
-
-THRESHOLDS_FILE = "thresholds.yaml"  # in the output folder: the thresholds that produced `kept`
 
 
 class ScoreRange(BaseModel):
@@ -105,8 +102,7 @@ def write_thresholds(path: str | Path, t: Thresholds) -> Path:
 
 def thresholds_hash(t: Thresholds) -> str:
     """Stable short hash of what the thresholds mean (for MLflow tags and the report)."""
-    canonical = json.dumps(t.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return thresholds_digest(t.model_dump(mode="json"))
 
 
 def issue_list(value: object) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from curation.format import thresholds_digest
 from training.errors import StageConfigError
 from training.tracking import (
     PARENT_TAG,
@@ -101,5 +102,8 @@ def test_thresholds_hash_follows_the_curation_thresholds(tmp_path):
     first = thresholds_hash([str(out)])
     assert first != "none"
     assert thresholds_hash([str(out / "shards")]) == first  # the shards folder finds its parent's file
+    # Formatting does not matter, meaning does: the tag equals curation's own hash of the same thresholds.
+    (out / "thresholds.yaml").write_text("motion_score:\n  min: 0.1\n")
+    assert thresholds_hash([str(out)]) == first == thresholds_digest({"motion_score": {"min": 0.1}})
     (out / "thresholds.yaml").write_text("motion_score: {min: 0.2}\n")
     assert thresholds_hash([str(out)]) != first

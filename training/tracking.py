@@ -20,9 +20,11 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from curation.format import THRESHOLDS_FILE, thresholds_digest
 from training.errors import StageConfigError
 
 # Tag names, in one place so the tests and the run-comparison tooling agree with the writer.
@@ -69,24 +71,26 @@ def git_commit() -> str:
 
 
 def thresholds_hash(data_sources: Iterable[str]) -> str:
-    """sha256 over the curation `thresholds.yaml` of every data source that has one ("none" when none has).
+    """The curation thresholds hash of the data (`curation.format.thresholds_digest` of its
+    `thresholds.yaml`, the same value as in the curation report); "none" when no source has one, and a hash
+    of the sources' hashes when several do.
 
     A source may be a curation output folder (thresholds.yaml inside) or its `shards/` folder (thresholds.yaml
     one level up); local paths or fsspec URIs.
     """
     import fsspec
 
-    digest = hashlib.sha256()
-    found = False
+    digests = []
     for source in data_sources:
         base = str(source).rstrip("/")
-        for candidate in (f"{base}/thresholds.yaml", f"{base.rsplit('/', 1)[0]}/thresholds.yaml"):
+        for candidate in (f"{base}/{THRESHOLDS_FILE}", f"{base.rsplit('/', 1)[0]}/{THRESHOLDS_FILE}"):
             fs, path = fsspec.core.url_to_fs(candidate)
             if fs.exists(path):
-                digest.update(fs.cat_file(path))
-                found = True
+                digests.append(thresholds_digest(yaml.safe_load(fs.cat_file(path)) or {}))
                 break
-    return digest.hexdigest()[:16] if found else "none"
+    if not digests:
+        return "none"
+    return digests[0] if len(digests) == 1 else hashlib.sha256(",".join(digests).encode()).hexdigest()[:16]
 
 
 def _truncate(value: str) -> str:

@@ -74,6 +74,14 @@ def check(device: torch.device) -> list[dict[str, object]]:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
+        # TF32 for the fp32 state contractions of the bf16 run (`train_step --tf32`), against the same ref.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        out, grad = _run_case(model, (latents.to(dtype), text.to(dtype), timesteps), chunk_sizes)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        rows.append(
+            {**rows[-1], "tf32": True, "out_rel": _rel(out, ref_out), "grad_rel": _rel(grad, ref_grad)}
+        )
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 

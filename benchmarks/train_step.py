@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     if use_gpu:
         torch.cuda.set_device(device)
+        # In a bf16 run the only fp32 matmuls are the linear-attention state contractions (bf16-derived
+        # operands); TF32 rounds their inputs to 10 mantissa bits, finer than the bf16 activations' 7.
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
 
     stage = _stage(args)
     config = stage.model_config()
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "checkpoint_fraction": args.checkpoint_fraction,
         "compile_blocks": args.compile_blocks,
         "compile_memory_budget": args.compile_memory_budget,
+        "tf32": args.tf32,
         "first_step_s": first_step_s,
         "device": torch.cuda.get_device_name(device) if use_gpu else "cpu",
         "step_s_median": step_s,
@@ -203,6 +207,9 @@ def main() -> None:
         type=float,
         default=1.0,
         help="With --compile-blocks: share of a non-checkpointed block's activations kept for backward.",
+    )
+    parser.add_argument(
+        "--tf32", action="store_true", help="TF32 for fp32 matmuls (the linear-attention state in bf16 runs)."
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

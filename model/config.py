@@ -48,8 +48,8 @@ class LinearDiTConfig:
     # With gradient_checkpointing: the share of blocks (the first round(fraction·depth)) whose activations are
     # recomputed in backward; the others keep theirs. Less than 1 trades memory for less recompute.
     checkpoint_fraction: float = 1.0
-    # torch.compile each block on CUDA (fuses the casts, RoPE, norms, modulation and gating passes); CPU runs
-    # stay eager. Same math; bf16 results differ from eager by rounding only.
+    # torch.compile each block on CUDA when gradients are on (fuses the casts, RoPE, norms, modulation and
+    # gating passes); CPU runs and inference stay eager. Same math; bf16 results differ by rounding only.
     compile_blocks: bool = False
     # With compile_blocks: the share of a non-checkpointed block's activations the compiler may keep for
     # backward (torch._functorch `activation_memory_budget`); below 1 it recomputes the cheapest ops

@@ -193,7 +193,8 @@ class LinearDiT(nn.Module):
         checkpointed = 0
         if cfg.gradient_checkpointing and cache is None and torch.is_grad_enabled():
             checkpointed = round(cfg.checkpoint_fraction * len(self.blocks))
-        compiled = cfg.compile_blocks and x.is_cuda
+        # Training only: inference (no grad; cached block-AR shapes change per block) stays eager.
+        compiled = cfg.compile_blocks and x.is_cuda and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
             past = cache.layer_state(index) if cache is not None else None
             call = _block_call(block, index < checkpointed, compiled, cfg.compile_memory_budget)

@@ -12,6 +12,11 @@ import typer
 
 from orchestration.commands import register_all
 
+try:  # typer >= 0.2x bundles its own click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on plain click
+    from click import ClickException
+
 app = typer.Typer(
     name="svp",
     help="The SANA-Video platform: curate video into shards, train the Linear DiT in stages, generate.",
@@ -62,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("svp: aborted", file=sys.stderr)
         return 130
-    except Exception as err:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        raise
+    except ClickException as err:  # usage errors: unknown command or option, bad or missing value
+        if err.__class__.__name__ == "NoArgsIsHelpError":  # `svp model` alone: typer printed the help
+            return 0
+        hint = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""
+        print(f"svp: error: {err.format_message()}{hint}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 

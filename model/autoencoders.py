@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -80,6 +81,17 @@ class VideoAutoencoder(ABC):
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (B, C, F, H', W') → pixels (B, 3, T, H, W) in [-1, 1]."""
+
+    def decode_blocks(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Decode latents that arrive as consecutive blocks along time (B, C, F_i, H', W'), yielding each
+        block's pixels (B, 3, T_i, H, W) as soon as it is in, so a long video never has to be decoded (or held)
+        whole. Concatenated, the yields are `decode` of the concatenated latents.
+
+        This default decodes each block on its own, which is exact for an autoencoder whose latent frames
+        decode independently (space_to_depth); causal VAEs override it.
+        """
+        for block in blocks:
+            yield self.decode(block)
 
 
 class SpaceToDepthAutoencoder(VideoAutoencoder):
@@ -158,12 +170,62 @@ class DiffusersVideoAutoencoder(VideoAutoencoder):
         z = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mode().float()
         return (z - self._mean) * self._scale
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def _denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         self._check_latents(latents)
         z = latents.to(self.device).float() / self._scale + self._mean
-        video = self.vae.decode(z.to(self.dtype)).sample.float()
+        return z.to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        video = self.vae.decode(self._denormalise(latents)).sample.float()
         return video.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def decode_blocks(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Block-wise decode of a causal VAE (see `VideoAutoencoder.decode_blocks`).
+
+        Wan's VAE decodes one latent frame at a time with a `feat_cache` of every causal conv's last input
+        frames, so carrying that cache from block to block gives exactly the all-at-once decode. A VAE with
+        no such cache (LTX-2) decodes each later block with the previous block's last latent frame as left
+        context and drops the pixel frame that context decodes to: the right frame count, and close to the
+        all-at-once decode where the decoder's temporal receptive field is short, but not identical.
+        """
+        if hasattr(self.vae, "_cached_conv_counts") and hasattr(self.vae, "post_quant_conv"):
+            yield from self._decode_blocks_with_feat_cache(blocks)
+        else:
+            yield from self._decode_blocks_with_left_context(blocks)
+
+    def _decode_blocks_with_left_context(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        context = None
+        for block in blocks:
+            if context is None:
+                yield self.decode(block)
+            else:
+                yield self.decode(torch.cat([context, block.to(context.device)], dim=2))[:, :, 1:]
+            context = block[:, :, -1:]
+
+    def _decode_blocks_with_feat_cache(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        # Mirrors AutoencoderKLWan._decode (diffusers 0.42) with the cache kept across calls instead of
+        # cleared; post_quant_conv has a 1-frame kernel, so applying it per block is exact.
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        vae = self.vae
+        if getattr(vae, "use_tiling", False):
+            raise ValueError("block-wise decode of the wan2.1 VAE does not support spatial tiling")
+        feat_cache = [None] * vae._cached_conv_counts["decoder"]
+        first = True
+        for block in blocks:
+            x = vae.post_quant_conv(self._denormalise(block))
+            frames = []
+            for i in range(x.shape[2]):
+                frames.append(
+                    vae.decoder(x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=[0], first_chunk=first)
+                )
+                first = False
+            video = torch.cat(frames, dim=2)
+            if vae.config.patch_size is not None:
+                video = unpatchify(video, patch_size=vae.config.patch_size)
+            yield video.float().clamp(-1.0, 1.0)
 
 
 def _load_wan(path, device, dtype) -> DiffusersVideoAutoencoder:

@@ -5,13 +5,14 @@
 
 `generate_video` returns the frames as a uint8 tensor (T, H, W, 3); `save_video` writes them as H.264 mp4
 through `model.video_io`. With `block_frames` set the latents are generated `block_frames` latent frames at a
-time with LinearDiT's constant-memory cache, which is how minute-long video fits in memory.
+time with LinearDiT's constant-memory cache; `iter_video_blocks` decodes and yields each block as soon as it
+is denoised and `generate_video_to_file` appends it to the mp4, which is how minute-long video fits in memory.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -20,14 +21,14 @@ from model.autoencoders import VideoAutoencoder
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,
-    block_ar_sample,
     flow_sigmas,
+    iter_block_ar_sample,
     model_velocity,
     sample,
     sigmas_from_timesteps,
 )
 from model.text_encoders import TextEncoder
-from model.video_io import write_mp4
+from model.video_io import Mp4Writer, write_mp4
 
 
 def _check_compatible(model: LinearDiT, autoencoder: VideoAutoencoder, text_encoder: TextEncoder) -> None:
@@ -67,6 +68,110 @@ def video_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return pixels.permute(1, 2, 3, 0).contiguous().cpu()
 
 
+def _conditioning(
+    model: LinearDiT,
+    autoencoder: VideoAutoencoder,
+    text_encoder: TextEncoder,
+    prompt: str,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    steps: int,
+    guidance_scale: float,
+    negative_prompt: str,
+    shift: float,
+    seed: int,
+    denoising_steps: Sequence[float] | None,
+) -> tuple[
+    tuple[int, int, int], torch.Tensor, torch.Tensor, dict, torch.Generator, torch.Tensor, torch.Tensor
+]:
+    """What both generation paths start from: the latent grid, text, CFG inputs, seeded noise and schedule."""
+    _check_compatible(model, autoencoder, text_encoder)
+    grid = latent_grid(model, autoencoder, num_frames, height, width)
+    param = next(model.parameters())
+
+    text, text_mask = (t.to(param.device) for t in text_encoder.encode([prompt]))
+    negative_text = negative_mask = None
+    if guidance_scale != 1.0:
+        negative_text, negative_mask = (
+            t.to(param.device) for t in text_encoder.encode([negative_prompt], instruction=False)
+        )
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(1, model.config.in_channels, *grid, generator=generator)
+    noise = noise.to(param.device)
+    if denoising_steps is None:
+        schedule = flow_sigmas(steps, shift)
+    else:
+        schedule = sigmas_from_timesteps(denoising_steps, shift)
+    guidance = {
+        "guidance_scale": guidance_scale,
+        "negative_text": negative_text,
+        "negative_mask": negative_mask,
+    }
+    return grid, text, text_mask, guidance, generator, noise, schedule
+
+
+@torch.no_grad()
+def iter_video_blocks(
+    model: LinearDiT,
+    autoencoder: VideoAutoencoder,
+    text_encoder: TextEncoder,
+    prompt: str,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    block_frames: int,
+    steps: int = 50,
+    guidance_scale: float = 6.0,
+    negative_prompt: str = "",
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+    seed: int = 0,
+    sampler: str = "dpm++",
+    denoising_steps: Sequence[float] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
+    block decoded (`autoencoder.decode_blocks`) as soon as it is denoised.
+
+    Only one block of latents and of pixels is live at a time, on top of the constant-size cache and the
+    initial noise (latent-sized: 1/48 of the pixels for Wan2.1), so memory does not grow with the pixel
+    length. Same arguments and seed semantics as `generate_video`; the concatenated blocks are its frames.
+    """
+    grid, text, text_mask, guidance, generator, noise, schedule = _conditioning(
+        model,
+        autoencoder,
+        text_encoder,
+        prompt,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        shift=shift,
+        seed=seed,
+        denoising_steps=denoising_steps,
+    )
+    frames, lat_h, lat_w = grid
+    latent_blocks = iter_block_ar_sample(
+        model,
+        text,
+        text_mask,
+        frames,
+        block_frames,
+        (lat_h, lat_w),
+        sampler=sampler,
+        sigmas=schedule,
+        generator=generator,
+        noise=noise,
+        **guidance,
+    )
+    for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
+        yield video_to_uint8(pixels[0])
+
+
 @torch.no_grad()
 def generate_video(
     model: LinearDiT,
@@ -91,57 +196,61 @@ def generate_video(
     The noise comes from a CPU generator seeded with `seed`, so a seed gives the same video on any device.
     Bidirectional by default; with `block_frames` (latent frames per block) block-autoregressive, each block
     denoised with `sampler` over `steps` shifted levels — or over the few-step list `denoising_steps`
-    (e.g. [1000, 960, 889, 727] with `sampler="renoise"` for a LongSANA-style distilled model).
+    (e.g. [1000, 960, 889, 727] with `sampler="renoise"` for a LongSANA-style distilled model). All frames
+    are returned at once, which suits short videos; long ones go through `generate_video_to_file`.
     """
-    _check_compatible(model, autoencoder, text_encoder)
-    frames, lat_h, lat_w = latent_grid(model, autoencoder, num_frames, height, width)
-    param = next(model.parameters())
-
-    text, text_mask = (t.to(param.device) for t in text_encoder.encode([prompt]))
-    negative_text = negative_mask = None
-    if guidance_scale != 1.0:
-        negative_text, negative_mask = (
-            t.to(param.device) for t in text_encoder.encode([negative_prompt], instruction=False)
-        )
-
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn(1, model.config.in_channels, frames, lat_h, lat_w, generator=generator)
-    noise = noise.to(param.device)
-    if denoising_steps is None:
-        schedule = flow_sigmas(steps, shift)
-    else:
-        schedule = sigmas_from_timesteps(denoising_steps, shift)
-    guidance = {
+    options = {
+        "num_frames": num_frames,
+        "height": height,
+        "width": width,
+        "steps": steps,
         "guidance_scale": guidance_scale,
-        "negative_text": negative_text,
-        "negative_mask": negative_mask,
+        "negative_prompt": negative_prompt,
+        "shift": shift,
+        "seed": seed,
+        "denoising_steps": denoising_steps,
     }
-    if block_frames is None:
-        latents = sample(
-            model_velocity(model),
-            noise,
-            text,
-            text_mask,
-            sampler=sampler,
-            sigmas=schedule,
-            generator=generator,
-            **guidance,
+    if block_frames is not None:
+        blocks = iter_video_blocks(
+            model, autoencoder, text_encoder, prompt, block_frames=block_frames, sampler=sampler, **options
         )
-    else:
-        latents = block_ar_sample(
-            model,
-            text,
-            text_mask,
-            frames,
-            block_frames,
-            (lat_h, lat_w),
-            sampler=sampler,
-            sigmas=schedule,
-            generator=generator,
-            noise=noise,
-            **guidance,
-        )
+        return torch.cat(list(blocks))
+    _, text, text_mask, guidance, generator, noise, schedule = _conditioning(
+        model, autoencoder, text_encoder, prompt, **options
+    )
+    latents = sample(
+        model_velocity(model),
+        noise,
+        text,
+        text_mask,
+        sampler=sampler,
+        sigmas=schedule,
+        generator=generator,
+        **guidance,
+    )
     return video_to_uint8(autoencoder.decode(latents)[0])
+
+
+def generate_video_to_file(
+    model: LinearDiT,
+    autoencoder: VideoAutoencoder,
+    text_encoder: TextEncoder,
+    prompt: str,
+    path: str | os.PathLike,
+    *,
+    fps: float = 16.0,
+    block_frames: int,
+    **options,
+) -> Path:
+    """Generate block by block (`iter_video_blocks`, same `options`) and append each block to one H.264 mp4
+    as it is decoded, so a minute-long video is written with memory bounded by one block. The file appears
+    (atomically) only once the whole video is written. Returns the path."""
+    with Mp4Writer(path, fps) as writer:
+        for frames in iter_video_blocks(
+            model, autoencoder, text_encoder, prompt, block_frames=block_frames, **options
+        ):
+            writer.extend(frames.numpy())
+    return writer.path
 
 
 def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16.0) -> Path:

@@ -16,7 +16,7 @@ block (t = 0), so memory stays constant however long the video grows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -311,6 +311,66 @@ def block_schedule(
 
 
 @torch.no_grad()
+def iter_block_ar_sample(
+    model: LinearDiT,
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    num_latent_frames: int,
+    block_frames: int,
+    latent_hw: tuple[int, int],
+    *,
+    sampler: str = "renoise",
+    steps: int | None = None,
+    denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+    sigmas: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    negative_text: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """`block_ar_sample` one block at a time: yields (start, end, clean latents (B, C, end − start, H, W))
+    as soon as each block is denoised and folded into the cache, so a caller can decode and write it before
+    the next block starts (minute-long video without holding every latent or pixel). Same arguments, same
+    random draws and so the same blocks as `block_ar_sample`.
+    """
+    cfg = model.config
+    param = next(model.parameters())
+    batch, (height, width) = text.shape[0], latent_hw
+    shape = (batch, cfg.in_channels, num_latent_frames, height, width)
+    if noise is None:
+        noise_device = generator.device if generator is not None else param.device
+        noise = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    noise = noise.to(param.device, torch.float32)
+    schedule = sigmas if sigmas is not None else block_schedule(steps, denoising_steps, shift)
+
+    if guidance_scale == 1.0:
+        cache_text, cache_mask, copies = text, text_mask, 1
+    elif negative_text is None:
+        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
+    else:
+        cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
+        copies = 2
+    cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
+
+    for start, end in autoregressive_segments(num_latent_frames, block_frames):
+        field = guided_field(
+            model_velocity(model, cache, start),
+            text,
+            text_mask,
+            guidance_scale=guidance_scale,
+            negative_text=negative_text,
+            negative_mask=negative_mask,
+        )
+        clean = run_sampler(sampler, field, noise[:, :, start:end], schedule, generator)
+        clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
+        model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start, text_mask=cache_mask)
+        yield start, end, clean
+
+
 def block_ar_sample(
     model: LinearDiT,
     text: torch.Tensor,
@@ -341,39 +401,22 @@ def block_ar_sample(
     video up front (or passed as `noise`), so a seed gives the same starting point as the bidirectional
     sampler.
     """
-    cfg = model.config
-    param = next(model.parameters())
-    batch, (height, width) = text.shape[0], latent_hw
-    shape = (batch, cfg.in_channels, num_latent_frames, height, width)
-    if noise is None:
-        noise_device = generator.device if generator is not None else param.device
-        noise = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
-    elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-    noise = noise.to(param.device, torch.float32)
-    schedule = sigmas if sigmas is not None else block_schedule(steps, denoising_steps, shift)
-
-    if guidance_scale == 1.0:
-        cache_text, cache_mask, copies = text, text_mask, 1
-    elif negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
-    else:
-        cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
-        copies = 2
-    cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
-
-    out = torch.empty_like(noise)
-    for start, end in autoregressive_segments(num_latent_frames, block_frames):
-        field = guided_field(
-            model_velocity(model, cache, start),
-            text,
-            text_mask,
-            guidance_scale=guidance_scale,
-            negative_text=negative_text,
-            negative_mask=negative_mask,
-        )
-        clean = run_sampler(sampler, field, noise[:, :, start:end], schedule, generator)
-        out[:, :, start:end] = clean
-        clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
-        model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start, text_mask=cache_mask)
-    return out
+    blocks = iter_block_ar_sample(
+        model,
+        text,
+        text_mask,
+        num_latent_frames,
+        block_frames,
+        latent_hw,
+        sampler=sampler,
+        steps=steps,
+        denoising_steps=denoising_steps,
+        shift=shift,
+        sigmas=sigmas,
+        guidance_scale=guidance_scale,
+        negative_text=negative_text,
+        negative_mask=negative_mask,
+        generator=generator,
+        noise=noise,
+    )
+    return torch.cat([clean for _, _, clean in blocks], dim=2)

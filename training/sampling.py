@@ -87,7 +87,7 @@ def generate_from_export(
 ) -> Path:
     """Generate `seconds` of video from a stage export and write it as mp4 (block-AR with `block_frames`)."""
     from model.autoencoders import build_autoencoder
-    from model.generate import generate_video, save_video
+    from model.generate import generate_video, generate_video_to_file, save_video
     from model.pretrained import load_pretrained
     from model.text_encoders import build_text_encoder
 
@@ -113,22 +113,20 @@ def generate_from_export(
     text_encoder = build_text_encoder(te["name"], te["path"], device=device, **options)
     fps = float(info["fps"])
     num_frames = _valid_frames(autoencoder, max(1, round(seconds * fps)))
-    frames = generate_video(
-        model,
-        autoencoder,
-        text_encoder,
-        prompt,
-        num_frames=num_frames,
-        height=height or info["height"],
-        width=width or info["width"],
-        steps=steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
-        block_frames=block_frames,
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return save_video(frames, out, fps=fps)
+    options = {
+        "num_frames": num_frames,
+        "height": height or info["height"],
+        "width": width or info["width"],
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+    }
+    if block_frames is not None:
+        # Block by block into the mp4: memory stays bounded however many seconds are asked for.
+        return generate_video_to_file(
+            model, autoencoder, text_encoder, prompt, out, fps=fps, block_frames=block_frames, **options
+        )
+    return save_video(generate_video(model, autoencoder, text_encoder, prompt, **options), out, fps=fps)
 
 
 def _valid_frames(autoencoder: Any, want: int) -> int:

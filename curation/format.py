@@ -25,7 +25,26 @@ META_MEMBER = "json"
 CAPTION_MEMBER = "txt"
 LATENT_MEMBER = "latent.safetensors"  # optional, precomputed autoencoder latents
 
-INDEX_COLUMNS = ("shard", "key", "num_frames", "height", "width", "fps", "duration_s", "bucket")
+# One row per sample. `shard`: tar name inside the shards folder; `key`: sample key; `num_frames`, `height`,
+# `width`, `fps`, `duration_s`: the shard video; `bucket`: `Bucket.name` of the clip; `offset`: byte offset in
+# the tar of the header of the sample's first member; `length`: bytes from `offset` to the end of its last
+# member's (512-byte padded) data (not `size`, which pandas rows and frames already have as an attribute).
+# `[offset, offset + length)` is the whole sample as a run of tar members, so a
+# reader fetches it with one ranged read and parses it with `tarfile`, scanning no headers.
+INDEX_COLUMNS = (
+    "shard",
+    "key",
+    "num_frames",
+    "height",
+    "width",
+    "fps",
+    "duration_s",
+    "bucket",
+    "offset",
+    "length",
+)
+# Columns an index written before byte offsets existed lacks: a reader then scans the tar headers instead.
+INDEX_SPAN_COLUMNS = ("offset", "length")
 
 # Frame-count buckets: a clip goes to the largest bucket it can fill. 4k+1 counts suit causal video VAEs
 # (Wan2.1 compresses 4 frames into one latent after the first).

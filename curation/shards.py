@@ -8,7 +8,8 @@
    `target_shard_mb`;
 3. writes each planned shard whose content plan differs from what `OUT/shards/.manifest.json` says the
    existing tar holds (temp name, fsync, rename; fixed tar headers so the same plan gives the same bytes);
-4. removes stale shards, temp files and cached clips, and writes `index.parquet`.
+4. removes stale shards, temp files and cached clips, and writes `index.parquet`, with each sample's byte span
+   in its tar (`tar_layout`: computed from the headers, so it holds for shards a rerun did not rewrite).
 The manifest remembers the settings, each clip's transcode (size, sha256, frames, size in pixels) and each
 shard's plan hash, so a rerun or a re-filter only does the work whose inputs changed.
 """
@@ -22,9 +23,10 @@ import logging
 import math
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,8 @@ MANIFEST_FILE = ".manifest.json"
 TRANSCODED_DIR = ".transcoded"
 _TAR_BLOCK = 512
 _TAR_RECORD = 20 * _TAR_BLOCK
+_TAR_FORMAT = tarfile.PAX_FORMAT
+_TAR_ENCODING, _TAR_ERRORS = tarfile.ENCODING, "surrogateescape"  # what TarFile uses by default
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -63,6 +67,8 @@ INDEX_SCHEMA = pa.schema(
         ("fps", pa.float64()),
         ("duration_s", pa.float64()),
         ("bucket", pa.string()),
+        ("offset", pa.int64()),
+        ("length", pa.int64()),
     ]
 )
 assert tuple(INDEX_SCHEMA.names) == INDEX_COLUMNS
@@ -146,21 +152,58 @@ def _tar_member_size(n: int) -> int:
     return _TAR_BLOCK + -(-n // _TAR_BLOCK) * _TAR_BLOCK
 
 
-def _write_tar(path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> None:
-    """A tar with fixed headers (mtime 0, root, mode 0644): the same samples give the same bytes."""
+def _member_info(key: str, ext: str, size: int) -> tarfile.TarInfo:
+    """Fixed header fields (mtime 0, root, mode 0644): the same samples give the same bytes."""
+    info = tarfile.TarInfo(f"{key}.{ext}")
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def tar_layout(samples: Iterable[tuple[str, Iterable[tuple[str, int]]]]) -> list[tuple[int, int]]:
+    """`(offset, length)` of each sample (key, [(ext, data length)]) in the tar `write_tar` makes of them: the
+    index's `offset`/`length` columns. Computed from the headers themselves (a long name adds a PAX header), so
+    it holds for shards that a resumed run does not rewrite."""
+    spans, position = [], 0
+    for key, members in samples:
+        size = 0
+        for ext, length in members:
+            header = _member_info(key, ext, length).tobuf(_TAR_FORMAT, _TAR_ENCODING, _TAR_ERRORS)
+            size += len(header) + -(-length // _TAR_BLOCK) * _TAR_BLOCK
+        spans.append((position, size))
+        position += size
+    return spans
+
+
+def write_tar(
+    path: Path, samples: Sequence[tuple[str, Sequence[tuple[str, bytes]]]]
+) -> list[tuple[int, int]]:
+    """Write the samples (key, [(ext, data)]) as one tar atomically (temp name, fsync, rename); returns each
+    sample's `(offset, length)` (see `tar_layout`), checked against where the members really went."""
+    spans = tar_layout((key, [(ext, len(data)) for ext, data in members]) for key, members in samples)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for key, members in samples:
+        with tarfile.open(fileobj=f, mode="w", format=_TAR_FORMAT) as tar:
+            for (key, members), (offset, size) in zip(samples, spans, strict=True):
                 for ext, data in members:
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    tar.addfile(info, io.BytesIO(data))
+                    tar.addfile(_member_info(key, ext, len(data)), io.BytesIO(data))
+                if tar.offset != offset + size:
+                    raise RuntimeError(
+                        f"{path.name}: sample {key} ends at byte {tar.offset}, not {offset + size}"
+                    )
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return spans
+
+
+_T = TypeVar("_T")
+
+
+def _sample_members(meta: _T, mp4: _T, caption: _T) -> list[tuple[str, _T]]:
+    """A sample's members in tar order, as bytes (to write) or as lengths (to lay out)."""
+    return [(META_MEMBER, meta), (VIDEO_MEMBER, mp4), (CAPTION_MEMBER, caption)]
 
 
 class _Manifest:
@@ -359,10 +402,8 @@ def write_shards(
         for i in plan[n]:
             cid, entry, meta_bytes, txt_bytes = members[i]
             mp4 = cached(cid).read_bytes()
-            samples.append(
-                (cid, [(META_MEMBER, meta_bytes), (VIDEO_MEMBER, mp4), (CAPTION_MEMBER, txt_bytes)])
-            )
-        _write_tar(shards_dir / names[n], samples)
+            samples.append((cid, _sample_members(meta_bytes, mp4, txt_bytes)))
+        write_tar(shards_dir / names[n], samples)
         manifest.shards[names[n]] = hashes[n]
         manifest.save()
     log.info("wrote %d shards, %d already complete", len(to_write), len(plan) - len(to_write))
@@ -381,7 +422,11 @@ def write_shards(
 
     index_rows = []
     for name, indices in zip(names, plan, strict=True):
+        lengths = []
         for i in indices:
+            cid, entry, meta_bytes, txt_bytes = members[i]
+            lengths.append((cid, _sample_members(len(meta_bytes), entry["bytes"], len(txt_bytes))))
+        for i, (offset, length) in zip(indices, tar_layout(lengths), strict=True):
             cid, entry, *_ = members[i]
             n, h, w = entry["num_frames"], entry["height"], entry["width"]
             index_rows.append(
@@ -394,6 +439,8 @@ def write_shards(
                     "fps": cfg.fps,
                     "duration_s": n / cfg.fps,
                     "bucket": bucket_for(h, w, n).name,
+                    "offset": offset,
+                    "length": length,
                 }
             )
     index = _index_table(index_rows)

@@ -8,9 +8,7 @@ which (from a `fixture.json` next to the shards, not part of the contract).
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from curation.format import (
     make_clip_id,
     shard_name,
 )
+from curation.shards import write_tar
 from model.video_io import encode_mp4
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -72,6 +71,7 @@ def make_shards(
     frame_counts = [frames] if isinstance(frames, int) else list(frames)
     rng = np.random.default_rng(seed)
     rows, broken = [], {}
+    samples: dict[str, list[tuple[str, list[tuple[str, bytes]]]]] = {}
     for i in range(num_clips):
         height, width = sizes[i % len(sizes)]
         count = frame_counts[i % len(frame_counts)]
@@ -88,7 +88,7 @@ def make_shards(
         meta = {"clip_id": key, "caption": caption, "fps": fps, "width": width, "height": height}
         members = {VIDEO_MEMBER: mp4, META_MEMBER: json.dumps(meta).encode(), **members}
         shard = shard_name(prefix, i // clips_per_shard)
-        _append(shards / shard, key, members)
+        samples.setdefault(shard, []).append((key, list(members.items())))
         rows.append(
             {
                 "shard": shard,
@@ -101,6 +101,9 @@ def make_shards(
                 "bucket": bucket_for(height, width, count).name,
             }
         )
+    spans = [span for shard, in_shard in samples.items() for span in write_tar(shards / shard, in_shard)]
+    for row, (offset, length) in zip(rows, spans, strict=True):
+        row["offset"], row["length"] = offset, length
     pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).to_parquet(shards / INDEX_FILE, index=False)
     (shards / "fixture.json").write_text(json.dumps({"broken": broken}))
     return folder
@@ -109,11 +112,3 @@ def make_shards(
 def broken_keys(folder: str | Path) -> dict[str, str]:
     """Key → reason for the samples `make_shards` broke on purpose."""
     return json.loads((Path(folder) / SHARDS_DIR / "fixture.json").read_text())["broken"]
-
-
-def _append(path: Path, key: str, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "a", format=tarfile.USTAR_FORMAT) as tar:
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mode, info.mtime = len(data), 0o444, 0
-            tar.addfile(info, io.BytesIO(data))

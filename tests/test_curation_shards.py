@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -15,7 +16,14 @@ import webdataset as wds
 from pydantic import ValidationError
 
 from curation.format import INDEX_COLUMNS, bucket_for, make_clip_id
-from curation.shards import MANIFEST_FILE, ShardConfig, caption_text, read_shard_config, write_shards
+from curation.shards import (
+    MANIFEST_FILE,
+    ShardConfig,
+    caption_text,
+    read_shard_config,
+    write_shards,
+    write_tar,
+)
 from curation.transcode import output_size, output_times
 from model.video_io import read_frames, write_mp4
 
@@ -113,6 +121,63 @@ def test_shards_read_back_with_webdataset_and_every_mp4_decodes(sources, tmp_pat
         )
         assert meta["shard_video"] == {"num_frames": expected, "height": h, "width": w, "fps": CFG.fps}
         assert sample["txt"].decode() == f"{row['caption']} motion score: {round(row['motion_score'])}."
+        assert _members_at(shards / entry.shard, entry.offset, entry.length) == {
+            f"{row['clip_id']}.{ext}": sample[ext] for ext in ("json", "mp4", "txt")
+        }
+
+
+def _members_at(tar_path: Path, offset: int, size: int) -> dict[str, bytes]:
+    """Parse bytes [offset, offset + size) of a tar on their own, as a ranged read would fetch them."""
+    with open(tar_path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    assert len(data) == size
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def _assert_spans_tile_each_shard(shards: Path, index: pd.DataFrame) -> None:
+    """Samples follow each other with no gap, from byte 0 to the tar's end-of-archive blocks."""
+    for name, rows in index.groupby("shard", sort=True):
+        ends = [0, *(rows["offset"] + rows["length"]).tolist()]
+        assert rows["offset"].tolist() == ends[:-1]
+        with open(shards / name, "rb") as f:
+            f.seek(ends[-1])
+            assert f.read(1024) == bytes(1024)
+
+
+def test_offsets_survive_a_resumed_run_that_rewrites_only_some_shards(sources, tmp_path):
+    clips = _clips(sources)
+    first = write_shards(tmp_path, clips, CFG)
+    _assert_spans_tile_each_shard(tmp_path / "shards", first)
+    # Dropping the last clip rewrites only the last shard: the others keep their bytes and their offsets,
+    # which the index now takes from the layout, not from a write.
+    shards = tmp_path / "shards"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    index = write_shards(tmp_path, clips.iloc[:-1], CFG)
+    kept = [n for n, t in mtimes.items() if (shards / n).is_file() and (shards / n).stat().st_mtime_ns == t]
+    assert kept
+    assert index.equals(write_shards(tmp_path / "fresh", clips.iloc[:-1], CFG))
+    _assert_spans_tile_each_shard(shards, index)
+    for row in index.itertuples():
+        assert set(_members_at(shards / row.shard, row.offset, row.length)) == {
+            f"{row.key}.{ext}" for ext in ("json", "mp4", "txt")
+        }
+
+
+def test_long_keys_get_pax_headers_and_their_offsets_still_hold(tmp_path):
+    long_key, short_key = "k" * 128, "short"  # a 132-character member name needs a PAX header
+    samples = [
+        (short_key, [("json", b"{}"), ("txt", b"x" * 700)]),
+        (long_key, [("mp4", b"\x01" * 513), ("txt", b"")]),
+        (short_key + "2", [("txt", b"y")]),
+    ]
+    spans = write_tar(tmp_path / "t.tar", samples)
+    assert spans[1][1] > 3 * 512  # the PAX header blocks are counted
+    for (key, members), (offset, size) in zip(samples, spans, strict=True):
+        assert _members_at(tmp_path / "t.tar", offset, size) == {
+            f"{key}.{ext}": data for ext, data in members
+        }
 
 
 def test_frames_are_resampled_by_timestamp(sources, tmp_path):

@@ -246,3 +246,57 @@ def test_reads_shards_through_fsspec(tmp_path):
         same_batches(take(remote, 4), take(StageData(video_stage(local)), 4))
     finally:
         memory.rm("/remote-data", recursive=True)
+
+
+def test_index_offsets_mean_one_ranged_read_per_sample_and_no_header_scan(tmp_path, monkeypatch):
+    """On object storage every header read is a request: with offsets in the index the loader never opens a
+    shard, it fetches each sample's `[offset, offset + length)` and nothing else."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    local = make_shards(tmp_path / "d", 6, clips_per_shard=3)
+    index = pd.read_parquet(local / "shards" / "index.parquet")
+    assert (index["offset"] >= 0).all() and (index["length"] > 0).all()
+    memory = fsspec.filesystem("memory")
+    for path in (local / "shards").iterdir():
+        memory.pipe(f"/ranged-data/shards/{path.name}", path.read_bytes())
+    opened, ranges = [], []
+    real_open, real_cat = MemoryFileSystem._open, MemoryFileSystem.cat_file
+
+    def open_and_record(self, path, *args, **kwargs):
+        opened.append(self._strip_protocol(path))
+        return real_open(self, path, *args, **kwargs)
+
+    def cat_and_record(self, path, start=None, end=None, **kwargs):
+        ranges.append((self._strip_protocol(path).rsplit("/", 1)[-1], start, end))
+        return real_cat(self, path, start, end, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "_open", open_and_record)
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", cat_and_record)
+    try:
+        remote = StageData(video_stage("memory://ranged-data"))
+        batches = take(remote, 3)
+    finally:
+        monkeypatch.undo()
+        memory.rm("/ranged-data", recursive=True)
+    assert not [p for p in opened if p.endswith(".tar")]
+    spans = {(r.shard, r.offset, r.offset + r.length): r.key for r in index.itertuples()}
+    assert ranges and all(r in spans for r in ranges)
+    assert sorted(spans[r] for r in ranges) == sorted(k for b in batches for k in b.keys)
+    same_batches(batches, take(StageData(video_stage(local)), 3))
+
+
+def test_an_index_without_offsets_is_read_by_scanning_the_headers(tmp_path):
+    """Indexes written before the offset columns existed still load, to the same batches."""
+    from training.shard_reader import read_index
+
+    data = make_shards(tmp_path / "d", 10, clips_per_shard=4, bad_video=1)
+    new = StageData(video_stage(data))
+    with_offsets = take(new, 4)
+    assert not new._reader._members  # read by offset: no header table was built
+    index_path = data / "shards" / "index.parquet"
+    pd.read_parquet(index_path).drop(columns=["offset", "length"]).to_parquet(index_path, index=False)
+    assert (read_index(str(data / "shards"))[["offset", "length"]] == -1).all().all()
+    old = StageData(video_stage(data))
+    same_batches(take(old, 4), with_offsets)
+    assert old._reader._members  # the shards' headers were scanned

@@ -156,6 +156,8 @@ class StageData:
         self.fps = table["fps"].to_numpy(np.float64)
         self.height = table["height"].to_numpy(np.int64)
         self.width = table["width"].to_numpy(np.int64)
+        self.offset = table["offset"].to_numpy(np.int64)  # -1: an older index, the reader scans the shard
+        self.length = table["length"].to_numpy(np.int64)
         self._fingerprint = digest.hexdigest()[:16]
 
     def _plan(self, epoch: int) -> EpochPlan:
@@ -244,7 +246,8 @@ class StageData:
         key = self.keys[index]
         shard = self.shard_uris[self.shard_id[index]]
         try:
-            members = self._reader.read_sample(shard, key)
+            span = (int(self.offset[index]), int(self.length[index])) if self.offset[index] >= 0 else None
+            members = self._reader.read_sample(shard, key, span)
         except (OSError, tarfile.TarError) as err:
             raise BadClip("read_error", f"{shard}: {err}") from None
         if VIDEO_MEMBER not in members:

@@ -1,14 +1,17 @@
 """Random access to samples inside WebDataset tar shards, local or behind any fsspec URI.
 
 The training loader is index-driven (`index.parquet`, see `curation.format`): it decides which sample goes in
-which batch from the index alone, then reads just those samples. Random access needs each member's byte
-offset, which the index does not carry, so the first read of a shard scans its tar headers once (seeking past
-the member data) and keeps a member table per shard for the life of the process. Members are grouped into
-samples with WebDataset's own naming rule (`webdataset.tariterators.base_plus_ext`: key up to the first dot).
+which batch from the index alone, then reads just those samples. The index's `offset`/`length` columns give each
+sample's byte span in its tar, so a sample is one ranged read (one request on object storage), parsed as a run
+of tar members. An index written before those columns existed has none: then the first read of a shard scans
+its tar headers once (seeking past the member data) and keeps a member table per shard for the life of the
+process. Members are grouped into samples with WebDataset's own naming rule
+(`webdataset.tariterators.base_plus_ext`: key up to the first dot).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from collections import OrderedDict
@@ -19,7 +22,7 @@ import fsspec
 import pandas as pd
 from webdataset.tariterators import base_plus_ext
 
-from curation.format import INDEX_COLUMNS, INDEX_FILE, SHARDS_DIR, is_safe_relative
+from curation.format import INDEX_COLUMNS, INDEX_FILE, INDEX_SPAN_COLUMNS, SHARDS_DIR, is_safe_relative
 
 
 def is_remote(uri: str) -> bool:
@@ -50,12 +53,16 @@ def find_shard_folder(entry: str) -> str:
 
 def read_index(folder: str) -> pd.DataFrame:
     """The index of one shards folder, checked against the contract: all columns present and shard names
-    that stay inside the folder."""
+    that stay inside the folder. An older index without `offset`/`length` gets them as -1 (no span: the reader
+    scans that shard's headers)."""
     uri = join_uri(folder, INDEX_FILE)
     table = pd.read_parquet(uri)
-    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
+    missing = [c for c in INDEX_COLUMNS if c not in table.columns and c not in INDEX_SPAN_COLUMNS]
     if missing:
         raise ValueError(f"{uri}: missing index columns {', '.join(missing)}")
+    for column in INDEX_SPAN_COLUMNS:
+        values = table[column] if column in table.columns else pd.Series(-1, index=table.index)
+        table[column] = values.fillna(-1).astype("int64")
     for shard in table["shard"].unique():
         if not is_safe_relative(str(shard)):
             raise ValueError(f"{uri}: shard name {shard!r} points outside the folder")
@@ -76,17 +83,24 @@ class ShardReader:
         self.max_open = max_open
         self._pid = os.getpid()
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
+        self._remote: dict[str, tuple[fsspec.AbstractFileSystem, str]] = {}
         self._members: dict[str, dict[str, dict[str, MemberSpan]]] = {}
 
     def for_this_process(self) -> ShardReader:
         if self._pid != os.getpid():
             self._files = OrderedDict()
+            self._remote = {}
             self._pid = os.getpid()
         return self
 
-    def read_sample(self, shard: str, key: str) -> dict[str, bytes]:
-        """All members of sample `key` in `shard`, keyed by extension (`mp4`, `json`, `txt`, …). A key that is
-        not in the shard gives an empty dict."""
+    def read_sample(self, shard: str, key: str, span: tuple[int, int] | None = None) -> dict[str, bytes]:
+        """All members of sample `key` in `shard`, keyed by extension (`mp4`, `json`, `txt`, …).
+
+        `span`: the sample's `(offset, length)` from the index: one ranged read, no header scan. Without it the
+        shard's headers are scanned (once per process), and a key that is not in the shard gives an empty dict.
+        """
+        if span is not None:
+            return self._read_span(shard, key, *span)
         members = self._member_table(shard).get(key, {})
         handle = self._open(shard)
         out = {}
@@ -97,6 +111,34 @@ class ShardReader:
                 raise OSError(f"{shard}: member {key}.{ext} is truncated")
             out[ext] = data
         return out
+
+    def _read_span(self, shard: str, key: str, offset: int, length: int) -> dict[str, bytes]:
+        data = self._read_range(shard, offset, length)
+        if len(data) != length:
+            raise OSError(f"{shard}: sample {key} at bytes {offset}+{length} is truncated")
+        out = {}
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                member_key, ext = base_plus_ext(info.name)
+                if member_key != key:
+                    raise OSError(
+                        f"{shard}: bytes {offset}+{length} hold {info.name}, not a member of sample {key}"
+                    )
+                out[ext] = tar.extractfile(info).read()
+        return out
+
+    def _read_range(self, shard: str, offset: int, length: int) -> bytes:
+        if not is_remote(shard):
+            handle = self._open(shard)
+            handle.seek(offset)
+            return handle.read(length)
+        self.for_this_process()
+        if shard not in self._remote:
+            self._remote[shard] = fsspec.core.url_to_fs(shard)
+        fs, path = self._remote[shard]
+        return fs.cat_file(path, start=offset, end=offset + length)
 
     def close(self) -> None:
         for handle in self._files.values():

@@ -17,13 +17,11 @@ shard's plan hash, so a rerun or a re-filter only does the work whose inputs cha
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
@@ -46,16 +44,13 @@ from curation.format import (
     shard_name,
     validate_key,
 )
+from curation.shard_tar import TAR_BLOCK, tar_layout, tar_member_size, write_tar
 from curation.transcode import ClipSpec, TranscodedClip, TranscodeSettings, transcode_clips
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = ".manifest.json"
 TRANSCODED_DIR = ".transcoded"
-_TAR_BLOCK = 512
-_TAR_RECORD = 20 * _TAR_BLOCK
-_TAR_FORMAT = tarfile.PAX_FORMAT
-_TAR_ENCODING, _TAR_ERRORS = tarfile.ENCODING, "surrogateescape"  # what TarFile uses by default
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -148,56 +143,6 @@ def caption_text(row: dict, motion_caption: bool) -> str:
     return text
 
 
-def _tar_member_size(n: int) -> int:
-    return _TAR_BLOCK + -(-n // _TAR_BLOCK) * _TAR_BLOCK
-
-
-def _member_info(key: str, ext: str, size: int) -> tarfile.TarInfo:
-    """Fixed header fields (mtime 0, root, mode 0644): the same samples give the same bytes."""
-    info = tarfile.TarInfo(f"{key}.{ext}")
-    info.size, info.mtime, info.mode = size, 0, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def tar_layout(samples: Iterable[tuple[str, Iterable[tuple[str, int]]]]) -> list[tuple[int, int]]:
-    """`(offset, length)` of each sample (key, [(ext, data length)]) in the tar `write_tar` makes of them: the
-    index's `offset`/`length` columns. Computed from the headers themselves (a long name adds a PAX header), so
-    it holds for shards that a resumed run does not rewrite."""
-    spans, position = [], 0
-    for key, members in samples:
-        size = 0
-        for ext, length in members:
-            header = _member_info(key, ext, length).tobuf(_TAR_FORMAT, _TAR_ENCODING, _TAR_ERRORS)
-            size += len(header) + -(-length // _TAR_BLOCK) * _TAR_BLOCK
-        spans.append((position, size))
-        position += size
-    return spans
-
-
-def write_tar(
-    path: Path, samples: Sequence[tuple[str, Sequence[tuple[str, bytes]]]]
-) -> list[tuple[int, int]]:
-    """Write the samples (key, [(ext, data)]) as one tar atomically (temp name, fsync, rename); returns each
-    sample's `(offset, length)` (see `tar_layout`), checked against where the members really went."""
-    spans = tar_layout((key, [(ext, len(data)) for ext, data in members]) for key, members in samples)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=_TAR_FORMAT) as tar:
-            for (key, members), (offset, size) in zip(samples, spans, strict=True):
-                for ext, data in members:
-                    tar.addfile(_member_info(key, ext, len(data)), io.BytesIO(data))
-                if tar.offset != offset + size:
-                    raise RuntimeError(
-                        f"{path.name}: sample {key} ends at byte {tar.offset}, not {offset + size}"
-                    )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return spans
-
-
 _T = TypeVar("_T")
 
 
@@ -288,7 +233,7 @@ def _plan(samples: list[tuple[str, int]], cfg: ShardConfig) -> list[list[int]]:
     shards: list[list[int]] = []
     size = 0
     for i, (_, nbytes) in enumerate(samples):
-        if not shards or (size + nbytes + 2 * _TAR_BLOCK > target and shards[-1]):
+        if not shards or (size + nbytes + 2 * TAR_BLOCK > target and shards[-1]):
             shards.append([])
             size = 0
         shards[-1].append(i)
@@ -361,7 +306,7 @@ def write_shards(
         members.append((row["clip_id"], entry, meta_bytes, txt_bytes))
 
     sizes = [
-        (cid, _tar_member_size(len(m)) + _tar_member_size(e["bytes"]) + _tar_member_size(len(t)))
+        (cid, tar_member_size(len(m)) + tar_member_size(e["bytes"]) + tar_member_size(len(t)))
         for cid, e, m, t in members
     ]
     plan = _plan(sizes, cfg)

@@ -26,7 +26,7 @@ from curation.format import (
     make_clip_id,
     shard_name,
 )
-from curation.shards import write_tar
+from curation.shard_tar import write_tar
 from model.video_io import encode_mp4
 
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}

@@ -16,14 +16,8 @@ import webdataset as wds
 from pydantic import ValidationError
 
 from curation.format import INDEX_COLUMNS, bucket_for, make_clip_id
-from curation.shards import (
-    MANIFEST_FILE,
-    ShardConfig,
-    caption_text,
-    read_shard_config,
-    write_shards,
-    write_tar,
-)
+from curation.shard_tar import write_tar
+from curation.shards import MANIFEST_FILE, ShardConfig, caption_text, read_shard_config, write_shards
 from curation.transcode import output_size, output_times
 from model.video_io import read_frames, write_mp4
 

@@ -103,13 +103,13 @@ def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
     videos = tmp_path / VIDEOS_DIR
     total = len(truth.videos) + len(truth.broken)
     config = tmp_path / "curate.yaml"
-    # One decode task at a time, so the kill lands while sources are still pending; small shards, so there
-    # are several of them.
+    # One decode task at a time and scorer batches of one clip, so finished sources reach the manifest one by
+    # one and the kill lands while sources are still pending; small shards, so there are several of them.
     config.write_text(
         yaml.safe_dump(
             {
                 "scenes": {"min_clip_s": 1.0},
-                "ray": {"decode_concurrency": 1},
+                "ray": {"decode_concurrency": 1, "scorer_batch_size": 1},
                 "shards": {"short_side": 96, "target_shard_mb": 0.05},
             }
         )

@@ -21,7 +21,8 @@ def ray_session():
 
     if not ray.is_initialized():
         # More logical CPUs than cores so a 2-worker Train job, its controller and Ray Data tasks can be
-        # scheduled together on a 2-core machine.
-        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+        # scheduled together on a 2-core machine. address="local": a private Ray, never a cluster that
+        # happens to run on this machine (a test's own `ray start` cluster, another user's).
+        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -122,7 +122,9 @@ def caption_issues(caption: str | None, config: CaptionConfig) -> list[str]:
 
 
 def _text(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    # Ray Data hands a column that is null in every row of a batch over as float32 NaN (not a Python
+    # float): it must stay a missing caption, never become the caption "nan".
+    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
         return None
     text = str(value).strip()
     return text or None

@@ -78,11 +78,12 @@ def list_sources(input: str, extensions: list[str], exclude: str | None = None) 
     if _has_extension(input, list(MANIFEST_SUFFIXES)) and not _is_glob(input):
         return _from_manifest(input)
     fs, path = fsspec.core.url_to_fs(input)
+    is_folder = False
     if _is_glob(path):
         infos = {p: fs.info(p) for p in fs.glob(path)}
         infos = {p: i for p, i in infos.items() if i.get("type") == "file"}
     elif fs.isdir(path):
-        infos = fs.find(path, detail=True)
+        infos, is_folder = fs.find(path, detail=True), True
     elif fs.isfile(path):
         infos = {path: fs.info(path)}
     else:
@@ -105,6 +106,12 @@ def list_sources(input: str, extensions: list[str], exclude: str | None = None) 
             others,
             ", ".join(extensions),
         )
+    if not is_folder:
+        # A single file or a glob lists only what it names: look for each video's sidecar next to it, as
+        # a folder listing would have found it.
+        sidecar_paths |= {
+            _strip_ext(p) + s for p in videos for s in SIDECAR_SUFFIXES if fs.isfile(_strip_ext(p) + s)
+        }
     entries = []
     for p in videos:
         sidecar = next(

@@ -4,6 +4,7 @@ through the real CLI entry point (in this process, on the session's Ray)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -85,3 +86,41 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "--output" in capsys.readouterr().err
     assert main(["curate", "report", str(tmp_path)]) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+def test_sidecars_of_a_single_file_and_a_glob_and_missing_captions_are_null(curated, tmp_path):
+    root, _ = curated
+    videos = root / "corpus" / "videos"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(videos / "video_000.mp4", inputs / "captioned.mp4")
+    shutil.copy(videos / "video_000.txt", inputs / "captioned.txt")
+    shutil.copy(videos / "video_001.mp4", inputs / "bare.mp4")  # no sidecar
+    caption = (inputs / "captioned.txt").read_text().strip()
+    for name, given in (("single", inputs / "captioned.mp4"), ("glob", inputs / "*.mp4")):
+        out = tmp_path / name
+        args = [
+            "curate",
+            "--input",
+            str(given),
+            "--output",
+            str(out),
+            "--min-clip-s",
+            "1",
+            "--max-clip-s",
+            "2",
+        ]
+        assert main(args) == 0
+        clips = pd.read_parquet(out / "clips.parquet")
+        sources = pd.read_parquet(out / "sources.parquet").set_index("source_id")["uri"]
+        names = clips["source_id"].map(sources).map(lambda u: u.rsplit("/", 1)[-1])
+        assert set(names) == ({"captioned.mp4"} if name == "single" else {"captioned.mp4", "bare.mp4"})
+        found = clips[names == "captioned.mp4"]
+        assert (
+            len(found)
+            and (found["caption"] == caption).all()
+            and (found["caption_source"] == "sidecar").all()
+        )
+        missing = clips[names == "bare.mp4"]
+        assert missing["caption"].isna().all(), missing["caption"].tolist()  # null, not the string "nan"
+        assert all("caption.required" in f for f in missing["filtered_by"])

@@ -34,12 +34,14 @@ from curation.tables import (
     SOURCES_FILE,
     clips_table,
     empty_clips,
+    numeric_clip_columns,
     source_row,
     sources_table,
     write_table_atomic,
 )
 from curation.thresholds import (
     apply_thresholds,
+    check_score_columns,
     default_thresholds,
     load_thresholds,
     write_thresholds,
@@ -239,11 +241,14 @@ def run_curation(
     """Curate `input` into `output` (see DESIGN.md for the folder layout); returns the report."""
     cfg = config or CurationConfig()
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything that can be wrong with the request is found here, before OUT exists or anything decodes.
     thresholds = load_thresholds(cfg.thresholds_file) if cfg.thresholds_file else default_thresholds()
+    known = numeric_clip_columns(cfg.motion.codec_mvs)
+    check_score_columns(thresholds, known, known)
     listing = list_sources(input, cfg.extensions, exclude=str(out))
     if not listing:
         raise ValueError(f"no videos found in {input} (extensions: {', '.join(cfg.extensions)})")
+    stages = _scorer_stages(cfg)
     state = ResumeState(out, cfg.scoring_fingerprint())
     pending = [e for e in listing if not state.is_done(e)]
     log.info(
@@ -252,7 +257,6 @@ def run_curation(
         len(listing) - len(pending),
         len(pending),
     )
-    stages = _scorer_stages(cfg)
     started = connect_ray(address)
     try:
         failed = _score_sources(pending, cfg, stages, state) if pending else []

@@ -58,6 +58,12 @@ CLIP_TYPES: dict[str, pa.DataType] = {
 }
 
 
+def numeric_clip_columns(codec_mvs: bool) -> list[str]:
+    """The numeric columns every clips table of a run has (what thresholds can name before it ran)."""
+    numeric = [c for c, t in CLIP_TYPES.items() if pa.types.is_integer(t) or pa.types.is_floating(t)]
+    return [c for c in numeric if codec_mvs or c != "motion_mv_score"]
+
+
 def source_row(**values: object) -> dict:
     """A sources-table row with every column present (missing ones null)."""
     unknown = set(values) - set(SOURCE_SCHEMA.names)

@@ -18,6 +18,7 @@ drops a clip; the report says how many clips each filter could not judge.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,16 +117,23 @@ def _has_caption(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def check_score_columns(t: Thresholds, columns: Iterable[str], numeric: Iterable[str]) -> None:
+    """ValueError naming the first score column of `t` that is not in `columns` (`numeric`: the choices)."""
+    present = set(columns)
+    for column in t.scores:
+        if column not in present:
+            raise ValueError(
+                f"thresholds name score column {column!r}, which the clips table lacks "
+                f"(numeric columns: {', '.join(sorted(numeric))})"
+            )
+
+
 def apply_thresholds(clips: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
     """A copy of `clips` with `kept` (bool) and `filtered_by` (list of filter names). Pure pandas."""
     out = clips.copy()
+    check_score_columns(t, out.columns, out.select_dtypes("number").columns)
     failed: dict[str, np.ndarray] = {}
     for column, rng in t.scores.items():
-        if column not in out.columns:
-            raise ValueError(
-                f"thresholds name score column {column!r}, which the clips table lacks "
-                f"(numeric columns: {', '.join(sorted(out.select_dtypes('number').columns))})"
-            )
         values = pd.to_numeric(out[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         # NaN compares False: a clip without a score is never dropped by that score.
         if rng.min is not None:

@@ -190,7 +190,7 @@ def test_position_checks_and_data_errors(tmp_path):
         next(StageData(video_stage(other)).batches(position))
     assert StageData(video_stage(other)).dataset_fingerprint() != loader.dataset_fingerprint()
     assert StageData(video_stage(data)).dataset_fingerprint() == loader.dataset_fingerprint()
-    with pytest.raises(FileNotFoundError, match=r"stage 'video': no index.parquet in .*nowhere"):
+    with pytest.raises(FileNotFoundError, match=r"stage 'video': data folder .*nowhere does not exist"):
         StageData(video_stage(tmp_path / "nowhere"))
     short = make_shards(tmp_path / "short", 2, frames=4)
     with pytest.raises(ValueError, match="none of the 2 samples .* fills a bucket"):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from training.launch import StageResult, resolve_work_dir, run_stage
+from training.preflight import check_before_training
 from training.tracking import Tracker, resolve_tracking_uri
 
 
@@ -33,6 +34,7 @@ def run_pipeline(
             pipeline.stage(name)  # an unknown name is a one-line error listing the stages
         selected = [s for s in pipeline.stages if s.name in set(stages)]
     root = resolve_work_dir(pipeline, work_dir)
+    check_before_training(pipeline, selected, root, workers)  # before the work dir and MLflow runs exist
     root.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(root), pipeline.name, root)
     parent = tracker.parent_run()

@@ -43,6 +43,8 @@ def _exists(uri: str) -> bool:
 def find_shard_folder(entry: str) -> str:
     """The folder holding `index.parquet`: `entry` itself (a shards folder) or `entry/shards` (a curation
     output folder). FileNotFoundError naming both places otherwise."""
+    if not is_remote(entry) and not os.path.exists(entry.removeprefix("file://")):
+        raise FileNotFoundError(f"data folder {entry} does not exist")
     for folder in (entry, join_uri(entry, SHARDS_DIR)):
         if _exists(join_uri(folder, INDEX_FILE)):
             return folder

@@ -34,14 +34,10 @@ def register(app: typer.Typer) -> None:
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
-        from training.config import PRESET_NAMES, load_pipeline, load_preset
+        from training.config import load_pipeline_or_preset
         from training.pipeline import run_pipeline
 
-        variables = _variables(var or [])
-        if not Path(pipeline).exists() and pipeline in PRESET_NAMES:
-            config = load_preset(pipeline, variables=variables)
-        else:
-            config = load_pipeline(pipeline, variables=variables)
+        config = load_pipeline_or_preset(pipeline, variables=_variables(var or []))
         results = run_pipeline(
             config,
             stages=stage or None,

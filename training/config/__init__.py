@@ -5,7 +5,7 @@ See `training.config.loader` for variables (`${data_root}`), defaults and overri
 """
 
 from training.config.checks import latent_frames
-from training.config.loader import PRESET_NAMES, load_pipeline, load_preset
+from training.config.loader import PRESET_NAMES, load_pipeline, load_pipeline_or_preset, load_preset
 from training.config.schema import (
     AutoencoderSpec,
     BucketConfig,
@@ -39,5 +39,6 @@ __all__ = [
     "TextEncoderSpec",
     "latent_frames",
     "load_pipeline",
+    "load_pipeline_or_preset",
     "load_preset",
 ]

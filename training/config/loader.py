@@ -14,6 +14,7 @@ file's folder. URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from importlib import resources
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 from training.config.checks import ConfigKeyError, check_pipeline
 from training.config.schema import PipelineConfig
 
+_UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PRESET_NAMES = ("tiny", "sana-video")
 
@@ -36,6 +38,18 @@ def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: An
         raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     path = Path(str(resources.files("training") / "presets" / f"{name}.yaml"))
     return load_pipeline(path, variables=variables, **kwargs)
+
+
+def load_pipeline_or_preset(name: str, variables: dict[str, str] | None = None) -> PipelineConfig:
+    """`name` is a pipeline YAML file or, when no such file exists, the name of a bundled preset."""
+    if not Path(name).exists() and name in PRESET_NAMES:
+        return load_preset(name, variables=variables)
+    if not Path(name).exists() and Path(name).suffix.lower() not in (".yaml", ".yml"):
+        raise FileNotFoundError(
+            f"no pipeline file or preset named {name!r} (presets: {', '.join(PRESET_NAMES)}; "
+            f"or give a pipeline YAML file)"
+        )
+    return load_pipeline(name, variables=variables)
 
 
 def load_pipeline(
@@ -129,8 +143,8 @@ def _substitute(value: Any, values: dict[str, str], key: str) -> Any:
             if name not in values:
                 raise ConfigKeyError(
                     key or "<top>",
-                    f"undefined variable ${{{name}}}: set SVP_{name.upper()}, pass it to load_pipeline"
-                    f"(variables={{{name!r}: ...}}), or define it under 'variables:'",
+                    f"undefined variable ${{{name}}}: give it with --var {name}=PATH (or set "
+                    f"SVP_{name.upper()}, or define it under 'variables:')",
                 )
             return values[name]
 
@@ -193,7 +207,9 @@ def _first_error(err: ValidationError, raw: dict[str, Any], defaults: dict[str, 
     """The first pydantic error as (dotted key, message). A key that a stage only has through `defaults`
     is reported as `defaults.…`, where the user wrote it."""
     errors = err.errors(include_url=False)
-    first = errors[0]
+    # A misspelt key also makes the key it meant missing: report the unknown key, which is the cause.
+    unknown = [e for e in errors if e["type"] in _UNKNOWN_KEY_ERRORS]
+    first = unknown[0] if unknown else errors[0]
     loc = list(first["loc"])
     key = _dotted(loc)
     if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int):
@@ -201,10 +217,17 @@ def _first_error(err: ValidationError, raw: dict[str, Any], defaults: dict[str, 
         if _has_path(defaults, loc[2:]) and not _has_path(_without(stage_raw, defaults), loc[2:]):
             key = _dotted(["defaults", *loc[2:]])
     message = first["msg"]
-    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        message = "unknown key (Extra inputs are not permitted)"
+    if first["type"] in _UNKNOWN_KEY_ERRORS:
+        message = "unknown key" + _did_you_mean(loc, errors)
     more = len(errors) - 1
     return key, message + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+
+
+def _did_you_mean(loc: list[Any], errors: list[Any]) -> str:
+    """` (did you mean 'steps'?)` when a key missing next to the unknown one is spelt like it."""
+    missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and list(e["loc"][:-1]) == loc[:-1]]
+    close = difflib.get_close_matches(str(loc[-1]), [str(m) for m in missing], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _without(stage: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -14,5 +14,8 @@ COMMAND_MODULES = ("model_cmd", "curate_cmd", "train_cmd", "demo_cmd")
 
 
 def register_all(app: typer.Typer) -> None:
+    from orchestration.commands.usage import apply
+
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(app)
+    apply(app)

@@ -28,7 +28,8 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker; 0 trains on CPUs with gloo."),
         address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
         work_dir: Path = typer.Option(
-            None, help="Checkpoints, exports, MLflow store (default: the YAML's work_dir)."
+            None,
+            help="Checkpoints, exports, MLflow store (default: the YAML's work_dir, else ./svp-work).",
         ),
         var: list[str] = typer.Option(None, "--var", help="Set a ${NAME} variable of the YAML: NAME=VALUE."),
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),

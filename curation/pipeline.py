@@ -24,7 +24,6 @@ import ray
 
 from curation import aesthetic, captions
 from curation.config import CurationConfig
-from curation.format import THRESHOLDS_FILE
 from curation.report import finish_report
 from curation.resume import ResumeState
 from curation.shards import write_shards
@@ -44,7 +43,7 @@ from curation.thresholds import (
     check_score_columns,
     default_thresholds,
     load_thresholds,
-    write_thresholds,
+    record_thresholds,
 )
 from curation.worker import SourceLedger, process_source
 
@@ -264,7 +263,7 @@ def run_curation(
         table = apply_thresholds(table, thresholds)
         write_table_atomic(sources_table(sources), out / SOURCES_FILE)
         write_table_atomic(clips_table(table), out / CLIPS_FILE)
-        write_thresholds(out / THRESHOLDS_FILE, thresholds)
+        record_thresholds(out, thresholds)
         write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
         return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
     finally:

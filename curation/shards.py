@@ -8,7 +8,8 @@
    `target_shard_mb`;
 3. writes each planned shard whose content plan differs from what `OUT/shards/.manifest.json` says the
    existing tar holds (temp name, fsync, rename; fixed tar headers so the same plan gives the same bytes);
-4. removes stale shards, temp files and cached clips, and writes `index.parquet`, with each sample's byte span
+4. removes stale shards, temp files and cached clips (with `keep_transcoded`, only those of other settings:
+   clips the thresholds drop keep theirs), and writes `index.parquet`, with each sample's byte span
    in its tar (`tar_layout`: computed from the headers, so it holds for shards a rerun did not rewrite).
 The manifest remembers the settings, each clip's transcode (size, sha256, frames, size in pixels) and each
 shard's plan hash, so a rerun or a re-filter only does the work whose inputs changed.
@@ -358,11 +359,13 @@ def write_shards(
         if stale.name not in current:
             stale.unlink()
     manifest.data["shards"] = {k: v for k, v in manifest.shards.items() if k in current}
-    keep = {cid for cid, *_ in members} if cfg.keep_transcoded else set()
+    # keep_transcoded also keeps the clips the thresholds now drop: loosening them again decodes nothing
+    # (`svp curate prune OUT` removes those).
+    keep = {cid for cid in manifest.clips if cached(cid).is_file()} if cfg.keep_transcoded else set()
     for mp4 in cache_dir.glob("*.mp4"):
         if mp4.stem not in keep:
             mp4.unlink()
-    manifest.data["clips"] = {k: v for k, v in manifest.clips.items() if k in specs}
+    manifest.data["clips"] = {k: v for k, v in manifest.clips.items() if k in specs or k in keep}
     manifest.save()
 
     index_rows = []

@@ -18,6 +18,7 @@ drops a clip; the report says how many clips each filter could not judge.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -27,10 +28,12 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curation.format import thresholds_digest
+from curation.format import THRESHOLDS_FILE, thresholds_digest
 from curation.yaml_files import read_yaml_mapping, validation_message
 
 M = TypeVar("M", bound=BaseModel)
+
+THRESHOLDS_HISTORY_DIR = "thresholds-history"
 
 
 class ScoreRange(BaseModel):
@@ -99,6 +102,24 @@ def write_thresholds(path: str | Path, t: Thresholds) -> Path:
     from curation.shards import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), dump_thresholds(t).encode())
+
+
+def record_thresholds(out_dir: str | Path, t: Thresholds) -> Path:
+    """Write `OUT/thresholds.yaml`, keeping every thresholds file ever applied to OUT (the one replaced
+    included) as `OUT/thresholds-history/<hash>.yaml`, so that an earlier filter can be looked up and reapplied."""
+    out = Path(out_dir)
+    current = out / THRESHOLDS_FILE
+    if current.is_file():
+        with contextlib.suppress(ValueError):  # a hand-edited file that no longer loads: nothing to keep
+            _archive(out, load_thresholds(current))
+    _archive(out, t)
+    return write_thresholds(current, t)
+
+
+def _archive(out: Path, t: Thresholds) -> None:
+    path = out / THRESHOLDS_HISTORY_DIR / f"{thresholds_hash(t)}.yaml"
+    if not path.is_file():
+        write_thresholds(path, t)
 
 
 def thresholds_hash(t: Thresholds) -> str:

@@ -17,6 +17,7 @@ COMMANDS = [
     ["curate"],
     ["curate", "filter"],
     ["curate", "report"],
+    ["curate", "prune"],
     ["train"],
     ["generate"],
     ["demo"],

@@ -4,6 +4,7 @@ through the real CLI entry point (in this process, on the session's Ray)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -124,3 +125,54 @@ def test_sidecars_of_a_single_file_and_a_glob_and_missing_captions_are_null(cura
         missing = clips[names == "bare.mp4"]
         assert missing["caption"].isna().all(), missing["caption"].tolist()  # null, not the string "nan"
         assert all("caption.required" in f for f in missing["filtered_by"])
+
+
+def _tree(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_filter_history_dry_run_kept_transcodes_and_prune(curated, tmp_path, monkeypatch, capsys):
+    from curation import shards
+    from curation.thresholds import load_thresholds, thresholds_hash
+
+    root, out = curated
+    every = tmp_path / "every.yaml"
+    every.write_text(yaml.safe_dump({"caption": {"require_caption": False, "max_caption_issues": None}}))
+    before = load_thresholds(out / "thresholds.yaml")
+    assert main(["curate", "filter", str(out), "--thresholds", str(every)]) == 0
+    history = {p.stem for p in (out / "thresholds-history").glob("*.yaml")}
+    assert {thresholds_hash(before), thresholds_hash(load_thresholds(every))} <= history
+    clips = pd.read_parquet(out / "clips.parquet")
+    assert clips["kept"].all()
+    cut = float(clips["motion_score"].median())
+    drops = int((clips["motion_score"] < cut).sum())
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        yaml.safe_dump({"scores": {"motion_score": {"min": cut}}, **yaml.safe_load(every.read_text())})
+    )
+
+    capsys.readouterr()
+    files = _tree(out)
+    assert main(["curate", "filter", str(out), "--thresholds", str(strict), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("dry run:") and re.search(rf"motion_score\.min\s*│\s*{drops}\s*│", printed)
+    assert _tree(out) == files  # nothing written
+
+    assert main(["curate", "filter", str(out), "--thresholds", str(strict)]) == 0
+    cache = out / "shards" / ".transcoded"
+    assert {p.stem for p in cache.glob("*.mp4")} == set(clips["clip_id"])  # dropped clips keep theirs
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("loosening the thresholds again must not transcode")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shards, "_transcode_all", no_decoding)
+        assert main(["curate", "filter", str(out), "--thresholds", str(every)]) == 0
+    assert len(pd.read_parquet(out / "shards" / "index.parquet")) == len(clips)
+
+    assert main(["curate", "filter", str(out), "--thresholds", str(strict)]) == 0
+    capsys.readouterr()
+    assert main(["curate", "prune", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"removed {drops} transcoded clips")
+    kept = set(pd.read_parquet(out / "shards" / "index.parquet")["key"])
+    assert {p.stem for p in cache.glob("*.mp4")} == kept and len(kept) == len(clips) - drops

@@ -219,15 +219,21 @@ def test_leftovers_of_a_killed_run_and_stale_shards_are_removed(sources, tmp_pat
     assert _digests(shards) == reference
 
 
-def test_a_smaller_selection_rewrites_shards_and_drops_cached_clips(sources, tmp_path):
+def test_a_smaller_selection_rewrites_shards_and_keeps_dropped_transcodes_until_pruned(sources, tmp_path):
+    from curation.refilter import prune_transcodes
+
     clips = _clips(sources)
     write_shards(tmp_path, clips, CFG)
     fewer = clips.iloc[1:]
     index = write_shards(tmp_path, fewer, CFG)
     assert sorted(index["key"]) == sorted(fewer["clip_id"])
     cached = {p.stem for p in (tmp_path / "shards" / ".transcoded").glob("*.mp4")}
-    assert cached == set(fewer["clip_id"])
+    assert cached == set(clips["clip_id"])  # the dropped clip keeps its transcode for re-filtering
     assert _digests(tmp_path / "shards") == _digests(_fresh(tmp_path / "fresh", fewer, CFG))
+    assert prune_transcodes(tmp_path)[0] == 1
+    cached = {p.stem for p in (tmp_path / "shards" / ".transcoded").glob("*.mp4")}
+    assert cached == set(fewer["clip_id"])
+    assert _digests(tmp_path / "shards") == _digests(tmp_path / "fresh" / "shards")
 
 
 def test_without_kept_transcodes_a_rewrite_transcodes_again_to_the_same_bytes(sources, tmp_path):

@@ -55,7 +55,9 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if input is None or output is None:
-            raise ValueError("svp curate needs --input IN and --output OUT (or a subcommand: filter, report)")
+            raise ValueError(
+                "svp curate needs --input IN and --output OUT (or a subcommand: filter, report, prune)"
+            )
         from curation.config import load_config
         from curation.pipeline import run_curation
         from curation.report import format_report
@@ -74,12 +76,31 @@ def register(app: typer.Typer) -> None:
     def filter_(
         out: Path = typer.Argument(..., help="A curation output folder."),
         thresholds: Path = typer.Option(..., "--thresholds", help="New thresholds YAML."),
+        dry_run: bool = typer.Option(
+            False,
+            "--dry-run",
+            help="Only print what the thresholds would keep (counts, hours); write nothing.",
+        ),
     ) -> None:
-        """Re-apply thresholds to clips.parquet and rewrite shards, without decoding anything for scoring."""
+        """Re-apply thresholds to clips.parquet and rewrite shards, without decoding anything for scoring.
+
+        The thresholds replaced stay in OUT/thresholds-history/<hash>.yaml; dropped clips keep their transcodes
+        (svp curate prune OUT removes them)."""
         from curation.refilter import refilter
         from curation.report import format_report
 
-        typer.echo(format_report(refilter(out, thresholds)))
+        report = refilter(out, thresholds, dry_run=dry_run)
+        if dry_run:
+            typer.echo(f"dry run: {out} is unchanged; these thresholds would give:")
+        typer.echo(format_report(report))
+
+    @curate_app.command("prune")
+    def prune(out: Path = typer.Argument(..., help="A curation output folder.")) -> None:
+        """Delete the transcodes of clips the thresholds drop (kept so that re-filtering decodes nothing)."""
+        from curation.refilter import prune_transcodes
+
+        files, size = prune_transcodes(out)
+        typer.echo(f"removed {files} transcoded clips ({size / 1e6:.1f} MB) that no shard holds")
 
     @curate_app.command("report")
     def report(

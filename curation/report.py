@@ -62,6 +62,14 @@ def _not_judged(clips: pd.DataFrame, name: str) -> int:
     return int(pd.to_numeric(clips[column], errors="coerce").isna().sum())
 
 
+def _lost_hours(sources: pd.DataFrame, status: pd.Series, column: str) -> float | None:
+    """Scene time of ok sources that no clip covers, for one cause; None when a source did not record it
+    (curated before it was recorded)."""
+    values = pd.to_numeric(sources.get(column, pd.Series(np.nan, index=sources.index)), errors="coerce")
+    values = values[status == "ok"]
+    return None if values.isna().any() else _hours(values)
+
+
 def build_report(sources: pd.DataFrame, clips: pd.DataFrame, thresholds: Thresholds) -> dict:
     """Counts and hours in and out, per filter, per rejection reason and per skipped scorer."""
     if "kept" not in clips.columns or "filtered_by" not in clips.columns:
@@ -103,6 +111,8 @@ def build_report(sources: pd.DataFrame, clips: pd.DataFrame, thresholds: Thresho
             **{s: int((status == s).sum()) for s in ("ok", "rejected", "failed")},
             "hours_in": _hours(durations),
             "hours_ok": _hours(durations[status == "ok"]),
+            "hours_trimmed": _lost_hours(sources, status, "trimmed_s"),
+            "hours_short_pieces": _lost_hours(sources, status, "short_pieces_s"),
         },
         "rejections": rejections,
         "clips": {
@@ -132,6 +142,14 @@ def read_report(out_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def hms(hours: float | None) -> str:
+    """Hours as hours:minutes:seconds (`1:02:03`), the way video durations are read."""
+    if hours is None or not math.isfinite(hours):
+        return "-"
+    seconds = round(hours * _HOUR)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _fmt(x: object) -> str:
     if isinstance(x, float):
         return f"{x:.3f}" if math.isfinite(x) else "-"
@@ -147,30 +165,35 @@ def format_report(report: dict) -> str:
     console = Console(file=buf, width=110, color_system=None, force_terminal=False)
     s, c = report["sources"], report["clips"]
     overview = Table(title="Curation: in and out", show_lines=False)
-    for col in ("", "count", "hours"):
+    for col in ("", "count", "time"):
         overview.add_column(col, justify="right" if col else "left")
-    overview.add_row("sources in", str(s["total"]), _fmt(s["hours_in"]))
-    overview.add_row("sources ok", str(s["ok"]), _fmt(s["hours_ok"]))
+    overview.add_row("sources in", str(s["total"]), hms(s["hours_in"]))
+    overview.add_row("sources ok", str(s["ok"]), hms(s["hours_ok"]))
     overview.add_row("sources rejected", str(s["rejected"]), "")
     overview.add_row("sources failed", str(s["failed"]), "")
-    overview.add_row("clips", str(c["total"]), _fmt(c["hours_total"]))
-    overview.add_row("clips kept", str(c["kept"]), _fmt(c["hours_kept"]))
-    overview.add_row("clips filtered", str(c["filtered"]), _fmt(c["hours_filtered"]))
+    for key, label in (("hours_trimmed", "trimmed at cuts"), ("hours_short_pieces", "pieces < min_clip_s")):
+        if key in s:  # reports written before these were recorded lack them
+            overview.add_row(
+                f"scene time lost: {label}", "", hms(s[key]) if s[key] is not None else "not recorded"
+            )
+    overview.add_row("clips", str(c["total"]), hms(c["hours_total"]))
+    overview.add_row("clips kept", str(c["kept"]), hms(c["hours_kept"]))
+    overview.add_row("clips filtered", str(c["filtered"]), hms(c["hours_filtered"]))
     console.print(overview)
 
     if report["rejections"]:
         rej = Table(title="Rejected and failed sources")
-        for col in ("status", "reason", "sources", "hours"):
-            rej.add_column(col, justify="right" if col in ("sources", "hours") else "left")
+        for col in ("status", "reason", "sources", "time"):
+            rej.add_column(col, justify="right" if col in ("sources", "time") else "left")
         for r in report["rejections"]:
-            rej.add_row(r["status"], r["reason"], str(r["sources"]), _fmt(r["hours"]))
+            rej.add_row(r["status"], r["reason"], str(r["sources"]), hms(r["hours"]))
         console.print(rej)
 
     flt = Table(title=f"Filters (thresholds {report['thresholds_hash']})")
-    for col in ("filter", "dropped", "hours", "dropped alone", "not judged"):
+    for col in ("filter", "dropped", "time", "dropped alone", "not judged"):
         flt.add_column(col, justify="left" if col == "filter" else "right")
     for name, f in report["filters"].items():
-        flt.add_row(name, str(f["dropped"]), _fmt(f["hours"]), str(f["dropped_alone"]), str(f["not_judged"]))
+        flt.add_row(name, str(f["dropped"]), hms(f["hours"]), str(f["dropped_alone"]), str(f["not_judged"]))
     console.print(flt)
 
     sc = Table(title="Scores")
@@ -186,6 +209,27 @@ def format_report(report: dict) -> str:
         )
     if report.get("caption_issues"):
         console.print("caption issues: " + ", ".join(f"{k} {v}" for k, v in report["caption_issues"].items()))
+    return buf.getvalue()
+
+
+def format_rejected_files(sources: pd.DataFrame, limit: int) -> str:
+    """The first `limit` rejected or failed sources by name, with their reason (for `svp curate report`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    bad = sources[sources["status"].astype(str) != "ok"].sort_values(["status", "uri"], kind="stable")
+    if bad.empty:
+        return ""
+    buf = io.StringIO()
+    console = Console(file=buf, width=110, color_system=None, force_terminal=False)
+    table = Table(title=f"Rejected and failed files ({len(bad)})")
+    for col in ("file", "status", "reason"):
+        table.add_column(col, overflow="fold")
+    for row in bad.head(max(limit, 0)).itertuples(index=False):
+        table.add_row(str(row.uri), str(row.status), str(row.reason or ""))
+    console.print(table)
+    if len(bad) > limit:
+        console.print(f"… and {len(bad) - max(limit, 0)} more (--limit N shows more)")
     return buf.getvalue()
 
 

@@ -66,6 +66,19 @@ class ClipPlan:
             spans.append((a, end))
         return spans
 
+    def lost_frames(self, cuts: list[int], num_frames: int) -> tuple[int, int]:
+        """Frames of a video with these cuts that no clip covers, by cause: (trimmed at cuts, in a piece shorter
+        than `min_len` — a short scene, or a scene's tail after its `max_len` windows)."""
+        trimmed = short = 0
+        bounds = [0, *cuts, num_frames]
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            first = min(self.first_frame(start), end)
+            last = max(end - (0 if end == num_frames else self.trim), first)
+            trimmed += (first - start) + (end - last)
+            tail = (last - first) % self.max_len
+            short += tail if tail < self.min_len else 0
+        return trimmed, short
+
 
 class CutTracker:
     """Feeds frames to the detectors and turns cuts into clip spans as soon as they are final.

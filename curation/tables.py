@@ -30,6 +30,10 @@ SOURCE_SCHEMA = pa.schema(
         ("height", pa.int64()),
         ("codec", pa.string()),
         ("num_clips", pa.int64()),
+        # Scene time no clip covers: cut away by scenes.trim_s, or in pieces shorter than scenes.min_clip_s
+        # (null in folders curated before these were recorded).
+        ("trimmed_s", pa.float64()),
+        ("short_pieces_s", pa.float64()),
     ]
 )
 

@@ -22,6 +22,7 @@ from curation.config import CurationConfig
 from curation.decode import DecodeError, SourceDecoder
 from curation.format import make_clip_id
 from curation.probe import probe_source
+from curation.scenes import ClipPlan
 from curation.sources import SourceEntry, fingerprint, open_source, read_sidecar
 from curation.tables import source_row
 
@@ -139,7 +140,11 @@ def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
                 if cfg.motion.codec_mvs:
                     row["motion_mv_score"] = _nan(clip.motion_mv_score)
                 yield row
-        ray.get(ledger.report.remote(source_row(**base, **known, status="ok", num_clips=n)))
+        trimmed, short = ClipPlan.for_fps(cfg.scenes, decoder.fps).lost_frames(
+            decoder.cuts, decoder.frames_decoded
+        )
+        lost = {"trimmed_s": trimmed / decoder.fps, "short_pieces_s": short / decoder.fps}
+        ray.get(ledger.report.remote(source_row(**base, **known, **lost, status="ok", num_clips=n)))
     except DecodeError as err:
         ray.get(ledger.report.remote(source_row(**base, **known, status="rejected", reason=str(err))))
     except FileNotFoundError as err:

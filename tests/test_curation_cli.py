@@ -176,3 +176,29 @@ def test_filter_history_dry_run_kept_transcodes_and_prune(curated, tmp_path, mon
     assert capsys.readouterr().out.startswith(f"removed {drops} transcoded clips")
     kept = set(pd.read_parquet(out / "shards" / "index.parquet")["key"])
     assert {p.stem for p in cache.glob("*.mp4")} == kept and len(kept) == len(clips) - drops
+
+
+def test_report_shows_times_rejected_files_and_scene_time_lost(curated, capsys):
+    root, out = curated
+    data = json.loads((out / "report.json").read_text())
+    s = data["sources"]
+    seconds = round(s["hours_in"] * 3600)
+    capsys.readouterr()
+    assert main(["curate", "report", str(out), "--limit", "1"]) == 0
+    printed = capsys.readouterr().out
+    time_in = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    assert re.search(rf"sources in\s*│\s*{s['total']}\s*│\s*{time_in}\s*│", printed), printed
+
+    sources = pd.read_parquet(out / "sources.parquet")
+    bad = sources[sources["status"] != "ok"].sort_values(["status", "uri"])
+    assert len(bad) >= 2  # synth adds broken files
+    first = bad.iloc[0]
+    assert first["uri"].rsplit("/", 1)[-1] in printed and first["reason"][:30] in printed
+    assert bad.iloc[1]["uri"].rsplit("/", 1)[-1] not in printed
+    assert f"and {len(bad) - 1} more" in printed
+
+    # Scene time no clip covers, by cause; with the clips it adds up to the time of the ok sources.
+    assert "scene time lost: trimmed at cuts" in printed and "scene time lost: pieces < min_clip_s" in printed
+    lost = s["hours_trimmed"] + s["hours_short_pieces"]
+    assert s["hours_trimmed"] > 0  # the synthetic videos have cuts
+    assert abs(s["hours_ok"] - data["clips"]["hours_total"] - lost) * 3600 < 0.2 * s["ok"]

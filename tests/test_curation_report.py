@@ -58,6 +58,8 @@ def test_counts_hours_filters_and_rejections():
         "failed": 1,
         "hours_in": 1.7,
         "hours_ok": 1.5,
+        "hours_trimmed": None,  # sources of a folder curated before the lost scene time was recorded
+        "hours_short_pieces": None,
     }
     assert report["rejections"] == [
         {"status": "rejected", "reason": "not a video", "sources": 2, "hours": 0.0},

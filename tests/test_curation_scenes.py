@@ -54,6 +54,19 @@ def test_clip_rule_trims_at_cuts_and_windows_long_scenes():
     assert plan.clips(80, 85, video_end=True) == []  # too short
 
 
+@pytest.mark.parametrize(
+    ("cuts", "lost"),
+    [([], (0, 6)), ([5], (4, 3)), ([13, 14, 40], (9, 6))],  # (trimmed, in pieces < min_clip_s)
+)
+def test_lost_frames_and_clips_cover_the_video(cuts, lost):
+    plan = ClipPlan.for_fps(SceneConfig(min_clip_s=1.0, max_clip_s=2.0, trim_s=0.25), 8.0)
+    n = 70
+    bounds = [0, *cuts, n]
+    spans = [c for a, b in zip(bounds, bounds[1:], strict=False) for c in plan.clips(a, b, b == n)]
+    assert plan.lost_frames(cuts, n) == lost
+    assert sum(b - a for a, b in spans) + sum(lost) == n
+
+
 def test_long_scene_streams_in_windows_with_bounded_memory(tmp_path):
     fps, seconds = 24.0, 24
     path = write_mp4(render_shot(5, 96, 160, int(fps * seconds), 1, 0.2), tmp_path / "long.mp4", fps)

@@ -60,7 +60,6 @@ def register(app: typer.Typer) -> None:
             )
         from curation.config import load_config
         from curation.pipeline import run_curation
-        from curation.report import format_report
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = load_config(
@@ -70,7 +69,7 @@ def register(app: typer.Typer) -> None:
             thresholds_file=str(thresholds) if thresholds else None,
         )
         report = run_curation(input, output, cfg, address=address)
-        typer.echo(format_report(report))
+        _print_report(output, report, limit=20)
 
     @curate_app.command("filter")
     def filter_(
@@ -106,12 +105,25 @@ def register(app: typer.Typer) -> None:
     def report(
         out: Path = typer.Argument(..., help="A curation output folder."),
         as_json: bool = typer.Option(False, "--json", help="Print the raw report.json."),
+        limit: int = typer.Option(20, "--limit", help="Rejected and failed files to list by name."),
     ) -> None:
-        """Print the report of a curation run as a table."""
-        from curation.report import format_report
-
+        """Print the report of a curation run as tables (times as h:mm:ss), with the rejected files."""
         path = out / "report.json"
         if not path.is_file():
             raise FileNotFoundError(f"no report.json in {out}: run svp curate --output {out} first")
         data = json.loads(path.read_text())
-        typer.echo(json.dumps(data, indent=2) if as_json else format_report(data))
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+        else:
+            _print_report(out, data, limit)
+
+
+def _print_report(out: Path, report: dict, limit: int) -> None:
+    from curation.report import format_rejected_files, format_report
+    from curation.tables import SOURCES_FILE, read_table
+
+    typer.echo(format_report(report))
+    if (out / SOURCES_FILE).is_file():
+        files = format_rejected_files(read_table(out / SOURCES_FILE), limit)
+        if files:
+            typer.echo(files)

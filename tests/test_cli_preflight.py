@@ -75,3 +75,14 @@ def test_failed_preflight_leaves_no_work_dir_and_no_mlflow_run(tmp_path, data_ro
     err = _error(capsys)
     assert "init_from.stage 'image' has no export" in err and "run that stage first" in err
     assert not work.exists()
+
+
+def test_missing_weight_folder_is_found_before_training(tmp_path, data_root, capsys):
+    tiny = yaml.safe_load((Path(training.__file__).parent / "presets" / "tiny.yaml").read_text())
+    tiny["stages"][0]["text_encoder"] = {"name": "hashed", "path": "weights/te", "options": {"channels": 64}}
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump(tiny))
+    work = tmp_path / "w"
+    assert main(["train", str(pipeline), "--var", f"data_root={data_root}", "--work-dir", str(work)]) == 2
+    assert _error(capsys) == f"stage 'image': text_encoder.path {tmp_path / 'weights' / 'te'} does not exist"
+    assert not work.exists()

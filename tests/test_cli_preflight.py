@@ -3,6 +3,9 @@ found before anything decodes or trains, and leaves no output folder, work dir o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,9 +60,14 @@ def test_missing_variable_and_unknown_preset_say_what_to_type(tmp_path, monkeypa
     err = _error(capsys)
     assert "undefined variable ${data_root}: give it with --var data_root=PATH" in err
     assert "load_pipeline" not in err
-    assert main(["train", "tiy"]) == 2
-    err = _error(capsys)
-    assert "'tiy'" in err and all(name in err for name in PRESET_NAMES)
+    # As a user types it, in a process of its own.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-m", "orchestration.cli", "train", "tiy"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert err.startswith("svp: error: ") and "\n" not in err and "'tiy'" in err
+    assert all(name in err for name in PRESET_NAMES)
     assert not (tmp_path / "w").exists()
 
 

@@ -27,13 +27,16 @@ from benchmarks.inference_parts import (
     attention_inputs,
     bandwidth_row,
     diffusers_attention_core,
+    kernel_variants,
     print_table,
+    summary,
     timed_median,
 )
 from model import LinearDiT, LinearDiTConfig, kernels
 from model.attention import linear_attention
 from model.info import latent_shape
-from model.samplers import iter_block_ar_sample
+from model.kernels.fp8 import float8_inference
+from model.samplers import flow_sigmas, iter_block_ar_sample, model_velocity, sample
 
 
 class Run:
@@ -197,6 +200,10 @@ def transformer_loop(run: Run) -> dict:
         outputs["ours eager, fused"] = _time_forward(run, "ours eager, fused", ours, args.steps)
         model.enable_inference_compile()
         outputs["ours compiled, fused"] = _time_forward(run, "ours compiled, fused", ours, args.steps)
+        with float8_inference(model):
+            outputs["ours compiled, fused, FP8"] = _time_forward(
+                run, "ours compiled, fused, FP8", ours, args.steps
+            )
         model.enable_inference_compile(False)
     from model.convert import to_diffusers
 
@@ -217,6 +224,44 @@ def transformer_loop(run: Run) -> dict:
         rel = ((out.float() - reference).norm() / reference.norm()).item()
         run.add("transformer_agreement", variant=name, rel_l2_vs_ours_pytorch=f"{rel:.2e}")
     return {"model": model}
+
+
+def fp8_error(run: Run, model: LinearDiT) -> None:
+    """FP8 against bf16 (both compiled, fused attention) at a fixed seed, `--error-steps` DPM++ steps with
+    CFG 6: the FP8 velocity at every input of the bf16 trajectory (per-step rel-L2), and the final latents of
+    the two trajectories run separately (rel-L2)."""
+    args, device, dtype = run.args, run.device, run.dtype
+    latents, text, mask, _ = _inputs(model, args, 2, device, dtype)
+    noise, (positive, negative), (pos_mask, neg_mask) = latents[:1].float(), text.chunk(2), mask.chunk(2)
+    velocity = model_velocity(model)
+    per_step = []
+
+    def paired(x, t, txt, msk):
+        v = velocity(x, t, txt, msk)
+        with float8_inference(model):
+            v8 = velocity(x, t, txt, msk)
+        per_step.append(((v8.float() - v.float()).norm() / v.float().norm()).item())
+        return v
+
+    def final(fn):
+        options = {"guidance_scale": 6.0, "negative_text": negative, "negative_mask": neg_mask}
+        sigmas = flow_sigmas(args.error_steps)
+        return sample(fn, noise, positive, pos_mask, sampler="dpm++", sigmas=sigmas, **options)
+
+    model.enable_inference_compile()
+    with torch.no_grad():
+        bf16 = final(paired)
+        with float8_inference(model):
+            fp8 = final(velocity)
+    model.enable_inference_compile(False)
+    rel = ((fp8 - bf16).norm() / bf16.norm()).item()
+    run.add(
+        "fp8_error",
+        steps=args.error_steps,
+        velocity_rel_l2_per_step=[round(e, 4) for e in per_step],
+        velocity_rel_l2_max=round(max(per_step), 4),
+        final_latent_rel_l2=round(rel, 4),
+    )
 
 
 def profile_step(run: Run, model: LinearDiT) -> None:
@@ -253,13 +298,14 @@ def vae_decode(run: Run) -> None:
     run.add("vae_decode", seconds=round(seconds, 3), peak_GiB=peak and round(peak, 2))
 
 
-def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int) -> None:
+def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool = False) -> None:
     """Block-AR 480p: `blocks` blocks of 10 latent frames, 4 re-noising steps each (LongSANA), batch 1,
     no CFG; seconds per block, video frames/s and memory after blocks 2 and the last."""
     args, device, dtype = run.args, run.device, run.dtype
     hw = latent_shape(model.config, args.frames, args.height, args.width)[2:]
     text = torch.randn(1, args.text_len, model.config.caption_channels, device=device, dtype=dtype)
     model.enable_inference_compile(compiled)
+    precision = float8_inference(model) if fp8 else contextlib.nullcontext()
     frames = args.block_frames * blocks
     stream = iter_block_ar_sample(
         model, text, None, frames, args.block_frames, hw, generator=torch.Generator(device).manual_seed(0)
@@ -269,20 +315,20 @@ def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int) -> None:
     times, memory = [], {}
     _sync(device)
     start = time.perf_counter()
-    for index, _ in enumerate(stream, start=1):
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        if device.type == "cuda" and index in (2, 12, blocks):
-            memory[f"peak_GiB_after_block_{index}"] = round(
-                torch.cuda.max_memory_allocated(device) / 2**30, 3
-            )
+    with precision:
+        for index, _ in enumerate(stream, start=1):
+            _sync(device)
+            times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            if device.type == "cuda" and index in (2, 12, blocks):
+                peak = torch.cuda.max_memory_allocated(device) / 2**30
+                memory[f"peak_GiB_after_block_{index}"] = round(peak, 3)
     model.enable_inference_compile(False)
     steady = sorted(times[2:] or times)[len(times[2:] or times) // 2]
     video_frames = args.block_frames * model.config.vae_stride[0]
     run.add(
         "block_ar",
-        variant="compiled, fused" if compiled else "eager, fused",
+        variant=("compiled, fused" if compiled else "eager, fused") + (", FP8" if fp8 else ""),
         blocks=blocks,
         first_block_s=round(times[0], 3),
         median_block_s=round(steady, 4),
@@ -303,6 +349,9 @@ def main() -> None:
     parser.add_argument("--attention-repeats", type=int, default=20)
     parser.add_argument("--block-frames", type=int, default=10)
     parser.add_argument("--ar-blocks", type=int, default=24)
+    parser.add_argument(
+        "--error-steps", type=int, default=10, help="DPM++ steps of the FP8-vs-bf16 error run"
+    )
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip sections that would not fit")
     parser.add_argument("--quick", action="store_true", help="tiny preset and sizes (CPU plumbing check)")
     parser.add_argument("--out", type=Path, default=None)
@@ -318,6 +367,7 @@ def main() -> None:
     run.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sections = [
         ("environment", 5, environment, ()),
+        ("kernel_variants", 90, kernel_variants, ()),
         ("kernel_check", 60, check_kernels, ()),
         ("attention_core", 15, attention_core, (1,)),
         ("attention_core", 10, attention_core, (2,)),
@@ -329,6 +379,8 @@ def main() -> None:
     model = (state or {}).get("model")
     if model is not None and device.type == "cuda" and run.fits("profile", 20):
         run.guarded("profile", profile_step, run, model)
+    if model is not None and device.type == "cuda" and run.fits("fp8_error", 40):
+        run.guarded("fp8_error", fp8_error, run, model)
     if run.fits("vae_decode", 20):
         run.guarded("vae_decode", vae_decode, run)
     if model is not None:
@@ -336,6 +388,9 @@ def main() -> None:
             run.guarded("block_ar", block_ar, run, model, False, min(4, args.ar_blocks))
         if device.type == "cuda" and run.fits("block_ar", 90):
             run.guarded("block_ar", block_ar, run, model, True, args.ar_blocks)
+        if device.type == "cuda" and run.fits("block_ar", 45):
+            run.guarded("block_ar", block_ar, run, model, True, min(8, args.ar_blocks), True)
+    run.guarded("summary", summary, run)
     print_table(run.rows)
 
 

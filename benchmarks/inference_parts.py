@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import types
 
 import torch
 
+from model import kernels
 from model.rope import rope_tables
 
 # H200 SXM HBM3e, datasheet.
@@ -67,6 +69,36 @@ def diffusers_attention_core(q, k, v, grid, device):
     return lambda: processor(attn, hidden, rotary_emb=rotary)
 
 
+def kernel_variants(run) -> None:
+    """Each launch variant: checked (bf16, block-causal and cached cases), then timed at the 480p shape;
+    the fastest that passes becomes the kernel's default for the rest of the run."""
+    from model.kernels import triton_linear_attention as tk
+    from model.kernels.checks import CASES, passes, run_case
+    from model.kernels.linear_attention import fused_linear_attention
+
+    args, device = run.args, run.device
+    path = kernels.describe_path(device, run.dtype)
+    if "fused" not in path:
+        run.add("kernel_variants", skipped=path)
+        return
+    best = None
+    for name in tk.VARIANTS:
+        tk.DEFAULT_VARIANT = name
+        checks = [run_case(case, run.dtype, device, seed=7) for case in CASES[1:3]]
+        ok = all(passes(row) for row in checks)
+        row = {"variant": name, "checks_pass": ok, "worst_rel": max(r["fused"] for r in checks)}
+        for batch in (1, 2):
+            q, k, v, rope = attention_inputs(batch, args.token_grid, 20, 112, device)
+            call = functools.partial(fused_linear_attention, q, k, v, rope, 1e-15)
+            seconds = timed_median(call, device, args.attention_repeats)
+            row[f"ms_batch{batch}"] = round(seconds * 1e3, 4)
+        run.add("kernel_variants", **row)
+        if ok and (best is None or row["ms_batch2"] < best[1]):
+            best = (name, row["ms_batch2"])
+    tk.DEFAULT_VARIANT = best[0] if best else "n64-split"
+    run.add("kernel_variants", chosen=tk.DEFAULT_VARIANT)
+
+
 def bandwidth_row(name, seconds, batch, grid, heads, dim, copy_tbs) -> dict:
     """Bytes counted as the least any implementation must move: q, k, v read once and o written once (bf16
     on a GPU) plus the fp32 cos/sin tables read once. SDPA also gets its FLOP rate (4·N²·H·d)."""
@@ -88,6 +120,21 @@ def bandwidth_row(name, seconds, batch, grid, heads, dim, copy_tbs) -> dict:
     if name.startswith("SDPA"):
         row["TFLOPs"] = round(4 * batch * tokens**2 * heads * dim / seconds / 1e12, 1)
     return row
+
+
+def summary(run) -> None:
+    """End to end = the 50-step transformer loop + the VAE decode (text encoding, ~0.03 s, not included)."""
+    loops = {r["variant"]: r["loop_s"] for r in run.rows if r["section"] == "transformer" and "loop_s" in r}
+    decode = next((r["seconds"] for r in run.rows if r["section"] == "vae_decode" and "seconds" in r), None)
+    theirs = loops.get("diffusers compiled")
+    for variant in ("ours compiled, fused", "ours compiled, fused, FP8"):
+        if variant in loops:
+            row = {"variant": variant, "loop_s": loops[variant]}
+            if decode is not None:
+                row["end_to_end_s"] = round(loops[variant] + decode, 2)
+            if theirs:
+                row["speedup_vs_diffusers_compiled"] = round(theirs / loops[variant], 2)
+            run.add("summary", **row)
 
 
 def print_table(rows: list[dict]) -> None:

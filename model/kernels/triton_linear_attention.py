@@ -34,8 +34,15 @@ import triton
 import triton.language as tl
 
 INTERPRETING: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
-# Tokens per inner-loop tile. Work items are whole multiples of it.
-BLOCK_N = 64
+# Launch variants (tokens per inner-loop tile, stride-2 pair loads), timed side by side by
+# benchmarks/inference.py; work items are whole multiples of the tile. DEFAULT_VARIANT is the fastest there.
+VARIANTS = {
+    "n64-split": {"BLOCK_N": 64, "STRIDED": False, "PARTIALS": False},
+    "n64-strided": {"BLOCK_N": 64, "STRIDED": True, "PARTIALS": False},
+    "n64-strided-partials": {"BLOCK_N": 64, "STRIDED": True, "PARTIALS": True},
+    "n128-strided-partials": {"BLOCK_N": 128, "STRIDED": True, "PARTIALS": True},
+}
+DEFAULT_VARIANT = "n64-split"
 # How the two contractions are taken (`PRECISION`): exact fp32 dots (fp32 inputs); bf16 hi/lo split operands
 # (bf16 inputs: the PyTorch path's accuracy); single bf16 dots (faster, ~13% more error than the PyTorch path
 # at the 2B shapes; timed by the benchmark, not used by the model).
@@ -45,9 +52,18 @@ BF16: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
-def _split_pairs(ptr, offsets, mask, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Load a (BLOCK_N, 2·BLOCK_P) tile and return its even and odd channels as fp32 (interleaved RoPE pairs)."""
-    tile = tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+def _split_pairs(ptr, row_offsets, row_mask, offs_p, HALF, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+                 STRIDED: tl.constexpr):  # fmt: skip
+    """The even and odd channels (interleaved RoPE pairs) of a (BLOCK_N, 2·BLOCK_P) tile, as fp32: two
+    stride-2 loads (STRIDED; the second hits the lines the first brought in) or one load split in registers."""
+    if STRIDED:
+        mask = row_mask[:, None] & (offs_p[None, :] < HALF)
+        even = tl.load(ptr + row_offsets + 2 * offs_p[None, :], mask=mask, other=0.0).to(tl.float32)
+        odd = tl.load(ptr + row_offsets + 2 * offs_p[None, :] + 1, mask=mask, other=0.0).to(tl.float32)
+        return even, odd
+    offs_d = tl.arange(0, 2 * BLOCK_P)
+    mask = row_mask[:, None] & (offs_d[None, :] < 2 * HALF)
+    tile = tl.load(ptr + row_offsets + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     return tl.split(tl.reshape(tile, (BLOCK_N, BLOCK_P, 2)))
 
 
@@ -91,10 +107,13 @@ def _state_kernel(
     H,
     D,
     HALF,
-    CHUNKS,
+    SLOTS,
+    SIZE_CLASS,  # log2 of the tokens of all heads: only an autotuning key (large and small problems differ)
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    STRIDED: tl.constexpr,
+    PARTIALS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     item = tl.program_id(1)
@@ -116,7 +135,8 @@ def _state_kernel(
         row_mask = rows < end
         offsets = head + rows[:, None].to(tl.int64) * stride_n + offs_d[None, :]
         mask = row_mask[:, None] & (offs_d[None, :] < D)
-        k_even, k_odd = _split_pairs(k_ptr, offsets, mask, BLOCK_N, BLOCK_P)
+        row_offsets = head + rows[:, None].to(tl.int64) * stride_n
+        k_even, k_odd = _split_pairs(k_ptr, row_offsets, row_mask, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED)
         rk_even, rk_odd = _rotate(k_even, k_odd, cos_ptr, sin_ptr, rows, row_mask, offs_p, HALF)
         v = tl.load(v_ptr + offsets, mask=mask, other=0.0)
         vt = tl.trans(v)
@@ -135,14 +155,23 @@ def _state_kernel(
             kv_odd = tl.dot(vt, rk_odd, kv_odd, input_precision="ieee")
         k_even_sum += tl.sum(k_even, axis=0)
         k_odd_sum += tl.sum(k_odd, axis=0)
-    state = bh.to(tl.int64) * CHUNKS + chunk
+    # Atomics add the item's sums into its chunk's slot; PARTIALS stores them into the item's own slot
+    # (the host sums them), which trades the atomics for B·heads·items·d² fp32 bytes written and read once.
+    state = bh.to(tl.int64) * SLOTS + (item if PARTIALS else chunk)
     pair_mask = offs_p < HALF
     kv_offsets = state * D * D + offs_d[:, None] * D + 2 * offs_p[None, :]
     kv_mask = (offs_d[:, None] < D) & pair_mask[None, :]
-    tl.atomic_add(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
-    tl.atomic_add(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
-    tl.atomic_add(ksum_ptr + state * D + 2 * offs_p, k_even_sum, mask=pair_mask)
-    tl.atomic_add(ksum_ptr + state * D + 2 * offs_p + 1, k_odd_sum, mask=pair_mask)
+    k_offsets = state * D + 2 * offs_p
+    if PARTIALS:
+        tl.store(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
+        tl.store(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
+        tl.store(ksum_ptr + k_offsets, k_even_sum, mask=pair_mask)
+        tl.store(ksum_ptr + k_offsets + 1, k_odd_sum, mask=pair_mask)
+    else:
+        tl.atomic_add(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
+        tl.atomic_add(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
+        tl.atomic_add(ksum_ptr + k_offsets, k_even_sum, mask=pair_mask)
+        tl.atomic_add(ksum_ptr + k_offsets + 1, k_odd_sum, mask=pair_mask)
 
 
 @triton.jit
@@ -181,9 +210,12 @@ def _output_kernel(
     D,
     HALF,
     CHUNKS,
+    SIZE_CLASS,  # log2 of the tokens of all heads: only an autotuning key (large and small problems differ)
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    STRIDED: tl.constexpr,
+    PARTIALS: tl.constexpr,  # unused here: the state kernel's variant flag, passed to both for one launch dict
 ):
     bh = tl.program_id(0)
     item = tl.program_id(1)
@@ -219,8 +251,8 @@ def _output_kernel(
         rows = n0 + tl.arange(0, BLOCK_N)
         row_mask = rows < end
         mask = row_mask[:, None] & (offs_d[None, :] < D)
-        offsets = head + rows[:, None].to(tl.int64) * stride_n + offs_d[None, :]
-        q_even, q_odd = _split_pairs(q_ptr, offsets, mask, BLOCK_N, BLOCK_P)
+        row_offsets = head + rows[:, None].to(tl.int64) * stride_n
+        q_even, q_odd = _split_pairs(q_ptr, row_offsets, row_mask, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED)
         rq_even, rq_odd = _rotate(q_even, q_odd, cos_ptr, sin_ptr, rows, row_mask, offs_p, HALF)
         numerator = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         numerator = _split_dot(rq_even, even_hi, even_lo, numerator, PRECISION)
@@ -238,10 +270,10 @@ def _tuned(kernel, reset: list[str] | None = None):
     the interpreter runs the plain kernel with one configuration."""
     if INTERPRETING.value:
         return kernel, {"num_warps": 4}
-    configs = [
-        triton.Config({}, num_warps=warps, num_stages=stages) for warps in (4, 8) for stages in (1, 2, 3)
-    ]
-    tuned = triton.autotune(configs, key=["D", "PRECISION"], reset_to_zero=reset)(kernel)
+    configs = [triton.Config({}, num_warps=warps, num_stages=stages) for warps in (4, 8) for stages in (2, 3)]
+    tuned = triton.autotune(
+        configs, key=["D", "PRECISION", "BLOCK_N", "STRIDED", "PARTIALS", "SIZE_CLASS"], reset_to_zero=reset
+    )(kernel)
     return tuned, {}
 
 

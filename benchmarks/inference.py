@@ -264,13 +264,14 @@ def fp8_error(run: Run, model: LinearDiT) -> None:
     )
 
 
-def profile_step(run: Run, model: LinearDiT) -> None:
+def profile_step(run: Run, model: LinearDiT, fp8: bool = False) -> None:
     """Where a compiled CFG step's GPU time goes (torch.profiler, kernels by total CUDA time)."""
     args, device, dtype = run.args, run.device, run.dtype
     latents, text, mask, t = _inputs(model, args, 2, device, dtype)
     model.enable_inference_compile()
     activities = [torch.profiler.ProfilerActivity.CUDA]
-    with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+    precision = float8_inference(model) if fp8 else contextlib.nullcontext()
+    with torch.no_grad(), precision, torch.profiler.profile(activities=activities) as prof:
         model(latents, text, t, text_mask=mask)
         _sync(device)
     model.enable_inference_compile(False)
@@ -278,7 +279,8 @@ def profile_step(run: Run, model: LinearDiT) -> None:
     total = sum(e.device_time_total for e in events)
     for e in sorted(events, key=lambda e: -e.device_time_total)[:14]:
         share = e.device_time_total / total
-        run.add("profile", kernel=e.key[:90], ms=round(e.device_time_total / 1e3, 2), share=round(share, 3))
+        name = ("FP8 " if fp8 else "bf16 ") + e.key[:90]
+        run.add("profile", kernel=name, ms=round(e.device_time_total / 1e3, 2), share=round(share, 3))
 
 
 def vae_decode(run: Run) -> None:
@@ -377,8 +379,9 @@ def main() -> None:
             run.guarded(name, fn, run, *extra)
     state = run.guarded("transformer", transformer_loop, run) if run.fits("transformer", 150) else None
     model = (state or {}).get("model")
-    if model is not None and device.type == "cuda" and run.fits("profile", 20):
-        run.guarded("profile", profile_step, run, model)
+    for fp8 in (False, True):
+        if model is not None and device.type == "cuda" and run.fits("profile", 20):
+            run.guarded("profile", profile_step, run, model, fp8)
     if model is not None and device.type == "cuda" and run.fits("fp8_error", 40):
         run.guarded("fp8_error", fp8_error, run, model)
     if run.fits("vae_decode", 20):

@@ -21,9 +21,19 @@ E4M3_MAX = torch.finfo(E4M3).max
 
 
 def _quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, K) -> float8 (M, K) and fp32 scales (M, 1) with x ≈ q·scale, each row's amax mapped to E4M3_MAX."""
+    """(M, K) -> row-major float8 (M, K) (what the scaled matmul takes, whatever x's strides) and fp32 scales
+    (M, 1) with x ≈ q·scale, each row's amax mapped to E4M3_MAX."""
     scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / E4M3_MAX
-    return (x.float() / scale).to(E4M3), scale
+    return (x.float() / scale).to(E4M3).contiguous(), scale
+
+
+def _scaled_matmul(a, b_t, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
+    """a @ b_t with row-wise scales: `torch._scaled_mm` on CUDA; elsewhere (CPU builds before torch 2.14
+    take only per-tensor scales) the same products of the dequantised values."""
+    if a.is_cuda:
+        return torch._scaled_mm(a, b_t, scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=out_dtype)
+    out = (a.float() * scale_a) @ (b_t.float() * scale_b)
+    return (out if bias is None else out + bias.float()).to(out_dtype)
 
 
 class Float8Linear(nn.Module):
@@ -40,14 +50,7 @@ class Float8Linear(nn.Module):
         rows = x.reshape(-1, x.shape[-1])
         x_fp8, x_scale = _quantise_rows(rows)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        out = torch._scaled_mm(
-            x_fp8,
-            self.weight_fp8.t(),
-            scale_a=x_scale,
-            scale_b=self.weight_scale,
-            bias=bias,
-            out_dtype=x.dtype,
-        )
+        out = _scaled_matmul(x_fp8, self.weight_fp8.t(), x_scale, self.weight_scale, bias, x.dtype)
         return out.view(*x.shape[:-1], out.shape[-1])
 
 

@@ -38,7 +38,6 @@ INTERPRETING: tl.constexpr = tl.constexpr(os.environ.get("TRITON_INTERPRET") == 
 # benchmarks/inference.py; work items are whole multiples of the tile. DEFAULT_VARIANT is the fastest there.
 VARIANTS = {
     "n64-split": {"BLOCK_N": 64, "STRIDED": False, "PARTIALS": False},
-    "n64-strided": {"BLOCK_N": 64, "STRIDED": True, "PARTIALS": False},
     "n64-strided-partials": {"BLOCK_N": 64, "STRIDED": True, "PARTIALS": True},
     "n128-strided-partials": {"BLOCK_N": 128, "STRIDED": True, "PARTIALS": True},
 }
@@ -270,7 +269,9 @@ def _tuned(kernel, reset: list[str] | None = None):
     the interpreter runs the plain kernel with one configuration."""
     if INTERPRETING.value:
         return kernel, {"num_warps": 4}
-    configs = [triton.Config({}, num_warps=warps, num_stages=stages) for warps in (4, 8) for stages in (2, 3)]
+    configs = [
+        triton.Config({}, num_warps=warps, num_stages=stages) for warps in (4, 8) for stages in (1, 2, 3)
+    ]
     tuned = triton.autotune(
         configs, key=["D", "PRECISION", "BLOCK_N", "STRIDED", "PARTIALS", "SIZE_CLASS"], reset_to_zero=reset
     )(kernel)

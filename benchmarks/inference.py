@@ -1,14 +1,12 @@
 """Inference speed in one run: checks the fused linear-attention kernel, then times it and the 2B transformer
-beside diffusers' `SanaVideoTransformer3DModel` (converted from the same random weights), a Wan2.1 VAE decode
-and block-AR generation.
+beside diffusers' `SanaVideoTransformer3DModel` (same random weights), a Wan2.1 VAE decode and block-AR.
 
-    python -m benchmarks.inference --out inference.json             # one GPU, ~6-8 min, 2B at 480p × 81
+    python -m benchmarks.inference --out inference.json             # one GPU, ~5 min, 2B at 480p × 81
     TRITON_INTERPRET=1 python -m benchmarks.inference --quick       # plumbing on a CPU, tiny sizes
 
-Prints one JSON line per measurement as it goes and a table at the end; `--out` gets every row (rewritten after
-each section, so a run stopped by its time box keeps what it measured). 50-step figures are the median time
-of one CFG step (batch 2) × 50, and the table says so. Sections that would not fit `--budget-s` are skipped
-and listed as such.
+One JSON line per measurement, a table at the end; `--out` is rewritten after each section (a run stopped by
+its time box keeps what it measured). 50-step figures are the median CFG step (batch 2) × 50, as the table
+says. Sections that would not fit `--budget-s` are skipped and listed as such.
 """
 
 from __future__ import annotations
@@ -355,6 +353,7 @@ def main() -> None:
         "--error-steps", type=int, default=10, help="DPM++ steps of the FP8-vs-bf16 error run"
     )
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip sections that would not fit")
+    parser.add_argument("--variants", action="store_true", help="also check and time the kernel's variants")
     parser.add_argument("--quick", action="store_true", help="tiny preset and sizes (CPU plumbing check)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -369,11 +368,14 @@ def main() -> None:
     run.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sections = [
         ("environment", 5, environment, ()),
-        ("kernel_variants", 90, kernel_variants, ()),
         ("kernel_check", 60, check_kernels, ()),
         ("attention_core", 15, attention_core, (1,)),
         ("attention_core", 10, attention_core, (2,)),
     ]
+    if (
+        args.variants
+    ):  # several minutes on a fresh machine: each variant autotunes and compiles its own kernels
+        sections.insert(1, ("kernel_variants", 240, kernel_variants, ()))
     for name, seconds, fn, extra in sections:
         if run.fits(name, seconds):
             run.guarded(name, fn, run, *extra)

@@ -11,12 +11,15 @@ is denoised and `generate_video_to_file` appends it to the mp4, which is how min
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.linear_dit import LinearDiT
 from model.samplers import (
@@ -29,6 +32,23 @@ from model.samplers import (
 )
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
+
+log = logging.getLogger(__name__)
+# `precision` of generate_video: the model's own dtype, or float8 matmuls (model.kernels.fp8).
+PRECISIONS = ("native", "fp8")
+
+
+def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextManager:
+    """The context the sampler runs in for `precision`; logs which inference path generation takes."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    param = next(model.parameters())
+    log.info("%s; matmuls: %s", kernels.describe_path(param.device, param.dtype), precision)
+    if precision == "native":
+        return contextlib.nullcontext()
+    from model.kernels.fp8 import float8_inference
+
+    return float8_inference(model)
 
 
 def _check_compatible(model: LinearDiT, autoencoder: VideoAutoencoder, text_encoder: TextEncoder) -> None:
@@ -131,6 +151,7 @@ def iter_video_blocks(
     seed: int = 0,
     sampler: str = "dpm++",
     denoising_steps: Sequence[float] | None = None,
+    precision: str = "native",
 ) -> Iterator[torch.Tensor]:
     """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
     block decoded (`autoencoder.decode_blocks`) as soon as it is denoised.
@@ -168,8 +189,9 @@ def iter_video_blocks(
         noise=noise,
         **guidance,
     )
-    for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
-        yield video_to_uint8(pixels[0])
+    with _precision(model, precision):
+        for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
+            yield video_to_uint8(pixels[0])
 
 
 @torch.no_grad()
@@ -190,6 +212,7 @@ def generate_video(
     sampler: str = "dpm++",
     block_frames: int | None = None,
     denoising_steps: Sequence[float] | None = None,
+    precision: str = "native",
 ) -> torch.Tensor:
     """Generate one video for `prompt`; returns frames (T, H, W, 3) uint8 with T = `num_frames`.
 
@@ -198,6 +221,10 @@ def generate_video(
     denoised with `sampler` over `steps` shifted levels — or over the few-step list `denoising_steps`
     (e.g. [1000, 960, 889, 727] with `sampler="renoise"` for a LongSANA-style distilled model). All frames
     are returned at once, which suits short videos; long ones go through `generate_video_to_file`.
+
+    `precision="fp8"` runs the transformer's large matmuls in float8 (`model.kernels.fp8`, Hopper or newer);
+    "native" keeps the model's dtype. On CUDA the linear attention takes the fused Triton kernel
+    (`model.kernels`); the path taken is logged (logger `model.generate`).
     """
     options = {
         "num_frames": num_frames,
@@ -211,6 +238,7 @@ def generate_video(
         "denoising_steps": denoising_steps,
     }
     if block_frames is not None:
+        options["precision"] = precision
         blocks = iter_video_blocks(
             model, autoencoder, text_encoder, prompt, block_frames=block_frames, sampler=sampler, **options
         )
@@ -218,16 +246,17 @@ def generate_video(
     _, text, text_mask, guidance, generator, noise, schedule = _conditioning(
         model, autoencoder, text_encoder, prompt, **options
     )
-    latents = sample(
-        model_velocity(model),
-        noise,
-        text,
-        text_mask,
-        sampler=sampler,
-        sigmas=schedule,
-        generator=generator,
-        **guidance,
-    )
+    with _precision(model, precision):
+        latents = sample(
+            model_velocity(model),
+            noise,
+            text,
+            text_mask,
+            sampler=sampler,
+            sigmas=schedule,
+            generator=generator,
+            **guidance,
+        )
     return video_to_uint8(autoencoder.decode(latents)[0])
 
 

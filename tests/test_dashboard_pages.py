@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dashboard_fixtures import curated_copy, two_runs
+from mlflow.tracking import MlflowClient
 from streamlit.testing.v1 import AppTest
 
 from curation.report import read_report
@@ -125,6 +126,7 @@ def test_experiments_page_shows_only_the_changed_params(monkeypatch, tmp_path_fa
     assert not any("steps" in i or "seed" in i for i in params.index)
     assert len(at.get("image")) >= 2  # loss and lr curves
 
-    empty = tmp_path / "empty.db"
-    at = _page("experiments_page", monkeypatch, tracking_uri=f"sqlite:///{empty}")
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(empty).search_experiments()  # a store with its tables and no runs
+    at = _page("experiments_page", monkeypatch, tracking_uri=empty)
     assert not at.exception and "no training runs" in at.error[0].value

@@ -63,9 +63,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             payload = {
                 "runs": rows.to_dict("records"),
-                "params": params.to_dict(),
-                "lineage": lineage.to_dict(),
-                "perf": perf.to_dict(),
+                "params": params.to_dict(orient="index"),
+                "lineage": lineage.to_dict(orient="index"),
+                "perf": perf.to_dict(orient="index"),
                 metric: {k: v.to_dict("list") for k, v in curves.items()},
             }
             typer.echo(json.dumps(payload, indent=2, default=str))

@@ -62,7 +62,11 @@ def tracking_uri_for(runs: str | os.PathLike | None, tracking_uri: str | None) -
 
 
 def client_for(uri: str):
+    """A client on `uri`; a sqlite store that does not exist is an error (MLflow would create it)."""
     from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
 
     return MlflowClient(uri)
 

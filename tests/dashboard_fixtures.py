@@ -50,6 +50,7 @@ def two_runs(base: Path) -> Path:
                 **{
                     "stages.image.steps": 2,
                     "stages.image.optimizer.lr": lr,
+                    "stages.image.optimizer.warmup_steps": 0,
                     "stages.image.checkpoint.every": 2,
                 },
             )

@@ -7,7 +7,7 @@ from orchestration.dashboard import curation_page, experiments_page
 st.set_page_config(page_title="svp dashboard", layout="wide")
 st.navigation(
     [
-        st.Page(curation_page.render, title="Curation", url_path="curation", default=True),
+        st.Page(curation_page.render, title="Curation", default=True),
         st.Page(experiments_page.render, title="Experiments", url_path="experiments"),
     ]
 ).run()

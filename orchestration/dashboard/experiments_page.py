@@ -80,7 +80,10 @@ def render() -> None:
     shown = table if pipeline == "(all)" else table[table["pipeline"] == pipeline]
     st.dataframe(shown, hide_index=True, width="stretch")
     labels = {f"{r.stage}@{r.run_id[:8]} ({r.pipeline})": r.run_id for r in shown.itertuples()}
-    picked = st.multiselect("Compare runs (two or more)", list(labels), key="exp:pick")
+    # `?compare=RUN_ID,RUN_ID` preselects runs: a comparison can be shared as a link.
+    wanted = set(filter(None, st.query_params.get("compare", "").split(",")))
+    default = [label for label, rid in labels.items() if rid in wanted or rid[:8] in wanted]
+    picked = st.multiselect("Compare runs (two or more)", list(labels), default=default, key="exp:pick")
     if len(picked) < 2:
         st.caption("pick two or more runs to compare them")
         return

@@ -115,7 +115,10 @@ def score_column_names(out_dir: str | os.PathLike) -> list[str]:
     """Numeric columns of the clips table that a threshold can apply to (read from the parquet schema)."""
     schema = pq.read_schema(Path(out_dir) / CLIPS_FILE)
     numeric = [f.name for f in schema if _is_numeric(f.type) and f.name not in _NOT_SCORES]
-    return numeric
+    # Scorer outputs first (motion_score, motion_peak, aesthetic_score, …), then width/height/fps and the rest.
+    return sorted(
+        numeric, key=lambda n: (not (n.endswith("_score") or n.startswith("motion_")), numeric.index(n))
+    )
 
 
 def _is_numeric(typ) -> bool:

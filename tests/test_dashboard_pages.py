@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from curation.report import read_report
 from curation.tables import CLIPS_FILE, clips_table, write_table_atomic
+from curation.thumbs import THUMBS_DIR
 from orchestration.cli import main
 from orchestration.dashboard.launch import CONFIG_ENV, config_env
 
@@ -90,6 +91,16 @@ def test_curation_page_shows_charts_gallery_and_sources(folders, monkeypatch):
     first = next(b for b in at.button if b.key.startswith("play:"))
     first.click().run()
     assert not at.exception and at.get("video")
+
+
+def test_folders_curated_before_thumbnails_open_with_placeholders(folders, monkeypatch, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(folders[0], old)
+    shutil.rmtree(old / THUMBS_DIR)
+    at = _page("curation_page", monkeypatch, [old])
+    assert not at.exception and not at.error
+    with_thumbs = _page("curation_page", monkeypatch, [folders[0]])
+    assert len(at.get("image")) == len(with_thumbs.get("image")) > 2  # a placeholder per boundary clip
 
 
 def test_curation_page_bad_inputs_are_messages(folders, monkeypatch, tmp_path):

@@ -49,3 +49,11 @@ def test_runs_bad_input_is_one_line(tmp_path, capsys):
     assert [line for line in err.splitlines() if line.startswith("svp:")] == [
         "svp: error: the store has no training runs yet: run `svp train` (or `svp demo`) first"
     ]
+
+
+def test_dashboard_command_refuses_what_it_cannot_show(tmp_path, capsys):
+    assert main(["dashboard", "--curation", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("svp: error:") and "not a curation output folder" in err and err.count("\n") == 1
+    assert main(["dashboard", "--runs", str(tmp_path)]) == 2
+    assert "no mlflow.db" in capsys.readouterr().err

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from curation.report import format_report
 from curation.thresholds import Thresholds, thresholds_hash
 from orchestration.dashboard.apply_job import ApplyJob, save_thresholds
 from orchestration.dashboard.keep_math import ClipFacts, summarize
@@ -52,6 +51,8 @@ def _progress(out: Path) -> None:
             f"apply failed after {job.elapsed():.1f} s: {job.error}. clips.parquet and thresholds.yaml are unchanged."
         )
     else:
+        from curation.report import format_report  # pulls in the shard writer: only once a report exists
+
         st.success(f"applied {job.thresholds_path.name} in {job.elapsed():.1f} s")
         st.code(format_report(job.report))
     if not st.session_state.get(f"reloaded:{id(job)}"):

@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 import streamlit as st
 
 from curation.format import SHARDS_DIR
-from curation.shards import TRANSCODED_DIR
 from curation.thresholds import Thresholds
 from curation.thumbs import THUMBS_DIR
 from orchestration.dashboard.keep_math import ClipFacts
@@ -60,6 +59,8 @@ def _player() -> None:
     playing = st.session_state.get("playing")
     if not playing:
         return
+    from curation.shards import TRANSCODED_DIR  # imports the transcoder (torch): only when a clip plays
+
     out, clip_id, source, start, end = playing
     transcoded = Path(out) / SHARDS_DIR / TRANSCODED_DIR / f"{clip_id}.mp4"
     if transcoded.is_file():

@@ -141,3 +141,23 @@ def test_experiments_page_shows_only_the_changed_params(monkeypatch, tmp_path_fa
     MlflowClient(empty).search_experiments()  # a store with its tables and no runs
     at = _page("experiments_page", monkeypatch, tracking_uri=empty)
     assert not at.exception and "no training runs" in at.error[0].value
+
+
+def test_a_failed_apply_says_so_and_leaves_tables_and_thresholds(folders, monkeypatch, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(folders[1], broken)
+    # Sources that went away and no transcoded clips kept: the re-filter cannot write its shards.
+    clips = pd.read_parquet(broken / CLIPS_FILE).assign(uri=str(tmp_path / "gone.mp4"))
+    write_table_atomic(clips_table(clips), broken / CLIPS_FILE)
+    shutil.rmtree(broken / "shards" / ".transcoded")
+    before = {n: (broken / n).read_bytes() for n in (CLIPS_FILE, "thresholds.yaml", "report.json")}
+    at = _page("curation_page", monkeypatch, [broken])
+    key = next(w.key for w in at.number_input if w.key.endswith(":motion_score:max"))
+    at.number_input(key=key).set_value(1e9).run()
+    at.button(key="save:go").click().run()
+    at.button(key="apply:go").click().run()
+    at.session_state["apply_job"].wait(300)
+    at.run()
+    assert not at.exception
+    assert any("apply failed" in e.value for e in at.error)
+    assert {n: (broken / n).read_bytes() for n in before} == before

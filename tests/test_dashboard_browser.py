@@ -80,6 +80,14 @@ def _wait_for(driver, css: str, count: int = 1, timeout: float = 120):
     raise AssertionError(f"the page never showed {count} x {css}")
 
 
+def _external_requests(driver) -> list[str]:
+    """Resources the page fetched from anywhere but the dashboard itself (charts must need no CDN)."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => !n.startsWith(location.origin) && !/^(data|blob):/.test(n))"
+    )
+
+
 def _loaded_images(driver) -> int:
     return driver.execute_script(
         "return [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
@@ -126,6 +134,7 @@ def test_both_pages_render_in_chromium(dashboard, tmp_path):
         assert _loaded_images(driver) >= 2 + min(6, clips)  # the thumbnails on both sides of the threshold
         assert "just above" in driver.page_source
         driver.save_screenshot(str(shots / "dashboard-boundary.png"))
+        assert _external_requests(driver) == []
 
         from orchestration.dashboard.run_table import client_for, stage_table
 
@@ -136,6 +145,7 @@ def test_both_pages_render_in_chromium(dashboard, tmp_path):
         assert "Params that differ" in driver.page_source
         assert not driver.find_elements("css selector", '[data-testid="stException"]')
         driver.save_screenshot(str(shots / "dashboard-experiments.png"))
+        assert _external_requests(driver) == []
     finally:
         driver.quit()
     print(f"\nscreenshots: {shots}")

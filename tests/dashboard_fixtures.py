@@ -51,6 +51,13 @@ def two_runs(base: Path) -> Path:
                     "stages.image.steps": 2,
                     "stages.image.optimizer.lr": lr,
                     "stages.image.optimizer.warmup_steps": 0,
+                    # One sample video at the last step, for the side-by-side samples.
+                    "stages.image.sample": {
+                        "every": 2,
+                        "prompt": "a small red square",
+                        "num_frames": 1,
+                        "steps": 2,
+                    },
                     "stages.image.checkpoint.every": 2,
                 },
             )

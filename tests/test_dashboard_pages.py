@@ -136,6 +136,7 @@ def test_experiments_page_shows_only_the_changed_params(monkeypatch, tmp_path_fa
     assert all(len(set(row)) > 1 for row in params.itertuples(index=False))  # only params that differ
     assert not any("steps" in i or "seed" in i for i in params.index)
     assert len(at.get("image")) >= 2  # loss and lr curves
+    assert len(at.get("video")) == 2  # the same step's sample of each run, side by side
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(empty).search_experiments()  # a store with its tables and no runs

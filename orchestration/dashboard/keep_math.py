@@ -92,8 +92,10 @@ class ClipFacts:
         return self._issue_counts[key]
 
 
-def _bucket_labels(frame: pd.DataFrame, fps: float, short_side: int, max_frames: int) -> pd.Series:
-    """The shard bucket (`HxW_tN`) each clip would land in, from the shard settings (vectorised)."""
+def _bucket_codes(
+    frame: pd.DataFrame, fps: float, short_side: int, max_frames: int
+) -> tuple[np.ndarray, list[str]]:
+    """Per clip, the shard bucket (`HxW_tN`) it would land in under the shard settings: (codes, names)."""
     seconds = (frame["end_s"] - frame["start_s"]).to_numpy(dtype=np.float64)
     frames = np.clip(np.ceil(seconds * fps - 1e-6), 1, max_frames)
     buckets = np.asarray(FRAME_BUCKETS)
@@ -101,14 +103,17 @@ def _bucket_labels(frame: pd.DataFrame, fps: float, short_side: int, max_frames:
     t = np.where(pos >= 0, buckets[np.maximum(pos, 0)], 0)
     w = frame["width"].to_numpy(dtype=np.float64)
     h = frame["height"].to_numpy(dtype=np.float64)
+    known = ~(np.isnan(w) | np.isnan(h))
+    w, h = np.where(known, w, 1), np.where(known, h, 1)
     short, long_ = np.minimum(w, h), np.maximum(w, h)
-    scaled = np.maximum(2, np.round(long_ * short_side / np.where(short > 0, short, 1) / 2) * 2).astype(int)
+    scaled = np.maximum(2, np.round(long_ * short_side / short / 2) * 2).astype(np.int64)
     out_w = np.where(w <= h, short_side, scaled)
     out_h = np.where(w <= h, scaled, short_side)
-    labels = (
-        pd.Series(out_h.astype(str)) + "x" + pd.Series(out_w.astype(str)) + "_t" + pd.Series(t.astype(str))
-    )
-    return labels.where(~(np.isnan(w) | np.isnan(h)), "unknown")
+    # Labels for the few distinct buckets only: formatting a million strings would cost seconds.
+    keys = np.stack([known.astype(np.int64), out_h, out_w, t]).T
+    uniques, codes = np.unique(keys, axis=0, return_inverse=True)
+    names = [f"{a}x{b}_t{c}" if ok else "unknown" for ok, a, b, c in uniques.tolist()]
+    return codes.reshape(-1), names
 
 
 def score_column_names(out_dir: str | os.PathLike) -> list[str]:
@@ -146,8 +151,7 @@ def load_clip_facts(out_dir: str | os.PathLike) -> ClipFacts:
         if col not in frame.columns:
             frame[col] = np.nan
     cfg = read_shard_config(out) or ShardConfig()
-    buckets = _bucket_labels(frame, cfg.fps, cfg.short_side, cfg.max_frames)
-    bucket_codes, bucket_names = pd.factorize(buckets, sort=True)
+    bucket_codes, bucket_names = _bucket_codes(frame, cfg.fps, cfg.short_side, cfg.max_frames)
     source_codes, source_ids = pd.factorize(frame["source_id"].astype(str), sort=True)
     captions = frame["caption"] if "caption" in frame.columns else pd.Series([None] * len(frame))
     return ClipFacts(
@@ -157,7 +161,7 @@ def load_clip_facts(out_dir: str | os.PathLike) -> ClipFacts:
         source_codes=source_codes,
         source_ids=list(source_ids),
         bucket_codes=bucket_codes,
-        buckets=list(bucket_names),
+        buckets=bucket_names,
         captioned=has_caption(captions),
         captions=captions.to_numpy(dtype=object),
         start_s=frame["start_s"].to_numpy(dtype=np.float64),

@@ -82,7 +82,8 @@ def _all_runs(client, pipeline: str | None) -> list:
 
 def _stage_row(client, run, parents: dict) -> dict:
     tags, metrics = run.data.tags, run.data.metrics
-    losses = [m.value for m in client.get_metric_history(run.info.run_id, LOSS)]
+    history = client.get_metric_history(run.info.run_id, LOSS)
+    losses = [m.value for m in history]
     end = run.info.end_time or run.info.start_time
     parent = parents.get(tags.get(PARENT_TAG))
     return {
@@ -91,7 +92,7 @@ def _stage_row(client, run, parents: dict) -> dict:
         "stage": tags.get(TAG_STAGE, run.info.run_name),
         "run_id": run.info.run_id,
         "status": run.info.status,
-        "steps": int(max((m.step for m in client.get_metric_history(run.info.run_id, LOSS)), default=0)),
+        "steps": int(max((m.step for m in history), default=0)),
         "final_loss": metrics.get(LOSS, np.nan),
         "best_loss": min(losses) if losses else np.nan,
         "samples_per_s": metrics.get("perf/samples_per_s", np.nan),

@@ -111,7 +111,9 @@ def dashboard(ray_session, tmp_path_factory):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=30)  # svp stops its Streamlit child (killing it after a grace period)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of this test may outlive it
 
 
 def test_both_pages_render_in_chromium(dashboard, tmp_path):

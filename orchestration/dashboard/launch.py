@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,9 +65,28 @@ def run_dashboard(
     print(f"svp dashboard: http://{host}:{port}  (Ctrl-C stops it)", flush=True)
     env = {**os.environ, **config_env(curation, uri), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     proc = subprocess.Popen(streamlit_command(host, port), env=env)  # noqa: S603 - argv list, no shell
+    # SIGTERM (a service manager, a test) stops the server like Ctrl-C does, rather than orphaning it.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(proc)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Ask Streamlit to stop; kill it if it has not exited after `grace_s` (its shutdown can hang)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

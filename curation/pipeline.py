@@ -45,6 +45,7 @@ from curation.thresholds import (
     load_thresholds,
     record_thresholds,
 )
+from curation.thumbs import write_thumbs
 from curation.worker import SourceLedger, process_source
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class _Driver:
             return
         clips = None
         if row["status"] == "ok":
+            # Thumbnails before the manifest line: a source recorded as finished has all of its thumbnails.
+            write_thumbs(self.state.dir.parent, job.clips.values())
             clips = pd.DataFrame(sorted(job.clips.values(), key=lambda r: r["clip_id"]))
         self.state.record(job.entry, row, clips)
 

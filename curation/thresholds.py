@@ -25,6 +25,8 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -143,37 +145,82 @@ def check_score_columns(t: Thresholds, columns: Iterable[str], numeric: Iterable
     present = set(columns)
     for column in t.scores:
         if column not in present:
-            raise ValueError(
-                f"thresholds name score column {column!r}, which the clips table lacks "
-                f"(numeric columns: {', '.join(sorted(numeric))})"
-            )
+            raise _missing_score_column(column, numeric)
+
+
+def _missing_score_column(column: str, numeric: Iterable[str]) -> ValueError:
+    return ValueError(
+        f"thresholds name score column {column!r}, which the clips table lacks "
+        f"(numeric columns: {', '.join(sorted(numeric))})"
+    )
+
+
+def score_failures(column: str, values: np.ndarray, rng: ScoreRange) -> dict[str, np.ndarray]:
+    """`{"<column>.min": fails, "<column>.max": fails}` for the bounds `rng` sets, over float `values`."""
+    failed = {}
+    # NaN compares False: a clip without a score is never dropped by that score.
+    if rng.min is not None:
+        failed[f"{column}.min"] = values < rng.min
+    if rng.max is not None:
+        failed[f"{column}.max"] = values > rng.max
+    return failed
+
+
+def has_caption(captions: pd.Series) -> np.ndarray:
+    return np.array([_has_caption(c) for c in captions], dtype=bool)
+
+
+def caption_issue_counts(issues: pd.Series | pa.Array | pa.ChunkedArray, ignore: list[str]) -> np.ndarray:
+    """Per clip, how many of its caption issues count (those not in `ignore`). Vectorised on arrow lists."""
+    if not isinstance(issues, pa.Array | pa.ChunkedArray):
+        issues = pa.array([issue_list(v) for v in issues], type=pa.list_(pa.string()))
+    if isinstance(issues, pa.ChunkedArray):
+        issues = issues.combine_chunks()
+    flat = pc.list_flatten(issues)
+    parents = pc.list_parent_indices(issues).to_numpy()
+    counted = ~pc.is_in(flat, value_set=pa.array(sorted(ignore), pa.string())).to_numpy(zero_copy_only=False)
+    return np.bincount(parents[counted], minlength=len(issues)).astype(int)
+
+
+def caption_failures(
+    rules: CaptionRules, captioned: np.ndarray, issue_counts: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """The caption filters' verdicts from per-clip facts (`issue_counts` None: the table has no issues)."""
+    failed = {}
+    if rules.require_caption:
+        failed["caption.required"] = ~captioned
+    if rules.max_caption_issues is not None:
+        if issue_counts is None:
+            failed["caption.issues"] = np.zeros(len(captioned), dtype=bool)
+        else:
+            failed["caption.issues"] = issue_counts > rules.max_caption_issues
+    return failed
+
+
+def score_values(clips: pd.DataFrame, column: str) -> np.ndarray:
+    """A score column as float64 (non-numbers NaN); a column the table lacks is a one-line error."""
+    if column not in clips.columns:
+        raise _missing_score_column(column, clips.select_dtypes("number").columns)
+    return pd.to_numeric(clips[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def filter_failures(clips: pd.DataFrame, t: Thresholds) -> dict[str, np.ndarray]:
+    """Per filter name, which clips it drops. The one place the filter rule lives (the dashboard uses the
+    same functions on cached columns)."""
+    failed: dict[str, np.ndarray] = {}
+    for column, rng in t.scores.items():
+        failed |= score_failures(column, score_values(clips, column), rng)
+    captions = clips["caption"] if "caption" in clips.columns else pd.Series([None] * len(clips))
+    issues = None
+    if t.caption.max_caption_issues is not None and "caption_issues" in clips.columns:
+        issues = caption_issue_counts(clips["caption_issues"], t.caption.ignore_issues)
+    return failed | caption_failures(t.caption, has_caption(captions), issues)
 
 
 def apply_thresholds(clips: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
     """A copy of `clips` with `kept` (bool) and `filtered_by` (list of filter names). Pure pandas."""
     out = clips.copy()
-    check_score_columns(t, out.columns, out.select_dtypes("number").columns)
-    failed: dict[str, np.ndarray] = {}
-    for column, rng in t.scores.items():
-        values = pd.to_numeric(out[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        # NaN compares False: a clip without a score is never dropped by that score.
-        if rng.min is not None:
-            failed[f"{column}.min"] = values < rng.min
-        if rng.max is not None:
-            failed[f"{column}.max"] = values > rng.max
-    captions = out["caption"] if "caption" in out.columns else pd.Series([None] * len(out), index=out.index)
-    if t.caption.require_caption:
-        failed["caption.required"] = ~np.array([_has_caption(c) for c in captions], dtype=bool)
-    if t.caption.max_caption_issues is not None:
-        if "caption_issues" in out.columns:
-            ignored = set(t.caption.ignore_issues)
-            counts = np.array(
-                [len([i for i in issue_list(v) if i not in ignored]) for v in out["caption_issues"]],
-                dtype=int,
-            )
-            failed["caption.issues"] = counts > t.caption.max_caption_issues
-        else:
-            failed["caption.issues"] = np.zeros(len(out), dtype=bool)
+    failed = filter_failures(out, t)
     names = t.filter_names()
     out["filtered_by"] = [[n for n in names if failed[n][i]] for i in range(len(out))]
     out["kept"] = np.array([not f for f in out["filtered_by"]], dtype=bool)

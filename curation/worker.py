@@ -25,6 +25,7 @@ from curation.probe import probe_source
 from curation.scenes import ClipPlan
 from curation.sources import SourceEntry, fingerprint, open_source, read_sidecar
 from curation.tables import source_row
+from curation.thumbs import THUMB_COLUMN, thumbnail_jpeg
 
 
 @ray.remote(num_cpus=0)
@@ -132,6 +133,7 @@ def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
                     "width": probe.width,
                     "height": probe.height,
                     "frames": clip.frames,
+                    THUMB_COLUMN: thumbnail_jpeg(clip.frames),  # from frames already decoded
                     "caption": caption,
                     "caption_source": caption_source,
                     "motion_score": _nan(clip.motion_score),

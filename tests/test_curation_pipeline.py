@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import pandas as pd
 import pytest
 import webdataset as wds
@@ -16,6 +17,7 @@ from curation.format import INDEX_COLUMNS, SHARDS_DIR, make_clip_id
 from curation.pipeline import run_curation
 from curation.synth import VIDEOS_DIR, make_corpus, write_phone_clip
 from curation.thresholds import load_thresholds, thresholds_hash
+from curation.thumbs import THUMB_COLUMN, THUMB_LONG_SIDE, THUMBS_DIR, thumb_path
 from curation.worker import CRASH_ENV
 from model.video_io import read_frames
 
@@ -136,3 +138,16 @@ def test_outputs_thresholds_report_and_shards(curated):
         assert json.loads(sample["json"])["clip_id"] == key
         assert sample["txt"].decode().strip()
     assert seen == kept
+
+
+def test_one_thumbnail_per_clip_from_the_decoded_frames(curated):
+    _, _, out, _ = curated
+    clips = pd.read_parquet(out / "clips.parquet")
+    assert THUMB_COLUMN not in clips.columns  # the bytes travel in the stream only
+    thumbs = sorted(p.stem for p in (out / THUMBS_DIR).glob("*.jpg"))
+    assert thumbs == sorted(clips["clip_id"])
+    for clip_id in clips["clip_id"][:3]:
+        image = cv2.imread(str(thumb_path(out, clip_id)))
+        assert image is not None and max(image.shape[:2]) <= THUMB_LONG_SIDE and image.std() > 0
+    with pytest.raises(ValueError, match="invalid sample key"):
+        thumb_path(out, "../escape")

@@ -23,11 +23,12 @@ import yaml
 
 from curation.resume import MANIFEST, RESULTS, WORK_DIR
 from curation.synth import VIDEOS_DIR, make_corpus
+from curation.thumbs import THUMBS_DIR
 from orchestration.cli import main
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+def _digests(folder: Path, pattern: str = "*.tar") -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern))}
 
 
 def _members(folder: Path) -> list[tuple[str, str, bytes]]:
@@ -154,6 +155,9 @@ def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
     new_clips = pd.read_parquet(resumed / "clips.parquet")
     assert new_clips["clip_id"].is_unique
     pd.testing.assert_frame_equal(new_clips, ref_clips)
+    # Thumbnails too: one per clip, byte-identical, whether its source finished before or after the kill.
+    assert _digests(resumed / THUMBS_DIR, "*.jpg") == _digests(reference / THUMBS_DIR, "*.jpg")
+    assert sorted(p.stem for p in (resumed / THUMBS_DIR).glob("*.jpg")) == sorted(ref_clips["clip_id"])
     pd.testing.assert_frame_equal(
         pd.read_parquet(resumed / "sources.parquet"), pd.read_parquet(reference / "sources.parquet")
     )

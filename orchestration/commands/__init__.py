@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("model_cmd", "curate_cmd", "train_cmd", "demo_cmd")
+COMMAND_MODULES = ("model_cmd", "curate_cmd", "train_cmd", "demo_cmd", "dashboard_cmd", "runs_cmd")
 
 
 def register_all(app: typer.Typer) -> None:

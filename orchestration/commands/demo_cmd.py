@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
                     f"trained: {result.work_dir}  (mlflow ui --backend-store-uri "
                     f"sqlite:///{result.work_dir.resolve()}/mlflow.db)",
                     f"video:   {result.video}",
+                    f"look:    svp dashboard --curation {result.curated} --runs {result.work_dir}",
                 ]
             )
         )

@@ -1,0 +1,94 @@
+"""Experiments page: a pipeline's stage runs as a table; pick two or more to see only what differs
+(params, lineage), their loss and lr curves on one step axis, perf metrics and sample videos."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from orchestration.dashboard import run_table as rt
+from orchestration.dashboard.launch import dashboard_config
+
+
+@st.cache_resource(ttl=30, show_spinner="Reading the MLflow store…")
+def _table(uri: str, pipeline: str | None):
+    client = rt.client_for(uri)
+    return client, rt.stage_table(client, pipeline)
+
+
+def _store_uri() -> str | None:
+    configured = dashboard_config()["tracking_uri"] or ""
+    typed = st.text_input(
+        "MLflow store", configured, placeholder="sqlite:///WORK_DIR/mlflow.db or http://host:5000"
+    )
+    return typed.strip() or None
+
+
+def _compare(client, rows) -> None:
+    st.subheader("Params that differ")
+    params = rt.differing_params(client, rows)
+    if len(params):
+        st.dataframe(params, width="stretch")
+    else:
+        st.caption("every param is the same")
+    st.subheader("Lineage that differs")
+    lineage = rt.differing_lineage(client, rows)
+    if len(lineage):
+        st.dataframe(lineage, width="stretch")
+    else:
+        st.caption("same data fingerprint, thresholds hash, git commit and init-from")
+    weight = st.slider("smoothing", 0.0, 0.95, 0.0, 0.05, key="exp:smooth")
+    left, right = st.columns(2)
+    for slot, metric in ((left, rt.LOSS), (right, rt.LR)):
+        slot.pyplot(
+            rt.curves_figure(rt.metric_curves(client, rows, metric), metric, weight), clear_figure=False
+        )
+    st.subheader("Perf (last value)")
+    st.dataframe(rt.perf_table(client, rows), width="stretch")
+    _samples(client, rows)
+
+
+def _samples(client, rows) -> None:
+    videos = rt.sample_videos(client, rows)
+    steps = sorted(set().union(*[v.keys() for v in videos.values()]))
+    if not steps:
+        st.caption("no sample videos logged by these runs")
+        return
+    step = st.selectbox("sample of step", steps, index=len(steps) - 1, key="exp:sample")
+    for slot, (label, files) in zip(st.columns(len(videos)), videos.items(), strict=True):
+        slot.caption(label)
+        if step in files:
+            slot.video(files[step])
+        else:
+            slot.caption("(no sample at this step)")
+
+
+def render() -> None:
+    st.title("Experiments")
+    uri = _store_uri()
+    if not uri:
+        st.info(
+            "Point at a store: `svp dashboard --runs WORK_DIR` or `--tracking-uri URI`, or type it above."
+        )
+        return
+    try:
+        client, table = _table(uri, None)
+    except Exception as err:  # a bad URI or an empty store: a message, not a traceback
+        st.error(f"{uri}: {err}")
+        return
+    pipelines = sorted(set(table["pipeline"]))
+    pipeline = st.selectbox("Pipeline", ["(all)", *pipelines], key="exp:pipeline")
+    shown = table if pipeline == "(all)" else table[table["pipeline"] == pipeline]
+    st.dataframe(shown, hide_index=True, width="stretch")
+    labels = {f"{r.stage}@{r.run_id[:8]} ({r.pipeline})": r.run_id for r in shown.itertuples()}
+    # `?compare=RUN_ID,RUN_ID` preselects runs: a comparison can be shared as a link.
+    wanted = set(filter(None, st.query_params.get("compare", "").split(",")))
+    default = [label for label, rid in labels.items() if rid in wanted or rid[:8] in wanted]
+    picked = st.multiselect("Compare runs (two or more)", list(labels), default=default, key="exp:pick")
+    if len(picked) < 2:
+        st.caption("pick two or more runs to compare them")
+        return
+    _compare(client, rt.resolve(table, [labels[p] for p in picked]))
+
+
+if __name__ == "__main__":  # executed by `AppTest.from_file` in tests
+    render()

@@ -32,6 +32,12 @@ def register(app: typer.Typer) -> None:
         ),
         var: list[str] = typer.Option(None, "--var", help="Set a ${NAME} variable of the YAML: NAME=VALUE."),
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
+        force: bool = typer.Option(
+            False, "--force", help="Retrain the picked stages even when their export is current."
+        ),
+        from_stage: str = typer.Option(
+            None, "--from", help="Retrain this stage and every later one, whatever their fingerprints say."
+        ),
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
         from training.config import PRESET_NAMES, load_pipeline, load_preset
@@ -50,10 +56,12 @@ def register(app: typer.Typer) -> None:
             address=address,
             work_dir=work_dir,
             max_failures=max_failures,
+            force=force,
+            force_from=from_stage,
         )
         for result in results:
             status = "already exported" if result.skipped else "exported"
-            typer.echo(f"{result.stage}: {status} to {result.export_dir}")
+            typer.echo(f"{result.stage}: {status} to {result.export_dir} ({result.reason})")
 
     @app.command("generate")
     def generate(

@@ -49,14 +49,13 @@ from curation.worker import SourceLedger, process_source
 log = logging.getLogger(__name__)
 
 
-def connect_ray(address: str | None = None) -> bool:
-    """Join the Ray that is already up in this process, else `address` / `RAY_ADDRESS`, else start a local
-    one. Returns True when this call started (and so must stop) Ray."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=True)
-    return True
+def require_ray() -> None:
+    """Curation runs on the Ray this process is connected to; which cluster that is, is the caller's
+    choice (`orchestration.ray_connect` for the svp commands), never made here."""
+    if not ray.is_initialized():
+        raise RuntimeError(
+            "curation needs a connected Ray: call orchestration.ray_connect.connect() first (svp commands do)"
+        )
 
 
 @dataclass
@@ -233,10 +232,9 @@ def _dedupe(sources: list[dict], clips: dict[str, pd.DataFrame]) -> None:
             owner[sid] = row["uri"]
 
 
-def run_curation(
-    input: str, output: str | os.PathLike, config: CurationConfig | None = None, address: str | None = None
-) -> dict:
-    """Curate `input` into `output` (see DESIGN.md for the folder layout); returns the report."""
+def run_curation(input: str, output: str | os.PathLike, config: CurationConfig | None = None) -> dict:
+    """Curate `input` into `output` (see DESIGN.md for the folder layout) on the connected Ray; returns the
+    report."""
     cfg = config or CurationConfig()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,19 +251,15 @@ def run_curation(
         len(pending),
     )
     stages = _scorer_stages(cfg)
-    started = connect_ray(address)
-    try:
-        failed = _score_sources(pending, cfg, stages, state) if pending else []
-        sources, table = _assemble(listing, state, failed)
-        table = apply_thresholds(table, thresholds)
-        write_table_atomic(sources_table(sources), out / SOURCES_FILE)
-        write_table_atomic(clips_table(table), out / CLIPS_FILE)
-        write_thresholds(out / THRESHOLDS_FILE, thresholds)
-        write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
-        return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
-    finally:
-        if started:
-            ray.shutdown()
+    require_ray()
+    failed = _score_sources(pending, cfg, stages, state) if pending else []
+    sources, table = _assemble(listing, state, failed)
+    table = apply_thresholds(table, thresholds)
+    write_table_atomic(sources_table(sources), out / SOURCES_FILE)
+    write_table_atomic(clips_table(table), out / CLIPS_FILE)
+    write_thresholds(out / THRESHOLDS_FILE, thresholds)
+    write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
+    return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
 
 
 def _assemble(

@@ -1,4 +1,5 @@
-"""Run one stage as a Ray Train job: `run_stage(pipeline, stage, workers, gpus_per_worker, address, work_dir)`.
+"""Run one stage as a Ray Train job: `run_stage(pipeline, stage, workers, gpus_per_worker, work_dir)`, on the
+Ray this process is connected to (`orchestration.ray_connect` connects the `svp` commands).
 
 The Ray run is named `{pipeline}-{stage}` under `{work_dir}/ray`, so running the same command again resumes
 from the latest checkpoint (Ray Train V2 has no `restore`: the same name and storage path is the resume).
@@ -104,13 +105,17 @@ def resolve_init_from(pipeline: Any, stage: Any, work_dir: Path) -> str | None:
     return str(export)
 
 
-def ensure_ray(address: str | None, use_gpu: bool) -> None:
+def ensure_ray(use_gpu: bool) -> None:
+    """The connected Ray is used as it is: which cluster to join is decided by the caller
+    (`orchestration.ray_connect`), never here."""
     import ray
 
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), configure_logging=False)
+        raise RuntimeError(
+            "training needs a connected Ray: call orchestration.ray_connect.connect() first (svp commands do)"
+        )
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -141,7 +146,6 @@ def run_stage(
     stage: Any,
     workers: int = 1,
     gpus_per_worker: float = 0,
-    address: str | None = None,
     work_dir: str | os.PathLike | None = None,
     *,
     tracker: Tracker | None = None,
@@ -178,7 +182,7 @@ def run_stage(
     log.warning(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
     use_gpu = gpus_per_worker > 0
-    ensure_ray(address, use_gpu)
+    ensure_ray(use_gpu)
 
     name = ray_run_name(pipeline, stage, inputs.fingerprint)
     storage = work_dir / "ray"

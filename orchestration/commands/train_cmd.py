@@ -26,7 +26,11 @@ def register(app: typer.Typer) -> None:
         stage: list[str] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
         workers: int = typer.Option(1, help="Ray Train workers (one per GPU on GPU machines)."),
         gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker; 0 trains on CPUs with gloo."),
-        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+        address: str = typer.Option(
+            None,
+            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a "
+            "private local Ray).",
+        ),
         work_dir: Path = typer.Option(
             None, help="Checkpoints, exports, MLflow store (default: the YAML's work_dir)."
         ),
@@ -40,6 +44,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
+        from orchestration.ray_connect import ray_connection
         from training.config import PRESET_NAMES, load_pipeline, load_preset
         from training.pipeline import run_pipeline
 
@@ -48,17 +53,17 @@ def register(app: typer.Typer) -> None:
             config = load_preset(pipeline, variables=variables)
         else:
             config = load_pipeline(pipeline, variables=variables)
-        results = run_pipeline(
-            config,
-            stages=stage or None,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            address=address,
-            work_dir=work_dir,
-            max_failures=max_failures,
-            force=force,
-            force_from=from_stage,
-        )
+        with ray_connection(address):
+            results = run_pipeline(
+                config,
+                stages=stage or None,
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                work_dir=work_dir,
+                max_failures=max_failures,
+                force=force,
+                force_from=from_stage,
+            )
         for result in results:
             status = "already exported" if result.skipped else "exported"
             typer.echo(f"{result.stage}: {status} to {result.export_dir} ({result.reason})")

@@ -13,7 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec, training_pipeline
+from orchestration.pipeline.spec import (
+    STEP_CURATE,
+    STEP_FILTER,
+    PipelineSpec,
+    reads_curated,
+    training_pipeline,
+)
 from orchestration.pipeline.steps import curate_inputs, explain, filter_inputs, read_record
 from training.stage_plan import RERUN, RUN, SKIP, decide_stage
 
@@ -57,9 +63,9 @@ def plan_pipeline(
     plans = [decide_curation_step(spec, STEP_CURATE, curate, STEP_CURATE in forced)]
     filt = filter_inputs(spec, curate.fingerprint)
     plans.append(decide_curation_step(spec, STEP_FILTER, filt, STEP_FILTER in forced))
-    data_pending = None
+    pending = None
     if plans[-1].action != SKIP or plans[0].action != SKIP:
-        data_pending = "its data is rewritten by step filter first (decided again once the shards exist)"
+        pending = "its data is rewritten by step filter first (decided again once the shards exist)"
     upstream: dict[str, str | None] = {}
     for stage in training.stages:
         decision = decide_stage(
@@ -68,7 +74,7 @@ def plan_pipeline(
             spec.work,
             force=stage.name in forced,
             upstream=upstream,
-            data_pending=data_pending,
+            data_pending=pending if reads_curated(spec, stage) else None,
         )
         upstream[stage.name] = decision.fingerprint
         plans.append(StepPlan(stage.name, decision.action, decision.reason, decision.fingerprint))

@@ -16,7 +16,9 @@ naming the key and the file).
           ...
     # or  training: {preset: tiny, stages: [image, video], overrides: {"stages.*.steps": 2}}
 
-A preset reads `${data_root}`, which is bound to the filter step's output.
+A preset reads `${data_root}`, which is bound to the filter step's output unless `training.variables` sets it
+(e.g. `sana-video`, whose stages read `${data_root}/video`, `${data_root}/video-720p`, …: then the stages
+reading the curate step's output follow the filter step, the others read what is there).
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ def training_pipeline(spec: PipelineSpec) -> Any:
 
     data = str(spec.curated)
     section = spec.training
+    variables = {"data_root": data, **{k: spec.path(str(v)) for k, v in (section.variables or {}).items()}}
     if section.preset is not None:
-        pipeline = load_preset(section.preset, variables={"data_root": data}, overrides=section.overrides)
+        pipeline = load_preset(section.preset, variables=variables, overrides=section.overrides)
         keep = section.stages or pipeline.stage_names
         for name in keep:
             pipeline.stage(name)
@@ -139,12 +142,22 @@ def training_pipeline(spec: PipelineSpec) -> Any:
     raw: dict[str, Any] = {"name": spec.name, "stages": [_bind_data(s, data) for s in section.stages]}
     if section.defaults is not None:
         raw["defaults"] = section.defaults
-    if section.variables is not None:
-        raw["variables"] = section.variables
     try:
-        return _build(raw, Path(spec.base), spec.source, {"data_root": data}, section.overrides)
+        return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
     except ConfigKeyError as err:
         raise ValueError(f"{spec.source}: training.{err}") from None
+
+
+def reads_curated(spec: PipelineSpec, stage: Any) -> bool:
+    """Whether a training stage reads the curate/filter steps' output (its folder or its shards)."""
+    curated = spec.curated.resolve()
+    for entry in stage.data:
+        if "://" in entry:
+            continue
+        path = Path(entry).resolve()
+        if path == curated or curated in path.parents:
+            return True
+    return False
 
 
 def _bind_data(stage: Any, data: str) -> Any:

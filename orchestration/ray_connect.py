@@ -59,14 +59,23 @@ def connect(address: str | None = None, **init_kwargs: Any) -> bool:
     init_kwargs.setdefault("configure_logging", False)
     if target == LOCAL:
         init_kwargs.setdefault("include_dashboard", False)
+    else:
+        # The core logs every refused connection attempt (20 lines of InvalidAuthToken); the one-line error
+        # below says what matters.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         ray.init(address=target, **init_kwargs)
     except Exception as err:
         if _is_auth_failure(err):
             raise ValueError(_auth_message(target)) from None
         if isinstance(err, ConnectionError | TimeoutError) or "connect" in str(err).lower():
+            # A GCS that refuses the token only says so in the core's log lines, not in the exception.
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"cannot connect to the Ray cluster at {target}: {first}") from None
+            raise ValueError(
+                f"cannot connect to the Ray cluster at {target} ({first}): check the address; if the cluster "
+                "uses token authentication, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or "
+                "RAY_AUTH_TOKEN_PATH)"
+            ) from None
         raise
     return True
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from pipeline_files import KEEP_ALL, make_pipeline, write_pipeline
 
-from curation.synth import VIDEOS_DIR, make_corpus
 from orchestration.cli import main
 from orchestration.pipeline.plan import plan_pipeline
 from orchestration.pipeline.spec import load_spec
@@ -19,29 +19,6 @@ from training.fingerprints import FINGERPRINT_FILE
 
 pytestmark = pytest.mark.slow
 STEPS = ["curate", "filter", "image", "video"]
-KEEP_ALL = {"scores": {}, "caption": {"require_caption": False, "max_caption_issues": None}}
-
-
-def write_pipeline(folder, **training_overrides):
-    overrides = {
-        "stages.*.steps": 1,
-        "stages.*.checkpoint.every": 1,
-        "stages.*.sample": None,
-        "stages.*.optimizer.warmup_steps": 0,
-        **training_overrides,
-    }
-    spec = {
-        "name": "pipe",
-        "work_dir": "work",
-        "curate": {"input": f"raw/{VIDEOS_DIR}"},
-        "filter": {"thresholds": "thresholds.yaml"},
-        "training": {"preset": "tiny", "stages": ["image", "video"], "overrides": overrides},
-    }
-    path = folder / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 def actions(path, **kwargs):
     return {p.step: (p.action, p.reason) for p in plan_pipeline(load_spec(path), **kwargs)}
 
@@ -49,9 +26,7 @@ def actions(path, **kwargs):
 @pytest.fixture(scope="module")
 def finished_pipeline(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
-    make_corpus(folder / "raw", 2, seed=1, broken=False)
-    (folder / "thresholds.yaml").write_text(yaml.safe_dump(KEEP_ALL))
-    path = write_pipeline(folder)
+    path = make_pipeline(folder, videos=2)
     assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "run")
     assert main(["pipeline", "run", str(path)]) == 0
     return folder

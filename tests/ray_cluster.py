@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,6 +107,7 @@ class Cluster:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         psutil.wait_procs(leftovers, timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -118,7 +120,7 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def start_cluster(cpus_per_node: int = 2, timeout: float = 120.0) -> Cluster:
+def start_cluster(cpus_per_node: int = 2, timeout: float = 300.0) -> Cluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="svpray-", dir="/tmp"))  # short: Ray's socket paths are limited
     gcs_port, dashboard_port = free_port(), free_port()
     side_ports = _node_ports()

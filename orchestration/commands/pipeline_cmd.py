@@ -48,13 +48,21 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker; 0 trains on CPUs with gloo."),
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
         address: str = typer.Option(None, help=ADDRESS_HELP),
+        settle: bool = typer.Option(
+            False,
+            "--settle-files",
+            help="Copy the pipeline file's folder under the work dir and run from there (Ray jobs: their "
+            "working directory can be removed while they run).",
+        ),
     ) -> None:
         """Run the steps whose fingerprint changed (the driver runs here; see `submit` for a Ray job)."""
         from orchestration.pipeline.run import run_pipeline_file
-        from orchestration.pipeline.spec import load_spec
+        from orchestration.pipeline.spec import load_spec, settle_files
         from orchestration.ray_connect import ray_connection
 
         spec = load_spec(pipeline)
+        if settle:
+            spec = settle_files(spec)
         with ray_connection(address, log_to_driver=True):
             run_pipeline_file(
                 spec,
@@ -68,6 +76,7 @@ def register(app: typer.Typer) -> None:
 
     @pipeline_app.command("submit")
     def submit(
+        ctx: typer.Context,
         pipeline: Path = typer.Argument(..., help="The pipeline file."),
         address: str = typer.Option(
             None,
@@ -96,6 +105,12 @@ def register(app: typer.Typer) -> None:
         args += ["--from", from_step] if from_step else []
         args += ["--only", only] if only else []
         job = submit_job(
-            spec, address, run_args=args, env=_env(env or []), ship_code=ship_code, job_id=job_id
+            spec,
+            address,
+            run_args=args,
+            env=_env(env or []),
+            ship_code=ship_code,
+            job_id=job_id,
+            debug=bool(ctx.find_root().params.get("debug")),  # `svp --debug pipeline submit`
         )
         typer.echo(job)

@@ -3,7 +3,8 @@
 `submit` packs a working directory for the job: the pipeline file with every path made absolute (data, work
 dir: they must be on storage the cluster reaches, as for `--address`) and the thresholds and curation config
 files it names (small; copied, so the job reads what the user sees). The job's entrypoint is
-`python -m orchestration.cli pipeline run pipeline.yaml`; with `ship_code` the platform's own packages travel
+`python -m orchestration.cli pipeline run pipeline.yaml --settle-files` (it copies its files under the work
+dir first: Ray may remove a job's working directory while the job runs); with `ship_code` the platform's own packages travel
 as `py_modules` (for a cluster whose image lacks this version of svp). The job server sets `RAY_ADDRESS` for
 the entrypoint, so `svp pipeline run` inside it joins that cluster (`orchestration.ray_connect`).
 """
@@ -62,8 +63,10 @@ def submit(
     env: Mapping[str, str] | None = None,
     ship_code: bool = False,
     job_id: str | None = None,
+    debug: bool = False,
 ) -> str:
-    """Submit `svp pipeline run` of `spec` as a Ray job; returns the job id at once."""
+    """Submit `svp pipeline run` of `spec` as a Ray job; returns the job id at once. `debug`: the job's
+    `svp` prints tracebacks (`svp --debug`)."""
     import importlib
 
     jobs = client(address)
@@ -73,8 +76,12 @@ def submit(
         if env:
             runtime_env["env_vars"] = dict(env)
         if ship_code:
-            runtime_env["py_modules"] = [importlib.import_module(p) for p in PLATFORM_PACKAGES]
-        entrypoint = " ".join(["python -m orchestration.cli pipeline run", JOB_FILE, *(run_args or [])])
+            # Package folders (the job client uploads them; module objects do not survive its deepcopy).
+            runtime_env["py_modules"] = [
+                str(Path(importlib.import_module(p).__file__).parent) for p in PLATFORM_PACKAGES
+            ]
+        svp = "python -m orchestration.cli" + (" --debug" if debug else "")
+        entrypoint = " ".join([svp, "pipeline run", JOB_FILE, "--settle-files", *(run_args or [])])
         return jobs.submit_job(
             entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id, metadata={"svp": spec.name}
         )

@@ -123,6 +123,22 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
     return spec
 
 
+def settle_files(spec: PipelineSpec) -> PipelineSpec:
+    """Copy the folder of the pipeline file (the job's working directory: the file and the thresholds and
+    config it names) to `WORK_DIR/<name>/pipeline-files/<hash>/`, change into it and load the copy. A Ray
+    job's working directory belongs to Ray and may be removed while the job runs; the copy also keeps the
+    exact files a run used beside its outputs."""
+    import hashlib
+    import shutil
+
+    source = Path(spec.source).resolve().parent
+    blob = b"".join(p.name.encode() + p.read_bytes() for p in sorted(source.iterdir()) if p.is_file())
+    target = spec.work / spec.name / "pipeline-files" / hashlib.sha256(blob).hexdigest()[:16]
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    os.chdir(target)
+    return load_spec(target / Path(spec.source).name)
+
+
 def training_pipeline(spec: PipelineSpec) -> Any:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites)."""

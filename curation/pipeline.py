@@ -203,7 +203,12 @@ def _score_sources(
     # notices that the source never reported and records it as failed. (Restored afterwards: the context
     # is process-wide, and other Ray Data jobs in this process must keep failing loudly.)
     ctx.max_errored_blocks = -1
-    ledger = SourceLedger.remote()
+    # The ledger lives on the driver's node: a lost worker node must not take the job's bookkeeping with it
+    # (its tasks are retried elsewhere; a ledger there would die with it and fail the whole job).
+    here = ray.get_runtime_context().get_node_id()
+    ledger = SourceLedger.options(
+        scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
+    ).remote()
     try:
         ds = _build_dataset(pending, cfg, stages, ledger)
         driver = _Driver(pending, state, ledger)

@@ -22,7 +22,7 @@ import pytest
 from pipeline_files import make_pipeline, write_pipeline
 from ray_cluster import ROOT, start_cluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 CURATE_TASK = "process_source"
 
 

@@ -6,7 +6,8 @@ through the real CLI: `svp pipeline submit`, `svp jobs list|status|logs --follow
 - HEAVIEST PART (~3-4 min on 2 cores): the second node's raylet is killed while curation runs, the job is
   stopped after curation and submitted again: it resumes (curation skipped), finishes on the head node, and
   its shards are byte-identical to those of the undisturbed run;
-- without the cluster's token, `svp jobs` and `svp curate --address` fail with one line saying what to set.
+- without the cluster's token, `svp jobs` and `svp curate --address` fail with one line saying what to set;
+- without `--address`/`RAY_ADDRESS`, `svp curate` uses a private Ray, not the cluster running on the machine.
 
 The cluster (one per module) is stopped at the end, whether the tests passed or not, by pid.
 """
@@ -154,3 +155,23 @@ def test_cluster_without_its_token_is_one_line(cluster, tmp_path):
     assert curate.returncode == 2, curate.stderr[-2000:]
     last = curate.stderr.strip().splitlines()[-1]
     assert last.startswith("svp: error:") and "RAY_AUTH_TOKEN" in last and "Traceback" not in curate.stderr
+
+
+def test_without_address_a_private_ray_not_the_running_cluster(cluster, tmp_path):
+    from curation.synth import make_corpus
+
+    make_corpus(tmp_path / "raw", 1, seed=2, broken=False)
+    before = len(curate_tasks(cluster))
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    done = svp(
+        cluster,
+        "curate",
+        "--input",
+        str(tmp_path / "raw" / "videos"),
+        "--output",
+        str(tmp_path / "out"),
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "clips.parquet").is_file()
+    assert len(curate_tasks(cluster)) == before  # nothing ran on the cluster of this machine

@@ -19,6 +19,8 @@ from training.fingerprints import FINGERPRINT_FILE
 
 pytestmark = pytest.mark.slow
 STEPS = ["curate", "filter", "image", "video"]
+
+
 def actions(path, **kwargs):
     return {p.step: (p.action, p.reason) for p in plan_pipeline(load_spec(path), **kwargs)}
 

@@ -39,6 +39,7 @@ from curation.tables import (
     write_table_atomic,
 )
 from curation.thresholds import (
+    Thresholds,
     apply_thresholds,
     check_score_columns,
     default_thresholds,
@@ -51,14 +52,13 @@ from curation.worker import SourceLedger, process_source
 log = logging.getLogger(__name__)
 
 
-def connect_ray(address: str | None = None) -> bool:
-    """Join the Ray that is already up in this process, else `address` / `RAY_ADDRESS`, else start a local
-    one. Returns True when this call started (and so must stop) Ray."""
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=True)
-    return True
+def require_ray() -> None:
+    """Curation runs on the Ray this process is connected to; which cluster that is, is the caller's
+    choice (`orchestration.ray_connect` for the svp commands), never made here."""
+    if not ray.is_initialized():
+        raise RuntimeError(
+            "curation needs a connected Ray: call orchestration.ray_connect.connect() first (svp commands do)"
+        )
 
 
 @dataclass
@@ -208,7 +208,12 @@ def _score_sources(
     # notices that the source never reported and records it as failed. (Restored afterwards: the context
     # is process-wide, and other Ray Data jobs in this process must keep failing loudly.)
     ctx.max_errored_blocks = -1
-    ledger = SourceLedger.remote()
+    # The ledger lives on the driver's node: a lost worker node must not take the job's bookkeeping with it
+    # (its tasks are retried elsewhere; a ledger there would die with it and fail the whole job).
+    here = ray.get_runtime_context().get_node_id()
+    ledger = SourceLedger.options(
+        scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
+    ).remote()
     try:
         ds = _build_dataset(pending, cfg, stages, ledger)
         driver = _Driver(pending, state, ledger)
@@ -237,20 +242,44 @@ def _dedupe(sources: list[dict], clips: dict[str, pd.DataFrame]) -> None:
             owner[sid] = row["uri"]
 
 
-def run_curation(
-    input: str, output: str | os.PathLike, config: CurationConfig | None = None, address: str | None = None
-) -> dict:
-    """Curate `input` into `output` (see DESIGN.md for the folder layout); returns the report."""
+@dataclass(frozen=True)
+class CurationRequest:
+    """A checked request: what `run_curation` needs before anything decodes."""
+
+    cfg: CurationConfig
+    out: Path
+    thresholds: Thresholds
+    listing: list[SourceEntry]
+    stages: list[tuple[str, type, object]]
+
+
+def check_curation(
+    input: str, output: str | os.PathLike, config: CurationConfig | None = None
+) -> CurationRequest:
+    """Everything that can be wrong with the request, found before OUT exists, Ray starts or anything
+    decodes (the CLI calls this before connecting to Ray)."""
     cfg = config or CurationConfig()
     out = Path(output)
-    # Everything that can be wrong with the request is found here, before OUT exists or anything decodes.
     thresholds = load_thresholds(cfg.thresholds_file) if cfg.thresholds_file else default_thresholds()
     known = numeric_clip_columns(cfg.motion.codec_mvs)
     check_score_columns(thresholds, known, known)
     listing = list_sources(input, cfg.extensions, exclude=str(out))
     if not listing:
         raise ValueError(f"no videos found in {input} (extensions: {', '.join(cfg.extensions)})")
-    stages = _scorer_stages(cfg)
+    return CurationRequest(cfg, out, thresholds, listing, _scorer_stages(cfg))
+
+
+def run_curation(
+    input: str,
+    output: str | os.PathLike,
+    config: CurationConfig | None = None,
+    *,
+    request: CurationRequest | None = None,
+) -> dict:
+    """Curate `input` into `output` (see DESIGN.md for the folder layout) on the connected Ray; returns the
+    report. `request`: the result of `check_curation` for the same arguments (else it is made here)."""
+    req = request or check_curation(input, output, config)
+    cfg, out, thresholds, listing, stages = req.cfg, req.out, req.thresholds, req.listing, req.stages
     state = ResumeState(out, cfg.scoring_fingerprint())
     pending = [e for e in listing if not state.is_done(e)]
     log.info(
@@ -259,19 +288,15 @@ def run_curation(
         len(listing) - len(pending),
         len(pending),
     )
-    started = connect_ray(address)
-    try:
-        failed = _score_sources(pending, cfg, stages, state) if pending else []
-        sources, table = _assemble(listing, state, failed)
-        table = apply_thresholds(table, thresholds)
-        write_table_atomic(sources_table(sources), out / SOURCES_FILE)
-        write_table_atomic(clips_table(table), out / CLIPS_FILE)
-        record_thresholds(out, thresholds)
-        write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
-        return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
-    finally:
-        if started:
-            ray.shutdown()
+    require_ray()
+    failed = _score_sources(pending, cfg, stages, state) if pending else []
+    sources, table = _assemble(listing, state, failed)
+    table = apply_thresholds(table, thresholds)
+    write_table_atomic(sources_table(sources), out / SOURCES_FILE)
+    write_table_atomic(clips_table(table), out / CLIPS_FILE)
+    record_thresholds(out, thresholds)
+    write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
+    return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
 
 
 def _assemble(

@@ -55,7 +55,8 @@ register_all(app)
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svp` console script."""
     try:
-        app(args=argv, prog_name="svp", standalone_mode=False)
+        # Without standalone mode, click returns a command's `typer.Exit(code)` instead of raising it.
+        code = app(args=argv, prog_name="svp", standalone_mode=False)
     except USER_ERRORS as err:
         if _state["debug"]:
             raise
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{err.ctx.command_path} --help')" if getattr(err, "ctx", None) else ""
         print(f"svp: error: {err.format_message()}{hint}", file=sys.stderr)
         return err.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

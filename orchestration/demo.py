@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import ray
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,7 @@ def run_demo(
     from curation.config import load_config
     from curation.pipeline import run_curation
     from curation.synth import VIDEOS_DIR, make_corpus
+    from orchestration.ray_connect import ray_connection
     from training.config import load_preset
     from training.pipeline import run_pipeline
     from training.sampling import generate_from_export
@@ -54,16 +54,10 @@ def run_demo(
     overrides = {"stages.*.steps": steps} if steps else {}
     pipeline = load_preset("tiny", variables={"data_root": str(curated)}, overrides=overrides)
 
-    # One Ray for the whole demo: curation and every training stage reuse it instead of starting their own.
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), configure_logging=False)
-    try:
+    # One Ray for the whole demo: curation and every training stage use it.
+    with ray_connection(address):
         report = run_curation(str(raw / VIDEOS_DIR), curated, load_config(None))
         results = run_pipeline(pipeline, workers=workers, work_dir=work_dir)
-    finally:
-        if started:
-            ray.shutdown()
     video = generate_from_export(
         results[-1].export_dir,
         _prompt(curated),

@@ -23,6 +23,7 @@ import yaml
 from curation.config import load_config
 from orchestration.cli import app, main
 from orchestration.commands.train_cmd import _variables
+from orchestration.pipeline.spec import load_spec, training_pipeline
 from training.config import PRESET_NAMES, load_pipeline, load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def test_gpus_only_in_the_gpu_group_and_enough_for_the_training_job():
     for job in _rayjobs():
         for args in _svp_commands(job):
             path, params = _parse_svp(args)
-            if path == ["train"]:
+            if path in (["train"], ["pipeline", "run"]):
                 assert params["gpus_per_worker"] > 0, "the GPU cluster trains on GPUs"
                 assert params["workers"] * params["gpus_per_worker"] <= capacity, (params, capacity)
 
@@ -263,7 +264,7 @@ def test_entrypoints_name_real_cli_commands_and_options(capsys):
             assert main([*path, "--help"]) == 0, path
             seen.add(tuple(path))
     capsys.readouterr()
-    assert {("curate",), ("train",)} <= seen
+    assert {("curate",), ("pipeline", "run")} <= seen
 
 
 def test_parse_svp_rejects_what_the_cli_rejects():
@@ -281,26 +282,59 @@ def test_parse_svp_rejects_what_the_cli_rejects():
     assert _parse_svp(["curate", "filter", "out", "--thresholds", "t.yaml"])[0] == ["curate", "filter"]
 
 
+def _pipeline_specs(tmp_path: Path) -> list:
+    """The pipeline files that `svp pipeline run` entrypoints name, loaded from what the head mounts."""
+    files = _head_files(_one("RayCluster"), _kuberay_docs())
+    specs = []
+    for job in _rayjobs():
+        for args in _svp_commands(job):
+            path, params = _parse_svp(args)
+            if path == ["pipeline", "run"]:
+                name = str(params["pipeline"])
+                assert name in files, f"{name} is not mounted on the head (where job drivers run)"
+                local = tmp_path / Path(name).name
+                local.write_text(files[name])
+                specs.append(load_spec(local))  # unknown keys or bad values raise, naming the key
+    return specs
+
+
 def test_curate_configs_exist_on_the_head_and_validate(tmp_path):
+    from curation.thresholds import load_thresholds
+
     docs = _kuberay_docs()
     files = _head_files(_one("RayCluster"), docs)
-    used = 0
+    configs = []
     for job in _rayjobs():
         for args in _svp_commands(job):
             path, params = _parse_svp(args)
             if path == ["curate"] and params["config"] is not None:
-                name = str(params["config"])
-                assert name in files, f"{name} is not mounted on the head (where job drivers run)"
-                local = tmp_path / Path(name).name
-                local.write_text(files[name])
-                load_config(local)  # unknown keys or bad values raise, naming the key
-                used += 1
-    assert used == len([f for f in files if "curate" in f]), "a mounted curation config is never used"
+                configs.append(str(params["config"]))
+    specs = _pipeline_specs(tmp_path)
+    configs += [spec.curate.config for spec in specs if spec.curate.config]
+    for name in configs:
+        assert name in files, f"{name} is not mounted on the head (where job drivers run)"
+        local = tmp_path / Path(name).name
+        local.write_text(files[name])
+        load_config(local)  # unknown keys or bad values raise, naming the key
+    assert len(set(configs)) == len([f for f in files if "curate" in f]), (
+        "a mounted curation config is unused"
+    )
+    for spec in specs:
+        name = spec.filter.thresholds
+        assert name in files, f"{name} is not mounted on the head"
+        (tmp_path / "t.yaml").write_text(files[name])
+        load_thresholds(tmp_path / "t.yaml")
 
 
-def test_training_reads_what_curation_writes():
+def test_training_reads_what_curation_writes(tmp_path):
     outputs: set[str] = set()
     train_params = []
+    pipelines = []
+    for spec in _pipeline_specs(tmp_path):
+        assert spec.curate.input.startswith("/shared/") and str(spec.curated).startswith("/shared/")
+        assert str(spec.work).startswith("/shared/"), "checkpoints must be on shared storage"
+        outputs.add(posixpath.normpath(str(spec.curated)))
+        pipelines.append(training_pipeline(spec))
     for job in _rayjobs():
         for argv in _commands(job["spec"]["entrypoint"]):
             if argv[0] == "ln":
@@ -314,14 +348,15 @@ def test_training_reads_what_curation_writes():
                 outputs.add(posixpath.normpath(str(params["output"])))
             elif path == ["train"]:
                 train_params.append(params)
-    assert train_params, "no svp train job"
+    assert train_params or pipelines, "no job trains"
     for params in train_params:
         variables = _variables(params["var"] or [])
         if params["pipeline"] in PRESET_NAMES:
-            pipeline = load_preset(params["pipeline"], variables=variables)
+            pipelines.append(load_preset(params["pipeline"], variables=variables))
         else:
-            pipeline = load_pipeline(params["pipeline"], variables=variables)
+            pipelines.append(load_pipeline(params["pipeline"], variables=variables))
         assert str(params["work_dir"]).startswith("/shared/"), "checkpoints must be on shared storage"
+    for pipeline in pipelines:
         for stage in pipeline.stages:
             for source in stage.data:
                 assert posixpath.normpath(source) in outputs, f"stage {stage.name} reads {source}: {outputs}"

@@ -1,4 +1,5 @@
-"""Run one stage as a Ray Train job: `run_stage(pipeline, stage, workers, gpus_per_worker, address, work_dir)`.
+"""Run one stage as a Ray Train job: `run_stage(pipeline, stage, workers, gpus_per_worker, work_dir)`, on the
+Ray this process is connected to (`orchestration.ray_connect` connects the `svp` commands).
 
 The Ray run is named `{pipeline}-{stage}` under `{work_dir}/ray`, so running the same command again resumes
 from the latest checkpoint (Ray Train V2 has no `restore`: the same name and storage path is the resume).
@@ -15,19 +16,31 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from training.checkpoints import convert_to_universal, ds_tag, export_complete, export_stage, read_state
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
+from training.fingerprints import (
+    StageInputs,
+    explain_change,
+    recall,
+    remember,
+    set_aside,
+    supersede_export,
+    write_export_fingerprint,
+)
 from training.job import FaultInjection, StageJob
 from training.sampling import export_extra
+from training.stage_plan import SKIP, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
     TAG_CONFIG,
     TAG_DATASET,
     TAG_INIT_FROM,
     TAG_RAY_NAME,
+    TAG_STAGE_FINGERPRINT,
     TAG_THRESHOLDS,
     Tracker,
     thresholds_hash,
@@ -36,6 +49,7 @@ from training.tracking import (
 log = logging.getLogger("svp.training")
 
 DEFAULT_WORK_DIR = "svp-work"
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass
@@ -44,6 +58,8 @@ class StageResult:
     export_dir: Path
     skipped: bool  # the export was already there: nothing ran
     metrics: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # of the stage's inputs (training.fingerprints)
+    reason: str = ""  # why it was skipped, run or rerun
     checkpoint: str | None = None
     mlflow_run_id: str | None = None
 
@@ -52,16 +68,23 @@ def resolve_work_dir(pipeline: Any, work_dir: str | os.PathLike | None) -> Path:
     return Path(work_dir or pipeline.work_dir or DEFAULT_WORK_DIR).resolve()
 
 
-def stage_dir(work_dir: Path, pipeline: Any, stage_name: str) -> Path:
-    return Path(work_dir) / pipeline.name / stage_name
+def ray_run_name(pipeline: Any, stage: Any, fingerprint: str) -> str:
+    """Keyed by the stage's fingerprint: a checkpoint is only ever resumed by a run of the same inputs."""
+    return f"{pipeline.name}-{stage.name}-{fingerprint}"
 
 
-def export_dir_of(work_dir: Path, pipeline: Any, stage_name: str) -> Path:
-    return stage_dir(work_dir, pipeline, stage_name) / "export"
-
-
-def ray_run_name(pipeline: Any, stage: Any) -> str:
-    return f"{pipeline.name}-{stage.name}"
+def _explain_fresh_start(storage: Path, pipeline: Any, stage: Any, inputs: StageInputs) -> None:
+    """Say why checkpoints of this stage written under another fingerprint are not resumed."""
+    prefix = f"{pipeline.name}-{stage.name}-"
+    for folder in sorted(storage.glob(prefix + "*")):
+        old = folder.name[len(prefix) :]
+        if old == inputs.fingerprint or not _FINGERPRINT.fullmatch(old) or _latest_checkpoint(folder) is None:
+            continue
+        why = explain_change(recall(stage_dir(storage.parent, pipeline, stage.name), old), inputs)
+        log.warning(
+            f"stage {stage.name}: not resuming the checkpoints in {folder} (fingerprint {old}, now "
+            f"{inputs.fingerprint}: {why}); starting afresh"
+        )
 
 
 def resolve_init_from(pipeline: Any, stage: Any, work_dir: Path) -> str | None:
@@ -82,13 +105,17 @@ def resolve_init_from(pipeline: Any, stage: Any, work_dir: Path) -> str | None:
     return str(export)
 
 
-def ensure_ray(address: str | None, use_gpu: bool) -> None:
+def ensure_ray(use_gpu: bool) -> None:
+    """The connected Ray is used as it is: which cluster to join is decided by the caller
+    (`orchestration.ray_connect`), never here."""
     import ray
 
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), configure_logging=False)
+        raise RuntimeError(
+            "training needs a connected Ray: call orchestration.ray_connect.connect() first (svp commands do)"
+        )
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -119,15 +146,19 @@ def run_stage(
     stage: Any,
     workers: int = 1,
     gpus_per_worker: float = 0,
-    address: str | None = None,
     work_dir: str | os.PathLike | None = None,
     *,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
     max_failures: int = 3,
     fault: FaultInjection | None = None,
+    force: bool = False,
 ) -> StageResult:
-    """Train one stage to its last step and export it (see the module docstring)."""
+    """Train one stage to its last step and export it (see the module docstring).
+
+    Skipped when its export is complete and was made from the same inputs (`training.stage_plan`);
+    `force` retrains it anyway (the old export and Ray run are set aside, a new MLflow run is made).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.exceptions import TrainingFailedError
@@ -141,25 +172,30 @@ def run_stage(
     work_dir = resolve_work_dir(pipeline, work_dir)
     export_dir = export_dir_of(work_dir, pipeline, stage.name)
     stage_index = pipeline.stage_names.index(stage.name)
-    if export_complete(export_dir):
-        log.warning(f"stage {stage.name}: export present at {export_dir}, skipping")
-        return StageResult(stage.name, export_dir, skipped=True)
+    decision = decide_stage(pipeline, stage, work_dir, force=force)
+    inputs = decision.inputs
+    if decision.action == SKIP:
+        log.warning(f"stage {stage.name}: skipped, {decision.reason} ({export_dir})")
+        return StageResult(
+            stage.name, export_dir, True, fingerprint=inputs.fingerprint, reason=decision.reason
+        )
+    log.warning(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
-    # Reading the index here turns missing or unusable data into one clear error before any worker starts.
-    from training.data import StageData
-
-    fingerprint = StageData(stage, 0, 1, stage.seed).dataset_fingerprint()
     use_gpu = gpus_per_worker > 0
-    ensure_ray(address, use_gpu)
+    ensure_ray(use_gpu)
 
-    name = ray_run_name(pipeline, stage)
+    name = ray_run_name(pipeline, stage, inputs.fingerprint)
     storage = work_dir / "ray"
+    remember(stage_dir(work_dir, pipeline, stage.name), inputs)
+    if force and (storage / name).exists():
+        log.warning(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
+    _explain_fresh_start(storage, pipeline, stage, inputs)
     _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
 
     run_id = None
     if tracker is not None:
         run_id = _track_stage(
-            tracker, parent_run_id, stage, stage_index, name, init_from, workers, fingerprint
+            tracker, parent_run_id, stage, stage_index, name, init_from, workers, inputs, fresh=force
         )
     job = StageJob(
         pipeline=pipeline.name,
@@ -198,9 +234,14 @@ def run_stage(
         raise unwrap_training_error(err) from err
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage.name}: training finished without a checkpoint in {storage / name}")
+    superseded = supersede_export(export_dir.parent)
+    if superseded is not None:
+        log.warning(f"stage {stage.name}: the superseded export is kept at {superseded}")
     with result.checkpoint.as_directory() as checkpoint_dir:
         extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
+        extra["fingerprint"] = inputs.fingerprint
         export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
+    write_export_fingerprint(export_dir, inputs)  # last: only now does the export count as finished
     if tracker is not None and run_id is not None:
         tracker.log_export(run_id, export_dir)
         tracker.finish(run_id, ok=True)
@@ -212,6 +253,8 @@ def run_stage(
         metrics=dict(result.metrics or {}),
         checkpoint=result.checkpoint.path,
         mlflow_run_id=run_id,
+        fingerprint=inputs.fingerprint,
+        reason=decision.reason,
     )
 
 
@@ -223,12 +266,14 @@ def _track_stage(
     ray_name: str,
     init_from: str | None,
     workers: int,
-    dataset_fingerprint: str,
+    inputs: StageInputs,
+    fresh: bool = False,
 ) -> str:
     if parent_run_id is None:
         parent_run_id = tracker.parent_run()
     tags = {
-        TAG_DATASET: dataset_fingerprint,
+        TAG_DATASET: inputs.dataset,
+        TAG_STAGE_FINGERPRINT: inputs.fingerprint,
         TAG_THRESHOLDS: thresholds_hash(stage.data),
         TAG_RAY_NAME: ray_name,
         TAG_INIT_FROM: init_from or "",
@@ -243,4 +288,6 @@ def _track_stage(
         params=stage.to_flat_params(),
         tags=tags,
         config=stage.resolved(),
+        run_key=ray_name,
+        fresh=fresh,
     )

@@ -1,9 +1,12 @@
 """Run a pipeline's stages in order, each starting from the previous one's export, under one MLflow parent run.
 
-A stage whose export is present is finished and skipped, so rerunning the same command after a crash (of a
+A stage whose export is complete and was made from its current inputs (config, data, init_from export,
+platform version: `training.fingerprints`) is skipped, so rerunning the same command after a crash (of a
 worker, a node or the driver) continues where the pipeline stopped: the unfinished stage resumes from its
-latest checkpoint (`training.launch`), later stages follow. `stages` picks a subset by name; a picked stage
-whose `init_from` stage has not been exported yet is an error that says so.
+latest checkpoint (`training.launch`), later stages follow. A stage whose inputs changed reruns, and so do
+the stages after it (their init_from export changed). `stages` picks a subset by name; a picked stage whose
+`init_from` stage has not been exported yet is an error that says so. `force` retrains every picked stage,
+`force_from` the named stage and every later one.
 """
 
 from __future__ import annotations
@@ -17,45 +20,72 @@ from training.preflight import check_before_training
 from training.tracking import Tracker, resolve_tracking_uri
 
 
-def run_pipeline(
+def check_pipeline(
     pipeline: Any,
     stages: Sequence[str] | None = None,
     workers: int = 1,
-    gpus_per_worker: float = 0,
-    address: str | None = None,
     work_dir: str | os.PathLike | None = None,
-    *,
-    max_failures: int = 3,
-) -> list[StageResult]:
-    """Train the pipeline's stages (all, or those named in `stages`, in pipeline order)."""
+) -> list[Any]:
+    """The stages to train (all, or those named in `stages`, in pipeline order), after the pre-flight checks.
+    Needs no Ray: the CLI calls it before connecting so a bad request fails in a second, and `run_pipeline`
+    calls it again (cheap) before the work dir and MLflow runs exist."""
     selected = list(pipeline.stages)
     if stages:
         for name in stages:
             pipeline.stage(name)  # an unknown name is a one-line error listing the stages
         selected = [s for s in pipeline.stages if s.name in set(stages)]
+    check_before_training(pipeline, selected, resolve_work_dir(pipeline, work_dir), workers)
+    return selected
+
+
+def run_pipeline(
+    pipeline: Any,
+    stages: Sequence[str] | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0,
+    work_dir: str | os.PathLike | None = None,
+    *,
+    max_failures: int = 3,
+    force: bool = False,
+    force_from: str | None = None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> list[StageResult]:
+    """Train the pipeline's stages (all, or those named in `stages`, in pipeline order).
+
+    `tracker`/`parent_run_id`: an MLflow parent run that a caller (`svp pipeline run`) holds and finishes;
+    without them this call makes or re-attaches the pipeline's parent run and finishes it.
+    """
+    selected = check_pipeline(pipeline, stages, workers, work_dir)
+    forced = set(s.name for s in selected) if force else set()
+    if force_from is not None:
+        pipeline.stage(force_from)
+        forced |= set(pipeline.stage_names[pipeline.stage_names.index(force_from) :])
     root = resolve_work_dir(pipeline, work_dir)
-    check_before_training(pipeline, selected, root, workers)  # before the work dir and MLflow runs exist
     root.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(resolve_tracking_uri(root), pipeline.name, root)
-    parent = tracker.parent_run()
+    owns_parent = parent_run_id is None
+    tracker = tracker or Tracker(resolve_tracking_uri(root), pipeline.name, root)
+    parent = parent_run_id or tracker.parent_run()
     results: list[StageResult] = []
     ok = False
     try:
         for stage in selected:
-            results.append(
-                run_stage(
-                    pipeline,
-                    stage,
-                    workers=workers,
-                    gpus_per_worker=gpus_per_worker,
-                    address=address,
-                    work_dir=root,
-                    tracker=tracker,
-                    parent_run_id=parent,
-                    max_failures=max_failures,
-                )
+            result = run_stage(
+                pipeline,
+                stage,
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                work_dir=root,
+                tracker=tracker,
+                parent_run_id=parent,
+                max_failures=max_failures,
+                force=stage.name in forced,
             )
+            status = "skipped" if result.skipped else "run"
+            tracker.record_step(parent, stage.name, status, result.fingerprint)
+            results.append(result)
         ok = True
     finally:
-        tracker.finish(parent, ok=ok)
+        if owns_parent:
+            tracker.finish(parent, ok=ok)
     return results

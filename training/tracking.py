@@ -39,6 +39,8 @@ TAG_CONFIG = "svp.config_fingerprint"
 TAG_GIT = "svp.git_commit"
 TAG_INIT_FROM = "svp.init_from"
 TAG_EXPORT = "svp.export_uri"
+TAG_STAGE_FINGERPRINT = "svp.stage_fingerprint"  # of the stage's inputs (training.fingerprints)
+TAG_RUN_KEY = "svp.run_key"  # the Ray run a child run tracks; a retrain gets a new one
 PARENT_TAG = "mlflow.parentRunId"
 
 # Exports up to this size are copied into the artifact store; bigger ones are logged as a URI only.
@@ -141,11 +143,26 @@ class Tracker:
         params: Mapping[str, str],
         tags: Mapping[str, str],
         config: Mapping[str, object],
+        run_key: str | None = None,
+        fresh: bool = False,
     ) -> str:
-        """The child run of one stage, re-attached on restart. Params that changed since it started are an error."""
-        run_id = self._find_run({PARENT_TAG: parent_run_id, TAG_STAGE: stage})
+        """The child run of one stage, re-attached on restart. Params that changed since it started are an error.
+
+        With `run_key` (the stage's Ray run name, which holds its fingerprint) only a run of that key is
+        re-attached, so a retrain on other inputs is a new child run and never appends to the old one's
+        metrics; `fresh` (a forced retrain) retires the run of that key first (its key gets `.superseded`).
+        """
+        lookup = {PARENT_TAG: parent_run_id, TAG_STAGE: stage}
+        if run_key is not None:
+            lookup[TAG_RUN_KEY] = run_key
+        run_id = self._find_run(lookup)
+        if run_id is not None and fresh:
+            self.client.set_tag(run_id, TAG_RUN_KEY, f"{run_key}.superseded")
+            run_id = None
         if run_id is None:
             base = {PARENT_TAG: parent_run_id, TAG_PIPELINE: self.pipeline, TAG_STAGE: stage}
+            if run_key is not None:
+                base[TAG_RUN_KEY] = run_key
             run_id = self.client.create_run(self.experiment_id, tags=base, run_name=stage).info.run_id
             logged: dict[str, str] = {}
         else:
@@ -167,6 +184,15 @@ class Tracker:
         )
         self.client.log_dict(run_id, dict(config), "config/stage.json")
         return run_id
+
+    def record_step(self, parent_run_id: str, step: str, status: str, fingerprint: str | None) -> None:
+        """On the parent run: how this pipeline run treated a step (`run`, `rerun`, `skipped`) and under
+        which fingerprint (tags `svp.step.<step>.status` / `.fingerprint`, the latest pipeline run's)."""
+        tags = [
+            RunTag(f"svp.step.{step}.status", status),
+            RunTag(f"svp.step.{step}.fingerprint", fingerprint or ""),
+        ]
+        self.client.log_batch(parent_run_id, tags=tags)
 
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")

@@ -10,7 +10,16 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("model_cmd", "curate_cmd", "train_cmd", "demo_cmd", "dashboard_cmd", "runs_cmd")
+COMMAND_MODULES = (
+    "model_cmd",
+    "curate_cmd",
+    "train_cmd",
+    "pipeline_cmd",
+    "jobs_cmd",
+    "demo_cmd",
+    "dashboard_cmd",
+    "runs_cmd",
+)
 
 
 def register_all(app: typer.Typer) -> None:

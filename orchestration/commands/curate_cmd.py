@@ -48,7 +48,10 @@ def register(app: typer.Typer) -> None:
         max_clip_s: float = typer.Option(None, "--max-clip-s", help="Longest clip, seconds."),
         thresholds: Path = typer.Option(None, "--thresholds", help="Thresholds YAML (default: built in)."),
         address: str = typer.Option(
-            None, "--address", help="Ray cluster (ray://host:10001); default RAY_ADDRESS or local."
+            None,
+            "--address",
+            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a "
+            "private local Ray).",
         ),
     ) -> None:
         """svp curate --input IN --output OUT [--config FILE] [--min-clip-s S] [--max-clip-s S] [--address ADDR]"""
@@ -59,7 +62,8 @@ def register(app: typer.Typer) -> None:
                 "svp curate needs --input IN and --output OUT (or a subcommand: filter, report, prune)"
             )
         from curation.config import load_config
-        from curation.pipeline import run_curation
+        from curation.pipeline import check_curation, run_curation
+        from orchestration.ray_connect import ray_connection
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = load_config(
@@ -68,7 +72,9 @@ def register(app: typer.Typer) -> None:
             scenes__max_clip_s=max_clip_s,
             thresholds_file=str(thresholds) if thresholds else None,
         )
-        report = run_curation(input, output, cfg, address=address)
+        request = check_curation(input, output, cfg)  # before Ray starts: a bad request fails in a second
+        with ray_connection(address, log_to_driver=True):
+            report = run_curation(input, output, cfg, request=request)
         _print_report(output, report, limit=20)
 
     @curate_app.command("filter")

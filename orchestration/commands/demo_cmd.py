@@ -15,7 +15,10 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, help="Ray Train workers per stage (CPU, gloo)."),
         steps: int = typer.Option(None, help="Training steps per stage (default: the tiny preset's)."),
         seconds: float = typer.Option(4.0, help="Length of the generated video."),
-        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+        address: str = typer.Option(
+            None,
+            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a private local Ray).",
+        ),
     ) -> None:
         """Run the whole platform on this machine in a few minutes, with no weights; rerun to resume."""
         import logging

@@ -26,31 +26,45 @@ def register(app: typer.Typer) -> None:
         stage: list[str] = typer.Option(None, "--stage", help="Run only this stage (repeatable)."),
         workers: int = typer.Option(1, help="Ray Train workers (one per GPU on GPU machines)."),
         gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker; 0 trains on CPUs with gloo."),
-        address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+        address: str = typer.Option(
+            None,
+            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a "
+            "private local Ray).",
+        ),
         work_dir: Path = typer.Option(
             None,
             help="Checkpoints, exports, MLflow store (default: the YAML's work_dir, else ./svp-work).",
         ),
         var: list[str] = typer.Option(None, "--var", help="Set a ${NAME} variable of the YAML: NAME=VALUE."),
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
+        force: bool = typer.Option(
+            False, "--force", help="Retrain the picked stages even when their export is current."
+        ),
+        from_stage: str = typer.Option(
+            None, "--from", help="Retrain this stage and every later one, whatever their fingerprints say."
+        ),
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
+        from orchestration.ray_connect import ray_connection
         from training.config import load_pipeline_or_preset
-        from training.pipeline import run_pipeline
+        from training.pipeline import check_pipeline, run_pipeline
 
         config = load_pipeline_or_preset(pipeline, variables=_variables(var or []))
-        results = run_pipeline(
-            config,
-            stages=stage or None,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            address=address,
-            work_dir=work_dir,
-            max_failures=max_failures,
-        )
+        check_pipeline(config, stage or None, workers, work_dir)  # before Ray starts
+        with ray_connection(address):
+            results = run_pipeline(
+                config,
+                stages=stage or None,
+                workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                work_dir=work_dir,
+                max_failures=max_failures,
+                force=force,
+                force_from=from_stage,
+            )
         for result in results:
             status = "already exported" if result.skipped else "exported"
-            typer.echo(f"{result.stage}: {status} to {result.export_dir}")
+            typer.echo(f"{result.stage}: {status} to {result.export_dir} ({result.reason})")
 
     @app.command("generate")
     def generate(

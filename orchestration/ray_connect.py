@@ -1,0 +1,96 @@
+"""Where `svp` starts or joins Ray: the one place with a connection policy.
+
+The rule (the same for `svp curate`, `svp train`, `svp demo`, `svp pipeline run`):
+
+- no `--address` and no `RAY_ADDRESS`: a private local Ray (`address="local"`), started for this command
+  and stopped after it — never a cluster that happens to run on the machine (`ray start`, another user's);
+- `--address auto` (the cluster started with `ray start` on this machine), `--address HOST:PORT` (the
+  head's GCS port, 6379 by default: the driver runs here and joins the cluster as a node would, so it needs
+  the cluster's Ray and Python versions and a network path to every node), `--address ray://HOST:10001` (Ray
+  Client: the driver's work runs on the cluster; only the client port must be reachable), or `RAY_ADDRESS`
+  set to any of these (a Ray job's entrypoint gets it from the job server): join that cluster.
+
+The library functions (`curation.pipeline.run_curation`, `training.launch.run_stage`) use the Ray that is
+connected in their process and raise when there is none; they never choose an address themselves.
+A cluster with token authentication (`RAY_AUTH_MODE=token`) needs its token here too: a refusal is one line
+that says what to set instead of Ray's traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+LOCAL = "local"
+
+
+def target_address(address: str | None) -> str:
+    """The address `connect` uses: `address`, else `RAY_ADDRESS`, else a private local Ray."""
+    return (address or os.environ.get("RAY_ADDRESS") or LOCAL).strip()
+
+
+def _auth_message(target: str) -> str:
+    return (
+        f"the Ray cluster at {target} refused the connection: it uses token authentication; set "
+        "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or a file named by "
+        "RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token; `ray get-auth-token` on the head prints it)"
+    )
+
+
+def _is_auth_failure(err: BaseException) -> bool:
+    from ray.exceptions import AuthenticationError
+
+    text = f"{type(err).__name__} {err}"
+    return isinstance(err, AuthenticationError) or any(
+        marker in text for marker in ("InvalidAuthToken", "UNAUTHENTICATED", "Unauthenticated", "auth token")
+    )
+
+
+def connect(address: str | None = None, **init_kwargs: Any) -> bool:
+    """Start or join Ray by the rule above. Returns True when this call connected (the caller then
+    disconnects with `ray.shutdown()`), False when this process already was."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = target_address(address)
+    init_kwargs.setdefault("configure_logging", False)
+    if target == LOCAL:
+        init_kwargs.setdefault("include_dashboard", False)
+        # Ray 2.60 turns token auth on for every new local Ray and warns that it did unless the mode is
+        # set; say so explicitly: the same protection, without a warning on every command.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    else:
+        # The core logs every refused connection attempt (20 lines of InvalidAuthToken); the one-line error
+        # below says what matters.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    try:
+        ray.init(address=target, **init_kwargs)
+    except Exception as err:
+        if _is_auth_failure(err):
+            raise ValueError(_auth_message(target)) from None
+        if isinstance(err, ConnectionError | TimeoutError) or "connect" in str(err).lower():
+            # A GCS that refuses the token only says so in the core's log lines, not in the exception.
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"cannot connect to the Ray cluster at {target} ({first}): check the address; if the cluster "
+                "uses token authentication, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or "
+                "RAY_AUTH_TOKEN_PATH)"
+            ) from None
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None = None, **init_kwargs: Any) -> Iterator[None]:
+    """`connect` for the duration of a block; disconnects only what it connected."""
+    import ray
+
+    started = connect(address, **init_kwargs)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,177 @@
+"""A real two-node Ray cluster on this machine for the job tests: `ray start --head` (with the dashboard and
+job server on free loopback ports, its own --temp-dir) and a second `ray start --address` node with a custom
+resource `side`, so tasks land on two raylets. Token authentication is on (Ray 2.60 turns it on for local
+clusters when a token exists), with a token of its own: clients get it through `Cluster.env`.
+
+Each `ray start --block` runs in its own process group; `stop()` ends those groups and then every process
+whose command line names this cluster's temp dir (raylets, GCS, dashboard, workers) — by pid, never a
+`ray stop`, which would also stop other people's Rays on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> list[str]:
+    """Ports that two nodes on one machine would otherwise both take (fixed defaults)."""
+    return [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+
+
+def cluster_env(token: str) -> dict[str, str]:
+    """The environment of the cluster's processes and of its clients (the svp commands of the tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        PYTHONPATH=str(ROOT),
+        DS_ACCELERATOR="cpu",
+        MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
+        RAY_DEDUP_LOGS="0",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@dataclass
+class Cluster:
+    temp_dir: Path
+    gcs: str
+    dashboard: str  # http://127.0.0.1:PORT, the job server
+    side_node_manager_port: int
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def state(self, resource: str, **params) -> list[dict]:
+        """Ray's state API over HTTP (`/api/v0/nodes`, `/api/v0/tasks`, …) with the cluster's token."""
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"}
+        query = {"limit": 10000, "detail": "true", **params}
+        reply = requests.get(f"{self.dashboard}/api/v0/{resource}", params=query, headers=headers, timeout=60)
+        reply.raise_for_status()
+        return reply.json()["data"]["result"]["result"]
+
+    def nodes(self) -> list[dict]:
+        return [n for n in self.state("nodes") if n["state"] == "ALIVE"]
+
+    def side_raylet(self) -> psutil.Process:
+        """The second node's raylet (found by its node-manager port)."""
+        flag = f"--node_manager_port={self.side_node_manager_port}"
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if proc.info["name"] == "raylet" and flag in cmdline:
+                return proc
+        raise LookupError(f"no raylet with {flag}")
+
+    def stop(self) -> None:
+        for proc in self.procs:  # `ray start --block` and the Ray processes of its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        mine = str(self.temp_dir)
+        leftovers = []
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(mine in part for part in proc.info["cmdline"] or []):
+                    leftovers.append(proc)
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(leftovers, timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ray", "start", "--block", "--disable-usage-stats", *args],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def start_cluster(cpus_per_node: int = 2, timeout: float = 300.0) -> Cluster:
+    temp_dir = Path(tempfile.mkdtemp(prefix="svpray-", dir="/tmp"))  # short: Ray's socket paths are limited
+    gcs_port, dashboard_port = free_port(), free_port()
+    side_ports = _node_ports()
+    side_nm = int(side_ports[0].split("=")[1])
+    env = cluster_env(secrets.token_hex(32))
+    cluster = Cluster(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", side_nm, env)
+    try:
+        head = [
+            "--head",
+            f"--port={gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={temp_dir}",
+            f"--num-cpus={cpus_per_node}",
+            *_node_ports(),
+        ]
+        cluster.procs.append(_start(head, temp_dir / "head.log", env))
+        _wait_for_job_server(cluster, timeout)
+        side = [
+            f"--address={cluster.gcs}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus_per_node}",
+            '--resources={"side": 8}',
+            *side_ports,
+        ]
+        cluster.procs.append(_start(side, temp_dir / "side.log", env))
+        deadline = time.monotonic() + timeout
+        while len(cluster.nodes()) < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"the second node did not join: {(temp_dir / 'side.log').read_text()[-2000:]}"
+                )
+            time.sleep(1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _wait_for_job_server(cluster: Cluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cluster.state("nodes")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no job server at {cluster.dashboard}: {(cluster.temp_dir / 'head.log').read_text()[-2000:]}"
+                ) from None
+            time.sleep(1)

@@ -1,0 +1,103 @@
+"""`svp pipeline plan|run` on a real pipeline file: synthetic corpus → curate → filter → two tiny stages.
+
+One real run (local Ray, DeepSpeed on CPU, MLflow sqlite); then `plan` is asked what each kind of change
+would rerun, and says why: unchanged → everything skipped; new thresholds → filter and every stage; only the
+second stage's lr → only that stage; `--from` → that step onward; a half-written export is not finished.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from pipeline_files import KEEP_ALL, make_pipeline, write_pipeline
+
+from orchestration.cli import main
+from orchestration.pipeline.plan import plan_pipeline
+from orchestration.pipeline.spec import load_spec
+from training.fingerprints import FINGERPRINT_FILE
+
+pytestmark = pytest.mark.slow
+STEPS = ["curate", "filter", "image", "video"]
+
+
+def actions(path, **kwargs):
+    return {p.step: (p.action, p.reason) for p in plan_pipeline(load_spec(path), **kwargs)}
+
+
+@pytest.fixture(scope="module")
+def finished_pipeline(ray_session, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    path = make_pipeline(folder, videos=2)
+    assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "run")
+    assert main(["pipeline", "run", str(path)]) == 0
+    return folder
+
+
+def test_unchanged_pipeline_is_skipped_and_mlflow_records_steps(finished_pipeline, capsys):
+    path = finished_pipeline / "pipeline.yaml"
+    plan = actions(path)
+    assert {s: a for s, (a, _) in plan.items()} == dict.fromkeys(STEPS, "skip"), plan
+    capsys.readouterr()
+    assert main(["pipeline", "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "curate: skipped" in out and "filter: skipped" in out and "video: skipped" in out
+    client = MlflowClient(f"sqlite:///{finished_pipeline / 'work' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pipe")
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.`svp.stage` = '-'")[0]
+    for step in STEPS:
+        assert parent.data.tags[f"svp.step.{step}.status"] == "skipped"
+        assert len(parent.data.tags[f"svp.step.{step}.fingerprint"]) == 16
+
+
+def test_plan_says_what_each_change_reruns(finished_pipeline, capsys):
+    path = finished_pipeline / "pipeline.yaml"
+    # New thresholds: filter and every training stage, with the reason.
+    thresholds = finished_pipeline / "thresholds.yaml"
+    thresholds.write_text(yaml.safe_dump({**KEEP_ALL, "scores": {"motion_score": {"max": 1.0e6}}}))
+    try:
+        plan = actions(path)
+    finally:
+        thresholds.write_text(yaml.safe_dump(KEEP_ALL))
+    assert plan["curate"][0] == "skip"
+    assert plan["filter"][0] == "rerun" and "thresholds" in plan["filter"][1]
+    assert plan["image"][0] == "rerun" and "step filter" in plan["image"][1]
+    assert plan["video"][0] == "rerun"
+
+    # Only the second stage's lr: only that stage.
+    write_pipeline(finished_pipeline, **{"stages.video.optimizer.lr": 5e-4})
+    try:
+        plan = actions(path)
+        assert main(["pipeline", "plan", str(path)]) == 0
+        assert "optimizer.lr 0.001 -> 0.0005" in capsys.readouterr().out
+    finally:
+        write_pipeline(finished_pipeline)
+    assert [plan[s][0] for s in STEPS] == ["skip", "skip", "skip", "rerun"]
+    assert "optimizer.lr 0.001 -> 0.0005" in plan["video"][1]
+
+    # --from reruns from a step onward whatever the fingerprints say; --only picks one step.
+    plan = actions(path, from_step="filter")
+    assert [plan[s][0] for s in STEPS] == ["skip", "rerun", "rerun", "rerun"]
+    plan = actions(path, only="video")
+    assert [plan[s][0] for s in STEPS] == ["not selected"] * 3 + ["skip"]
+
+    # A half-written export (no fingerprint yet) is not taken for a finished one. It retrains on the same
+    # inputs, so its fingerprint (and so the next stage's init_from) stays the same: the next stage is kept.
+    record = finished_pipeline / "work" / "pipe" / "image" / "export" / FINGERPRINT_FILE
+    saved = record.read_bytes()
+    record.unlink()
+    try:
+        plan = actions(path)
+    finally:
+        record.write_bytes(saved)
+    assert plan["image"][0] == "rerun" and FINGERPRINT_FILE in plan["image"][1]
+    assert plan["video"][0] == "skip"
+    assert actions(path)["image"][0] == "skip"
+
+
+def test_pipeline_file_errors_are_one_line(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "curate": {"input": "in", "inptu": 1}}))
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"svp: error: {path}: curate.inptu: unknown key", err

@@ -1,0 +1,177 @@
+"""The pipeline as a Ray job on a real two-node cluster started by the test (tests/ray_cluster.py), driven
+through the real CLI: `svp pipeline submit`, `svp jobs list|status|logs --follow|stop`.
+
+- a small pipeline (synthetic corpus → curate → filter → two tiny stages) submitted as a job finishes, and
+  its curation tasks ran on both nodes;
+- HEAVIEST PART (~3-4 min on 2 cores): the second node's raylet is killed while curation runs, the job is
+  stopped after curation and submitted again: it resumes (curation skipped), finishes on the head node, and
+  its shards are byte-identical to those of the undisturbed run;
+- without the cluster's token, `svp jobs` and `svp curate --address` fail with one line saying what to set;
+- without `--address`/`RAY_ADDRESS`, `svp curate` uses a private Ray, not the cluster running on the machine.
+
+The cluster (one per module) is stopped at the end, whether the tests passed or not, by pid.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pipeline_files import make_pipeline, write_pipeline
+from ray_cluster import ROOT, start_cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+CURATE_TASK = "process_source"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = start_cluster()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def svp(cluster, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", *args],
+        env=env or cluster.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def submit(cluster, pipeline: Path, *extra: str) -> str:
+    done = svp(cluster, "pipeline", "submit", str(pipeline), "--address", cluster.dashboard, *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def follow(cluster, job: str) -> str:
+    done = svp(cluster, "jobs", "logs", job, "--follow", "--address", cluster.dashboard)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def curate_tasks(cluster, job_id: str | None = None) -> list[dict]:
+    tasks = [t for t in cluster.state("tasks") if CURATE_TASK in (t.get("name") or "")]
+    return [t for t in tasks if job_id is None or t.get("job_id") == job_id]
+
+
+def shard_bytes(curated: Path) -> dict[str, bytes]:
+    shards = curated / "shards"
+    return {p.name: p.read_bytes() for p in sorted(shards.glob("*.tar"))} | {
+        "index.parquet": (shards / "index.parquet").read_bytes()
+    }
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, tmp_path_factory):
+    """The pipeline submitted once and left alone: (folder, job id, logs, node ids of its curation tasks)."""
+    folder = tmp_path_factory.mktemp("job-a")
+    pipeline = make_pipeline(folder, videos=4)
+    before = {t["task_id"] for t in curate_tasks(cluster)}
+    job = submit(cluster, pipeline, "--ship-code")
+    logs = follow(cluster, job)
+    nodes = {t["node_id"] for t in curate_tasks(cluster) if t["task_id"] not in before}
+    return folder, job, logs, nodes
+
+
+def test_submitted_pipeline_finishes_with_curation_on_both_nodes(cluster, undisturbed):
+    folder, job, logs, nodes = undisturbed
+    assert "curate: run" in logs and "filter: run" in logs and "video: trained" in logs, logs[-3000:]
+    assert nodes == {n["node_id"] for n in cluster.nodes()}, nodes
+    status = svp(cluster, "jobs", "status", job, "--address", cluster.dashboard)
+    assert status.returncode == 0 and f"{job}  SUCCEEDED" in status.stdout
+    listing = svp(cluster, "jobs", "list", "--address", cluster.dashboard)
+    assert job in listing.stdout and "pipeline run pipeline.yaml" in listing.stdout
+    assert (folder / "work" / "pipe" / "video" / "export" / "fingerprint.json").is_file()
+
+
+def test_lost_node_then_stop_and_resubmit_resumes_with_identical_shards(
+    cluster, undisturbed, tmp_path_factory
+):
+    # HEAVIEST PART of this module (see the docstring).
+    first, *_ = undisturbed
+    folder = tmp_path_factory.mktemp("job-b")
+    pipeline = write_pipeline(folder, input=str(first / "raw" / "videos"))
+    side = cluster.side_raylet()
+    side_node = next(n["node_id"] for n in cluster.nodes() if "side" in n["resources_total"])
+    job = submit(cluster, pipeline)
+
+    # Kill the second node's raylet while one of this job's curation tasks runs there.
+    deadline = time.monotonic() + 300
+    while not any(t["node_id"] == side_node and t["state"] == "RUNNING" for t in curate_tasks(cluster)):
+        assert time.monotonic() < deadline, "no curation task ran on the second node"
+        time.sleep(0.5)
+    side.kill()
+
+    # Once curation is recorded as finished, stop the job (it is filtering or training by then).
+    record = folder / "work" / "pipe" / "curated" / ".svp-steps" / "curate.json"
+    while not record.is_file():
+        assert time.monotonic() < deadline + 300, svp(
+            cluster, "jobs", "logs", job, "--address", cluster.dashboard
+        ).stdout[-3000:]
+        time.sleep(0.5)
+    stopped = svp(cluster, "jobs", "stop", job, "--address", cluster.dashboard)
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout
+    while "STOPPED" not in svp(cluster, "jobs", "status", job, "--address", cluster.dashboard).stdout:
+        time.sleep(1)
+
+    again = submit(cluster, pipeline)
+    logs = follow(cluster, again)
+    assert "curate: skipped" in logs and "video: trained" in logs, logs[-3000:]
+    assert len(cluster.nodes()) == 1  # finished on the head alone
+    assert shard_bytes(folder / "work" / "pipe" / "curated") == shard_bytes(
+        first / "work" / "pipe" / "curated"
+    )
+
+
+def test_cluster_without_its_token_is_one_line(cluster, tmp_path):
+    env = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "no-token")  # not the token of this machine's user either
+    (tmp_path / "no-token").write_text("wrong-token\n")
+    env["RAY_AUTH_MODE"] = "token"
+    jobs = svp(cluster, "jobs", "list", "--address", cluster.dashboard, env=env)
+    assert jobs.returncode == 2
+    assert jobs.stderr.strip().splitlines() == [jobs.stderr.strip()] and "RAY_AUTH_TOKEN" in jobs.stderr
+    curate = svp(
+        cluster,
+        "curate",
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+        "--address",
+        cluster.gcs,
+        env=env,
+    )
+    assert curate.returncode == 2, curate.stderr[-2000:]
+    last = curate.stderr.strip().splitlines()[-1]
+    assert last.startswith("svp: error:") and "RAY_AUTH_TOKEN" in last and "Traceback" not in curate.stderr
+
+
+def test_without_address_a_private_ray_not_the_running_cluster(cluster, tmp_path):
+    from curation.synth import make_corpus
+
+    make_corpus(tmp_path / "raw", 1, seed=2, broken=False)
+    before = len(curate_tasks(cluster))
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    done = svp(
+        cluster,
+        "curate",
+        "--input",
+        str(tmp_path / "raw" / "videos"),
+        "--output",
+        str(tmp_path / "out"),
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "clips.parquet").is_file()
+    assert len(curate_tasks(cluster)) == before  # nothing ran on the cluster of this machine

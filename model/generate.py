@@ -21,12 +21,11 @@ from model.autoencoders import VideoAutoencoder
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,
-    flow_sigmas,
     iter_block_ar_sample,
     model_velocity,
     sample,
-    sigmas_from_timesteps,
 )
+from model.schedules import DEFAULT_NUMERICS, Schedule, effective_guidance, inference_schedule
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
 
@@ -77,18 +76,21 @@ def _conditioning(
     num_frames: int,
     height: int,
     width: int,
-    steps: int,
-    guidance_scale: float,
-    negative_prompt: str,
-    shift: float,
-    seed: int,
-    denoising_steps: Sequence[float] | None,
-) -> tuple[
-    tuple[int, int, int], torch.Tensor, torch.Tensor, dict, torch.Generator, torch.Tensor, torch.Tensor
-]:
-    """What both generation paths start from: the latent grid, text, CFG inputs, seeded noise and schedule."""
+    steps: int = 50,
+    guidance_scale: float = 6.0,
+    negative_prompt: str = "",
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+    seed: int = 0,
+    denoising_steps: Sequence[float] | None = None,
+    sampler: str = "dpm++",
+    numerics: str = DEFAULT_NUMERICS,
+) -> tuple[tuple[int, int, int], torch.Tensor, torch.Tensor, dict, torch.Generator, torch.Tensor, Schedule]:
+    """What both generation paths start from: the latent grid, text, CFG inputs, seeded noise and schedule
+    (`model.schedules`: diffusers' or the official numerics)."""
     _check_compatible(model, autoencoder, text_encoder)
     grid = latent_grid(model, autoencoder, num_frames, height, width)
+    schedule = inference_schedule(sampler, steps, shift, numerics, denoising_steps)
+    guidance_scale = effective_guidance(guidance_scale, numerics)
     param = next(model.parameters())
 
     text, text_mask = (t.to(param.device) for t in text_encoder.encode([prompt]))
@@ -101,10 +103,6 @@ def _conditioning(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(1, model.config.in_channels, *grid, generator=generator)
     noise = noise.to(param.device)
-    if denoising_steps is None:
-        schedule = flow_sigmas(steps, shift)
-    else:
-        schedule = sigmas_from_timesteps(denoising_steps, shift)
     guidance = {
         "guidance_scale": guidance_scale,
         "negative_text": negative_text,
@@ -131,6 +129,7 @@ def iter_video_blocks(
     seed: int = 0,
     sampler: str = "dpm++",
     denoising_steps: Sequence[float] | None = None,
+    numerics: str = DEFAULT_NUMERICS,
 ) -> Iterator[torch.Tensor]:
     """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
     block decoded (`autoencoder.decode_blocks`) as soon as it is denoised.
@@ -153,6 +152,8 @@ def iter_video_blocks(
         shift=shift,
         seed=seed,
         denoising_steps=denoising_steps,
+        sampler=sampler,
+        numerics=numerics,
     )
     frames, lat_h, lat_w = grid
     latent_blocks = iter_block_ar_sample(
@@ -190,6 +191,7 @@ def generate_video(
     sampler: str = "dpm++",
     block_frames: int | None = None,
     denoising_steps: Sequence[float] | None = None,
+    numerics: str = DEFAULT_NUMERICS,
 ) -> torch.Tensor:
     """Generate one video for `prompt`; returns frames (T, H, W, 3) uint8 with T = `num_frames`.
 
@@ -198,6 +200,9 @@ def generate_video(
     denoised with `sampler` over `steps` shifted levels — or over the few-step list `denoising_steps`
     (e.g. [1000, 960, 889, 727] with `sampler="renoise"` for a LongSANA-style distilled model). All frames
     are returned at once, which suits short videos; long ones go through `generate_video_to_file`.
+    `numerics="diffusers"` (default) reproduces diffusers' SanaVideoPipeline for the same weights and noise
+    (its schedules and timesteps; guidance ≤ 1 is none); `"official"` the SANA-Video code's sampler
+    (`model.schedules`).
     """
     options = {
         "num_frames": num_frames,
@@ -209,16 +214,34 @@ def generate_video(
         "shift": shift,
         "seed": seed,
         "denoising_steps": denoising_steps,
+        "sampler": sampler,
+        "numerics": numerics,
     }
     if block_frames is not None:
         blocks = iter_video_blocks(
-            model, autoencoder, text_encoder, prompt, block_frames=block_frames, sampler=sampler, **options
+            model, autoencoder, text_encoder, prompt, block_frames=block_frames, **options
         )
         return torch.cat(list(blocks))
+    latents = generate_latents(model, autoencoder, text_encoder, prompt, **options)
+    return video_to_uint8(autoencoder.decode(latents)[0])
+
+
+@torch.no_grad()
+def generate_latents(
+    model: LinearDiT,
+    autoencoder: VideoAutoencoder,
+    text_encoder: TextEncoder,
+    prompt: str,
+    *,
+    sampler: str = "dpm++",
+    **options,
+) -> torch.Tensor:
+    """The bidirectional path of `generate_video` up to the latents (1, C, F, H', W'), before decoding —
+    what diffusers' pipelines return with `output_type="latent"`. Same keyword options."""
     _, text, text_mask, guidance, generator, noise, schedule = _conditioning(
-        model, autoencoder, text_encoder, prompt, **options
+        model, autoencoder, text_encoder, prompt, sampler=sampler, **options
     )
-    latents = sample(
+    return sample(
         model_velocity(model),
         noise,
         text,
@@ -228,7 +251,6 @@ def generate_video(
         generator=generator,
         **guidance,
     )
-    return video_to_uint8(autoencoder.decode(latents)[0])
 
 
 def generate_video_to_file(

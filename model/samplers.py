@@ -26,6 +26,7 @@ from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
 if TYPE_CHECKING:
     from model.cache import LinearDiTCache
     from model.linear_dit import LinearDiT
+    from model.schedules import Schedule
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 # The guided field the steppers integrate: (x, σ) -> velocity.
@@ -53,6 +54,15 @@ def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INF
         raise ValueError(f"denoising timesteps must be strictly descending, got {values}")
     base = torch.tensor([*values, 0.0], dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
     return shift_sigma(base, shift)
+
+
+def split_schedule(
+    sigmas: torch.Tensor | Schedule | None,
+) -> tuple[torch.Tensor | None, dict[float, float] | None]:
+    """A `Schedule` (σ plus the timesteps the model sees) or plain σ (the model sees 1000·σ)."""
+    if sigmas is None or isinstance(sigmas, torch.Tensor):
+        return sigmas, None
+    return sigmas.sigmas, sigmas.timestep_at()
 
 
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
@@ -109,15 +119,19 @@ def guided_field(
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
+    timesteps: dict[float, float] | None = None,
 ) -> _Field:
     """The (x, σ) → velocity field a sampler integrates, with classifier-free guidance when scale ≠ 1.
 
     At scale 1 guidance is the conditional field itself, so the negative text is not evaluated (as in
-    diffusers). Otherwise one batched call on `guidance_text(...)` computes both branches.
+    diffusers). Otherwise one batched call on `guidance_text(...)` computes both branches. `timesteps`
+    maps each σ of the schedule to the timestep the model is fed (`Schedule.timestep_at`); without it the
+    model sees 1000·σ.
     """
 
     def timesteps_for(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return torch.full((x.shape[0],), sigma_to_timestep(sigma), device=x.device, dtype=torch.float32)
+        value = timesteps[sigma] if timesteps is not None else sigma_to_timestep(sigma)
+        return torch.full((x.shape[0],), value, device=x.device, dtype=torch.float32)
 
     if guidance_scale == 1.0:
         return lambda x, sigma: fn(x, timesteps_for(x, sigma), text, text_mask)
@@ -226,7 +240,7 @@ def sample(
     sampler: str = "dpm++",
     steps: int = 50,
     shift: float = DEFAULT_INFERENCE_SHIFT,
-    sigmas: torch.Tensor | None = None,
+    sigmas: torch.Tensor | Schedule | None = None,
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
@@ -234,9 +248,10 @@ def sample(
 ) -> torch.Tensor:
     """Denoise `noise` into a sample with the velocity function `fn`.
 
-    The schedule is `flow_sigmas(steps, shift)` unless `sigmas` (descending, ending at 0) is given.
-    `generator` only matters for the re-noising sampler.
+    The schedule is `flow_sigmas(steps, shift)` unless `sigmas` (descending, ending at 0, or a `Schedule`
+    that also fixes the model's timesteps) is given. `generator` only matters for the re-noising sampler.
     """
+    sigmas, timesteps = split_schedule(sigmas)
     field = guided_field(
         fn,
         text,
@@ -244,6 +259,7 @@ def sample(
         guidance_scale=guidance_scale,
         negative_text=negative_text,
         negative_mask=negative_mask,
+        timesteps=timesteps,
     )
     schedule = flow_sigmas(steps, shift) if sigmas is None else sigmas
     return run_sampler(sampler, field, noise, schedule, generator)
@@ -323,7 +339,7 @@ def iter_block_ar_sample(
     steps: int | None = None,
     denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
     shift: float = DEFAULT_INFERENCE_SHIFT,
-    sigmas: torch.Tensor | None = None,
+    sigmas: torch.Tensor | Schedule | None = None,
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
@@ -345,6 +361,7 @@ def iter_block_ar_sample(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     noise = noise.to(param.device, torch.float32)
+    sigmas, timesteps = split_schedule(sigmas)
     schedule = sigmas if sigmas is not None else block_schedule(steps, denoising_steps, shift)
 
     if guidance_scale == 1.0:
@@ -364,6 +381,7 @@ def iter_block_ar_sample(
             guidance_scale=guidance_scale,
             negative_text=negative_text,
             negative_mask=negative_mask,
+            timesteps=timesteps,
         )
         clean = run_sampler(sampler, field, noise[:, :, start:end], schedule, generator)
         clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
@@ -383,7 +401,7 @@ def block_ar_sample(
     steps: int | None = None,
     denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
     shift: float = DEFAULT_INFERENCE_SHIFT,
-    sigmas: torch.Tensor | None = None,
+    sigmas: torch.Tensor | Schedule | None = None,
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,

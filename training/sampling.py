@@ -84,6 +84,7 @@ def generate_from_export(
     width: int | None = None,
     ema: bool = False,
     device: str = "cpu",
+    numerics: str = "diffusers",
 ) -> Path:
     """Generate `seconds` of video from a stage export and write it as mp4 (block-AR with `block_frames`)."""
     from model.autoencoders import build_autoencoder
@@ -120,6 +121,7 @@ def generate_from_export(
         "steps": steps,
         "guidance_scale": guidance_scale,
         "seed": seed,
+        "numerics": numerics,
     }
     if block_frames is not None:
         # Block by block into the mp4: memory stays bounded however many seconds are asked for.

@@ -64,12 +64,17 @@ def register(app: typer.Typer) -> None:
             None, help="Latent frames per block: block-autoregressive with a constant-memory cache."
         ),
         steps: int = typer.Option(20, help="Sampler steps (per block when block-autoregressive)."),
-        guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (1 disables it)."),
+        guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (<= 1 disables it)."),
         seed: int = typer.Option(0, help="Noise seed."),
         height: int = typer.Option(None, help="Pixel height (default: the stage's first bucket)."),
         width: int = typer.Option(None, help="Pixel width (default: the stage's first bucket)."),
         ema: bool = typer.Option(False, help="Use the EMA weights of the export."),
         device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, …"),
+        numerics: str = typer.Option(
+            "diffusers",
+            help="diffusers: schedule, timesteps and guidance as diffusers' SanaVideoPipeline (guidance <= 1 is "
+            "none); official: the SANA-Video code's sampler.",
+        ),
     ) -> None:
         """Generate a video from a trained stage's export."""
         from training.sampling import generate_from_export
@@ -87,5 +92,6 @@ def register(app: typer.Typer) -> None:
             width=width,
             ema=ema,
             device=device,
+            numerics=numerics,
         )
         typer.echo(f"wrote {path}")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from model.autoencoders import VideoAutoencoder
+from model.conditioning import encode_image, with_clean_first_frame
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,
@@ -67,7 +69,22 @@ def video_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return pixels.permute(1, 2, 3, 0).contiguous().cpu()
 
 
-def _conditioning(
+@dataclass
+class _Start:
+    """What both generation paths start from (`_start`)."""
+
+    grid: tuple[int, int, int]
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    guidance: dict
+    generator: torch.Generator
+    noise: torch.Tensor
+    schedule: Schedule
+    sampler: str
+    first_frame: torch.Tensor | None  # the encoded image of image-to-video, (1, C, 1, H', W')
+
+
+def _start(
     model: LinearDiT,
     autoencoder: VideoAutoencoder,
     text_encoder: TextEncoder,
@@ -82,16 +99,20 @@ def _conditioning(
     shift: float = DEFAULT_INFERENCE_SHIFT,
     seed: int = 0,
     denoising_steps: Sequence[float] | None = None,
-    sampler: str = "dpm++",
+    sampler: str | None = None,
     numerics: str = DEFAULT_NUMERICS,
-) -> tuple[tuple[int, int, int], torch.Tensor, torch.Tensor, dict, torch.Generator, torch.Tensor, Schedule]:
-    """What both generation paths start from: the latent grid, text, CFG inputs, seeded noise and schedule
-    (`model.schedules`: diffusers' or the official numerics)."""
+    image=None,
+) -> _Start:
+    """The latent grid, text, CFG inputs, seeded noise, schedule (`model.schedules`: diffusers' or the
+    official numerics) and, for image-to-video, the image's latent frame. The sampler defaults to
+    DPM-Solver++ from text and flow Euler from an image, as diffusers' two Sana video pipelines do."""
     _check_compatible(model, autoencoder, text_encoder)
     grid = latent_grid(model, autoencoder, num_frames, height, width)
+    sampler = sampler or ("euler" if image is not None else "dpm++")
     schedule = inference_schedule(sampler, steps, shift, numerics, denoising_steps)
     guidance_scale = effective_guidance(guidance_scale, numerics)
     param = next(model.parameters())
+    first_frame = None if image is None else encode_image(autoencoder, image, height, width, param.device)
 
     text, text_mask = (t.to(param.device) for t in text_encoder.encode([prompt]))
     negative_text = negative_mask = None
@@ -102,13 +123,14 @@ def _conditioning(
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(1, model.config.in_channels, *grid, generator=generator)
-    noise = noise.to(param.device)
     guidance = {
         "guidance_scale": guidance_scale,
         "negative_text": negative_text,
         "negative_mask": negative_mask,
     }
-    return grid, text, text_mask, guidance, generator, noise, schedule
+    return _Start(
+        grid, text, text_mask, guidance, generator, noise.to(param.device), schedule, sampler, first_frame
+    )
 
 
 @torch.no_grad()
@@ -127,9 +149,10 @@ def iter_video_blocks(
     negative_prompt: str = "",
     shift: float = DEFAULT_INFERENCE_SHIFT,
     seed: int = 0,
-    sampler: str = "dpm++",
+    sampler: str | None = None,
     denoising_steps: Sequence[float] | None = None,
     numerics: str = DEFAULT_NUMERICS,
+    image=None,
 ) -> Iterator[torch.Tensor]:
     """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
     block decoded (`autoencoder.decode_blocks`) as soon as it is denoised.
@@ -138,7 +161,7 @@ def iter_video_blocks(
     initial noise (latent-sized: 1/48 of the pixels for Wan2.1), so memory does not grow with the pixel
     length. Same arguments and seed semantics as `generate_video`; the concatenated blocks are its frames.
     """
-    grid, text, text_mask, guidance, generator, noise, schedule = _conditioning(
+    start = _start(
         model,
         autoencoder,
         text_encoder,
@@ -154,20 +177,22 @@ def iter_video_blocks(
         denoising_steps=denoising_steps,
         sampler=sampler,
         numerics=numerics,
+        image=image,
     )
-    frames, lat_h, lat_w = grid
+    frames, lat_h, lat_w = start.grid
     latent_blocks = iter_block_ar_sample(
         model,
-        text,
-        text_mask,
+        start.text,
+        start.text_mask,
         frames,
         block_frames,
         (lat_h, lat_w),
-        sampler=sampler,
-        sigmas=schedule,
-        generator=generator,
-        noise=noise,
-        **guidance,
+        sampler=start.sampler,
+        sigmas=start.schedule,
+        generator=start.generator,
+        noise=start.noise,
+        first_frame=start.first_frame,
+        **start.guidance,
     )
     for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
         yield video_to_uint8(pixels[0])
@@ -188,10 +213,11 @@ def generate_video(
     negative_prompt: str = "",
     shift: float = DEFAULT_INFERENCE_SHIFT,
     seed: int = 0,
-    sampler: str = "dpm++",
+    sampler: str | None = None,
     block_frames: int | None = None,
     denoising_steps: Sequence[float] | None = None,
     numerics: str = DEFAULT_NUMERICS,
+    image=None,
 ) -> torch.Tensor:
     """Generate one video for `prompt`; returns frames (T, H, W, 3) uint8 with T = `num_frames`.
 
@@ -202,7 +228,9 @@ def generate_video(
     are returned at once, which suits short videos; long ones go through `generate_video_to_file`.
     `numerics="diffusers"` (default) reproduces diffusers' SanaVideoPipeline for the same weights and noise
     (its schedules and timesteps; guidance ≤ 1 is none); `"official"` the SANA-Video code's sampler
-    (`model.schedules`).
+    (`model.schedules`). With `image` (a PIL image or a path) the video starts from it: image-to-video as
+    diffusers' SanaImageToVideoPipeline (`model.conditioning`; flow Euler unless `sampler` says otherwise);
+    block by block, the first block carries the image.
     """
     options = {
         "num_frames": num_frames,
@@ -216,6 +244,7 @@ def generate_video(
         "denoising_steps": denoising_steps,
         "sampler": sampler,
         "numerics": numerics,
+        "image": image,
     }
     if block_frames is not None:
         blocks = iter_video_blocks(
@@ -232,25 +261,27 @@ def generate_latents(
     autoencoder: VideoAutoencoder,
     text_encoder: TextEncoder,
     prompt: str,
-    *,
-    sampler: str = "dpm++",
     **options,
 ) -> torch.Tensor:
     """The bidirectional path of `generate_video` up to the latents (1, C, F, H', W'), before decoding —
     what diffusers' pipelines return with `output_type="latent"`. Same keyword options."""
-    _, text, text_mask, guidance, generator, noise, schedule = _conditioning(
-        model, autoencoder, text_encoder, prompt, sampler=sampler, **options
-    )
-    return sample(
-        model_velocity(model),
+    start = _start(model, autoencoder, text_encoder, prompt, **options)
+    velocity, noise = model_velocity(model), start.noise
+    if start.first_frame is not None:  # only the frames after the image are stepped
+        velocity, noise = with_clean_first_frame(velocity, start.first_frame), noise[:, :, 1:]
+    latents = sample(
+        velocity,
         noise,
-        text,
-        text_mask,
-        sampler=sampler,
-        sigmas=schedule,
-        generator=generator,
-        **guidance,
+        start.text,
+        start.text_mask,
+        sampler=start.sampler,
+        sigmas=start.schedule,
+        generator=start.generator,
+        **start.guidance,
     )
+    if start.first_frame is None:
+        return latents
+    return torch.cat([start.first_frame, latents], dim=2)
 
 
 def generate_video_to_file(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model.conditioning import with_clean_first_frame
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
 
 if TYPE_CHECKING:
@@ -345,11 +346,13 @@ def iter_block_ar_sample(
     negative_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    first_frame: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """`block_ar_sample` one block at a time: yields (start, end, clean latents (B, C, end − start, H, W))
     as soon as each block is denoised and folded into the cache, so a caller can decode and write it before
     the next block starts (minute-long video without holding every latent or pixel). Same arguments, same
-    random draws and so the same blocks as `block_ar_sample`.
+    random draws and so the same blocks as `block_ar_sample`. With `first_frame` (1 or B, C, 1, H, W: an
+    encoded image) the first block carries it as its clean first latent frame (`with_clean_first_frame`).
     """
     cfg = model.config
     param = next(model.parameters())
@@ -374,8 +377,13 @@ def iter_block_ar_sample(
     cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
 
     for start, end in autoregressive_segments(num_latent_frames, block_frames):
+        velocity, block_noise = model_velocity(model, cache, start), noise[:, :, start:end]
+        conditioned = first_frame is not None and start == 0
+        if conditioned:
+            first = first_frame.to(param.device, torch.float32).expand(batch, -1, -1, -1, -1)
+            velocity, block_noise = with_clean_first_frame(velocity, first), block_noise[:, :, 1:]
         field = guided_field(
-            model_velocity(model, cache, start),
+            velocity,
             text,
             text_mask,
             guidance_scale=guidance_scale,
@@ -383,7 +391,13 @@ def iter_block_ar_sample(
             negative_mask=negative_mask,
             timesteps=timesteps,
         )
-        clean = run_sampler(sampler, field, noise[:, :, start:end], schedule, generator)
+        clean = (
+            run_sampler(sampler, field, block_noise, schedule, generator)
+            if block_noise.shape[2]
+            else block_noise
+        )
+        if conditioned:
+            clean = torch.cat([first, clean], dim=2)
         clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
         model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start, text_mask=cache_mask)
         yield start, end, clean
@@ -407,6 +421,7 @@ def block_ar_sample(
     negative_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    first_frame: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate latents (B, C, F, H, W) block by block with the constant-memory cache.
 
@@ -436,5 +451,6 @@ def block_ar_sample(
         negative_mask=negative_mask,
         generator=generator,
         noise=noise,
+        first_frame=first_frame,
     )
     return torch.cat([clean for _, _, clean in blocks], dim=2)

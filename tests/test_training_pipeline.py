@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from training_runs import tiny_data
 
 from model.video_io import read_frames
@@ -106,6 +108,20 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert main([*gen, "--out", str(video), "--block-frames", "4", "--steps", "2"]) == 0
     frames = read_frames(video)
     assert frames.shape == (16, 64, 64, 3)
+
+    # Image-to-video from the same export: space-to-depth is lossless, so the first frame is the image (up
+    # to H.264); an unreadable image is one line.
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 8:40] = (220, 30, 30)
+    Image.fromarray(image).save(tmp_path / "start.png")
+    started = tmp_path / "i2v.mp4"
+    assert main([*gen, "--out", str(started), "--image", str(tmp_path / "start.png"), "--steps", "2"]) == 0
+    first = read_frames(started)[0].astype(np.int32)
+    assert np.abs(first - image).mean() < 6
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    capsys.readouterr()
+    assert main([*gen, "--out", str(started), "--image", str(tmp_path / "broken.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"svp: error: cannot read image {tmp_path / 'broken.png'}")
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):

@@ -85,6 +85,7 @@ def generate_from_export(
     ema: bool = False,
     device: str = "cpu",
     numerics: str = "diffusers",
+    image: str | Path | None = None,
 ) -> Path:
     """Generate `seconds` of video from a stage export and write it as mp4 (block-AR with `block_frames`)."""
     from model.autoencoders import build_autoencoder
@@ -122,6 +123,7 @@ def generate_from_export(
         "guidance_scale": guidance_scale,
         "seed": seed,
         "numerics": numerics,
+        "image": image,
     }
     if block_frames is not None:
         # Block by block into the mp4: memory stays bounded however many seconds are asked for.

@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
         width: int = typer.Option(None, help="Pixel width (default: the stage's first bucket)."),
         ema: bool = typer.Option(False, help="Use the EMA weights of the export."),
         device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, …"),
+        image: Path = typer.Option(
+            None, help="Image-to-video: the video starts from this image (resized to the video size)."
+        ),
         numerics: str = typer.Option(
             "diffusers",
             help="diffusers: schedule, timesteps and guidance as diffusers' SanaVideoPipeline (guidance <= 1 is "
@@ -93,5 +96,6 @@ def register(app: typer.Typer) -> None:
             ema=ema,
             device=device,
             numerics=numerics,
+            image=image,
         )
         typer.echo(f"wrote {path}")

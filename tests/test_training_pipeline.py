@@ -88,6 +88,9 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert "proj_out.weight" in init_keys["video-hires"]["missing"]
     assert init_keys["long-video-ar"]["dropped"] == [] and init_keys["long-video-ar"]["missing"] == []
     assert children["video-hires"].data.params["model.overrides.in_channels"] == "192"
+    # The video stages (bidirectional and block-causal) trained image-to-video jointly.
+    for name in ("video", "video-hires", "long-video-ar"):
+        assert children[name].data.params["image_condition_prob"] == "0.5"
 
     # Rerunning the same command finds every export and trains nothing; the parent run is re-attached.
     capsys.readouterr()

@@ -347,12 +347,16 @@ def iter_block_ar_sample(
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     first_frame: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """`block_ar_sample` one block at a time: yields (start, end, clean latents (B, C, end − start, H, W))
     as soon as each block is denoised and folded into the cache, so a caller can decode and write it before
     the next block starts (minute-long video without holding every latent or pixel). Same arguments, same
     random draws and so the same blocks as `block_ar_sample`. With `first_frame` (1 or B, C, 1, H, W: an
     encoded image) the first block carries it as its clean first latent frame (`with_clean_first_frame`).
+    With `context` (clean latents (B, C, F0, H, W) of a given clip) the video continues it: the context is
+    folded into the cache (`fold_into_cache`, no denoising) and `num_latent_frames` new frames follow,
+    yielded with absolute spans from F0.
     """
     cfg = model.config
     param = next(model.parameters())
@@ -375,9 +379,15 @@ def iter_block_ar_sample(
         cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
         copies = 2
     cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
+    offset = 0
+    if context is not None:
+        fold_into_cache(model, context, cache_text, cache_mask, cache, block_frames)
+        offset = context.shape[2]
 
     for start, end in autoregressive_segments(num_latent_frames, block_frames):
-        velocity, block_noise = model_velocity(model, cache, start), noise[:, :, start:end]
+        block_noise = noise[:, :, start:end]
+        start, end = start + offset, end + offset
+        velocity = model_velocity(model, cache, start)
         conditioned = first_frame is not None and start == 0
         if conditioned:
             first = first_frame.to(param.device, torch.float32).expand(batch, -1, -1, -1, -1)
@@ -403,6 +413,26 @@ def iter_block_ar_sample(
         yield start, end, clean
 
 
+@torch.no_grad()
+def fold_into_cache(
+    model: LinearDiT,
+    clean: torch.Tensor,
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    cache: LinearDiTCache,
+    block_frames: int,
+) -> None:
+    """Fold clean latents (B, C, F, H, W) into `cache` block by block with `update_cache`, in the blocks
+    generation would have made (`autoregressive_segments`), so the cache is the one the model would hold had
+    it generated them itself. `text` may be a CFG batch (2B rows): the latents are repeated to match. The
+    cache keeps its constant size however long the clip is."""
+    param = next(model.parameters())
+    copies = text.shape[0] // clean.shape[0]
+    for start, end in autoregressive_segments(clean.shape[2], block_frames):
+        block = clean[:, :, start:end].to(param.device).repeat(copies, 1, 1, 1, 1).to(param.dtype)
+        model.update_cache(block, text.to(param.dtype), cache, cache.num_frames, text_mask=text_mask)
+
+
 def block_ar_sample(
     model: LinearDiT,
     text: torch.Tensor,
@@ -422,6 +452,7 @@ def block_ar_sample(
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     first_frame: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate latents (B, C, F, H, W) block by block with the constant-memory cache.
 
@@ -452,5 +483,6 @@ def block_ar_sample(
         generator=generator,
         noise=noise,
         first_frame=first_frame,
+        context=context,
     )
     return torch.cat([clean for _, _, clean in blocks], dim=2)

@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="A stage export folder (…/<pipeline>/<stage>/export)."),
         prompt: str = typer.Option(..., help="What the video shows."),
         seconds: float = typer.Option(
-            ..., help="Length of the video in seconds (at the stage's frame rate)."
+            ...,
+            help="Length of the video in seconds (at the stage's frame rate); with --continue, of the new part.",
         ),
         out: Path = typer.Option(..., help="The mp4 to write."),
         block_frames: int = typer.Option(
@@ -73,6 +74,12 @@ def register(app: typer.Typer) -> None:
         image: Path = typer.Option(
             None, help="Image-to-video: the video starts from this image (resized to the video size)."
         ),
+        continue_from: Path = typer.Option(
+            None,
+            "--continue",
+            help="Continue this mp4: its blocks are folded into the cache, then --seconds more are generated "
+            "(needs --block-frames; the output is the clip followed by the new frames).",
+        ),
         numerics: str = typer.Option(
             "diffusers",
             help="diffusers: schedule, timesteps and guidance as diffusers' SanaVideoPipeline (guidance <= 1 is "
@@ -80,7 +87,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Generate a video from a trained stage's export."""
-        from training.sampling import generate_from_export
+        from training.generation import generate_from_export
 
         path = generate_from_export(
             checkpoint,
@@ -97,5 +104,6 @@ def register(app: typer.Typer) -> None:
             device=device,
             numerics=numerics,
             image=image,
+            continue_from=continue_from,
         )
         typer.echo(f"wrote {path}")

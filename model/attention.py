@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model import kernels
 from model.config import LinearDiTConfig
 from model.norms import RMSNorm
 from model.rope import apply_rope
@@ -82,7 +83,11 @@ class LinearSelfAttention(nn.Module):
         q = torch.relu(self.norm_q(self.to_q(x))).unflatten(-1, (self.heads, -1))
         k = torch.relu(self.norm_k(self.to_k(x))).unflatten(-1, (self.heads, -1))
         v = self.to_v(x).unflatten(-1, (self.heads, -1))
-        out, state = linear_attention(q, k, v, rope, self.eps, chunk_tokens, past)
+        if kernels.use_fused(q, k, v):
+            from model.kernels.linear_attention import fused_linear_attention as attend
+        else:
+            attend = linear_attention
+        out, state = attend(q, k, v, rope, self.eps, chunk_tokens, past)
         return self.to_out(out.flatten(2).to(x.dtype)), state
 
 

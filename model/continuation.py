@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from model.autoencoders import VideoAutoencoder
-from model.generate import _start, video_to_uint8
+from model.generate import _precision, _start, video_to_uint8
 from model.linear_dit import LinearDiT
 from model.samplers import autoregressive_segments, iter_block_ar_sample
 from model.text_encoders import TextEncoder
@@ -71,6 +71,7 @@ def iter_continuation_blocks(
     *,
     num_frames: int,
     block_frames: int,
+    precision: str = "native",
     **options,
 ) -> Iterator[torch.Tensor]:
     """uint8 frame blocks (T_i, H, W, 3) that continue `clip` (frames as `read_clip` gives them) by about
@@ -105,9 +106,10 @@ def iter_continuation_blocks(
         for _, _, clean in new_blocks:
             yield clean
 
-    for index, pixels in enumerate(autoencoder.decode_blocks(latent_blocks())):
-        if index >= len(context_blocks):
-            yield video_to_uint8(pixels[0])
+    with _precision(model, precision):
+        for index, pixels in enumerate(autoencoder.decode_blocks(latent_blocks())):
+            if index >= len(context_blocks):
+                yield video_to_uint8(pixels[0])
 
 
 def continue_video_to_file(

@@ -17,6 +17,14 @@ from torch import nn
 from model.config import LinearDiTConfig
 
 
+def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1×1 conv over tokens as one matmul; the conv's float8 copy while `model.kernels.fp8` has set one."""
+    float8 = getattr(conv, "float8", None)
+    if float8 is not None:
+        return float8(x)
+    return nn.functional.linear(x, conv.weight.flatten(1), conv.bias)
+
+
 class MixFFN(nn.Module):
     def __init__(self, config: LinearDiTConfig) -> None:
         super().__init__()
@@ -45,11 +53,11 @@ class MixFFN(nn.Module):
         """
         batch, tokens, dim = x.shape
         frames, height, width = grid
-        h = nn.functional.linear(x, self.conv_inverted.weight.flatten(1), self.conv_inverted.bias)
+        h = _pointwise(self.conv_inverted, x)
         h = nn.functional.silu(h).view(batch * frames, height, width, -1).permute(0, 3, 1, 2)
         h = self.conv_depth(h.contiguous(memory_format=torch.channels_last))
         value, gate = h.permute(0, 2, 3, 1).reshape(batch, tokens, -1).chunk(2, dim=-1)
-        u = nn.functional.linear(value * nn.functional.silu(gate), self.conv_point.weight.flatten(1))
+        u = _pointwise(self.conv_point, value * nn.functional.silu(gate))
         u = u.view(batch, frames, height * width, dim)
 
         if past is None:

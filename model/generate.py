@@ -11,6 +11,8 @@ is denoised and `generate_video_to_file` appends it to the mp4, which is how min
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.conditioning import encode_image, with_clean_first_frame
 from model.linear_dit import LinearDiT
@@ -30,6 +33,23 @@ from model.samplers import (
 from model.schedules import DEFAULT_NUMERICS, Schedule, effective_guidance, inference_schedule
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
+
+log = logging.getLogger(__name__)
+# `precision` of generate_video: the model's own dtype, or float8 matmuls (model.kernels.fp8).
+PRECISIONS = ("native", "fp8")
+
+
+def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextManager:
+    """The context the sampler runs in for `precision`; logs which inference path generation takes."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    param = next(model.parameters())
+    log.info("%s; matmuls: %s", kernels.describe_path(param.device, param.dtype), precision)
+    if precision == "native":
+        return contextlib.nullcontext()
+    from model.kernels.fp8 import float8_inference
+
+    return float8_inference(model)
 
 
 def _check_compatible(model: LinearDiT, autoencoder: VideoAutoencoder, text_encoder: TextEncoder) -> None:
@@ -153,6 +173,7 @@ def iter_video_blocks(
     denoising_steps: Sequence[float] | None = None,
     numerics: str = DEFAULT_NUMERICS,
     image=None,
+    precision: str = "native",
 ) -> Iterator[torch.Tensor]:
     """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
     block decoded (`autoencoder.decode_blocks`) as soon as it is denoised.
@@ -194,8 +215,9 @@ def iter_video_blocks(
         first_frame=start.first_frame,
         **start.guidance,
     )
-    for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
-        yield video_to_uint8(pixels[0])
+    with _precision(model, precision):
+        for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
+            yield video_to_uint8(pixels[0])
 
 
 @torch.no_grad()
@@ -218,6 +240,7 @@ def generate_video(
     denoising_steps: Sequence[float] | None = None,
     numerics: str = DEFAULT_NUMERICS,
     image=None,
+    precision: str = "native",
 ) -> torch.Tensor:
     """Generate one video for `prompt`; returns frames (T, H, W, 3) uint8 with T = `num_frames`.
 
@@ -231,6 +254,10 @@ def generate_video(
     (`model.schedules`). With `image` (a PIL image or a path) the video starts from it: image-to-video as
     diffusers' SanaImageToVideoPipeline (`model.conditioning`; flow Euler unless `sampler` says otherwise);
     block by block, the first block carries the image.
+
+    `precision="fp8"` runs the transformer's large matmuls in float8 (`model.kernels.fp8`, Hopper or newer);
+    "native" keeps the model's dtype. On CUDA the linear attention takes the fused Triton kernel
+    (`model.kernels`); the path taken is logged (logger `model.generate`).
     """
     options = {
         "num_frames": num_frames,
@@ -245,6 +272,7 @@ def generate_video(
         "sampler": sampler,
         "numerics": numerics,
         "image": image,
+        "precision": precision,
     }
     if block_frames is not None:
         blocks = iter_video_blocks(
@@ -261,6 +289,8 @@ def generate_latents(
     autoencoder: VideoAutoencoder,
     text_encoder: TextEncoder,
     prompt: str,
+    *,
+    precision: str = "native",
     **options,
 ) -> torch.Tensor:
     """The bidirectional path of `generate_video` up to the latents (1, C, F, H', W'), before decoding —
@@ -269,16 +299,17 @@ def generate_latents(
     velocity, noise = model_velocity(model), start.noise
     if start.first_frame is not None:  # only the frames after the image are stepped
         velocity, noise = with_clean_first_frame(velocity, start.first_frame), noise[:, :, 1:]
-    latents = sample(
-        velocity,
-        noise,
-        start.text,
-        start.text_mask,
-        sampler=start.sampler,
-        sigmas=start.schedule,
-        generator=start.generator,
-        **start.guidance,
-    )
+    with _precision(model, precision):
+        latents = sample(
+            velocity,
+            noise,
+            start.text,
+            start.text_mask,
+            sampler=start.sampler,
+            sigmas=start.schedule,
+            generator=start.generator,
+            **start.guidance,
+        )
     if start.first_frame is None:
         return latents
     return torch.cat([start.first_frame, latents], dim=2)

@@ -57,9 +57,14 @@ _COMPILED: dict[tuple[LinearDiTBlock, bool], Callable] = {}
 def _block_call(block: LinearDiTBlock, checkpointed: bool, compiled: bool, memory_budget: float) -> Callable:
     if not compiled:
         return functools.partial(checkpoint, block, use_reentrant=False) if checkpointed else block
-    key = (block, checkpointed)
+    inference = not torch.is_grad_enabled()
+    key = (block, "inference" if inference else checkpointed)
     if key not in _COMPILED:
-        if checkpointed:
+        if inference:
+            # Static shapes: one graph per token grid (bidirectional clip, block-AR block), shared by all
+            # blocks, never a dynamic-shape graph.
+            _COMPILED[key] = torch.compile(block, dynamic=False)
+        elif checkpointed:
             _COMPILED[key] = torch.compile(_CheckpointedBlock(block))
         else:
             _COMPILED[key] = _with_memory_budget(torch.compile(block), memory_budget)
@@ -80,6 +85,17 @@ class LinearDiT(nn.Module):
         self.blocks = nn.ModuleList(LinearDiTBlock(config) for _ in range(config.depth))
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, math.prod(config.patch_size) * config.out_channels)
+        self.compile_inference = False
+
+    def enable_inference_compile(self, enabled: bool = True) -> LinearDiT:
+        """Under `no_grad` on CUDA, run every block `torch.compile`d (static shapes: compiled on the first call
+        of each token grid, then reused by every block, step and block-AR block of that grid). A runtime switch,
+        not a config field: it changes speed, not the model. Returns self."""
+        self.compile_inference = enabled
+        if enabled:
+            # Bidirectional clips, block-AR blocks and cache updates are distinct graphs of one block's code.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        return self
 
     # ----------------------------------------------------------------------------------------------- public
 
@@ -193,8 +209,9 @@ class LinearDiT(nn.Module):
         checkpointed = 0
         if cfg.gradient_checkpointing and cache is None and torch.is_grad_enabled():
             checkpointed = round(cfg.checkpoint_fraction * len(self.blocks))
-        # Training only: inference (no grad; cached block-AR shapes change per block) stays eager.
-        compiled = cfg.compile_blocks and x.is_cuda and torch.is_grad_enabled()
+        # Training: `compile_blocks`; inference (no grad): `enable_inference_compile`.
+        grad = torch.is_grad_enabled()
+        compiled = x.is_cuda and (cfg.compile_blocks if grad else self.compile_inference)
         for index, block in enumerate(self.blocks):
             past = cache.layer_state(index) if cache is not None else None
             call = _block_call(block, index < checkpointed, compiled, cfg.compile_memory_budget)

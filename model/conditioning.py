@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from model.samplers import VelocityFn
+    from model.guidance import VelocityFn
 
 
 def open_image(image) -> PIL.Image.Image:  # noqa: F821  (PIL is imported lazily)

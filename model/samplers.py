@@ -6,7 +6,7 @@ descending sigma schedule, and works with any velocity function
     v = fn(x, timesteps, text, text_mask)      # timesteps: (B,) float, 1000·σ
 
 so the same code drives LinearDiT, a diffusers model, or an analytic field in a test. Classifier-free
-guidance batches the negative and the positive text into one call: v = v_neg + g·(v_pos − v_neg).
+guidance (`model.guidance`) batches the negative and the positive text into one call.
 
 `block_ar_sample` runs them block by block with LinearDiT's constant-memory cache (reference notes §3.5):
 each block of latent frames is denoised while attending to the cache, then folded into the cache as a clean
@@ -16,22 +16,19 @@ block (t = 0), so memory stays constant however long the video grows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from model.conditioning import with_clean_first_frame
-from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
+from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
+from model.guidance import Field, VelocityFn, guidance_text, guided_field, split_schedule
 
 if TYPE_CHECKING:
     from model.cache import LinearDiTCache
     from model.linear_dit import LinearDiT
     from model.schedules import Schedule
-
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-# The guided field the steppers integrate: (x, σ) -> velocity.
-_Field = Callable[[torch.Tensor, float], torch.Tensor]
 
 DEFAULT_INFERENCE_SHIFT = 8.0
 # Self-Forcing/LongSANA few-step list (reference notes §3.5), in unshifted timesteps.
@@ -57,15 +54,6 @@ def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INF
     return shift_sigma(base, shift)
 
 
-def split_schedule(
-    sigmas: torch.Tensor | Schedule | None,
-) -> tuple[torch.Tensor | None, dict[float, float] | None]:
-    """A `Schedule` (σ plus the timesteps the model sees) or plain σ (the model sees 1000·σ)."""
-    if sigmas is None or isinstance(sigmas, torch.Tensor):
-        return sigmas, None
-    return sigmas.sigmas, sigmas.timestep_at()
-
-
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
     values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
     if len(values) < 2 or values[-1] != 0.0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
@@ -75,80 +63,7 @@ def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
     return values
 
 
-def _pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    extra = length - text.shape[1]
-    if extra == 0:
-        return text, mask
-    return (
-        torch.nn.functional.pad(text, (0, 0, 0, extra)),
-        torch.nn.functional.pad(mask, (0, extra)),
-    )
-
-
-def guidance_text(
-    text: torch.Tensor,
-    text_mask: torch.Tensor | None,
-    negative_text: torch.Tensor,
-    negative_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (2B, L, C) text and (2B, L) mask of a CFG batch: negative rows first, then positive.
-
-    A (1, L, C) negative text serves a whole batch; texts of different lengths are zero-padded with mask 0.
-    """
-    batch = text.shape[0]
-    if negative_text.shape[0] not in (1, batch):
-        raise ValueError(
-            f"negative text batch {negative_text.shape[0]} does not match the text batch {batch}"
-        )
-    ones = torch.ones(1, 1, dtype=torch.long, device=text.device)
-    pos_mask = text_mask if text_mask is not None else ones.expand(batch, text.shape[1])
-    neg_mask = negative_mask if negative_mask is not None else ones.expand(1, negative_text.shape[1])
-    neg_text, neg_mask = negative_text.expand(batch, -1, -1), neg_mask.expand(batch, -1)
-    length = max(text.shape[1], neg_text.shape[1])
-    neg_text, neg_mask = _pad_text(neg_text, neg_mask, length)
-    pos_text, pos_mask = _pad_text(text, pos_mask, length)
-    both_text = torch.cat([neg_text.to(text.device, text.dtype), pos_text])
-    both_mask = torch.cat([neg_mask.to(text.device, torch.long), pos_mask.long()])
-    return both_text, both_mask
-
-
-def guided_field(
-    fn: VelocityFn,
-    text: torch.Tensor,
-    text_mask: torch.Tensor | None = None,
-    *,
-    guidance_scale: float = 1.0,
-    negative_text: torch.Tensor | None = None,
-    negative_mask: torch.Tensor | None = None,
-    timesteps: dict[float, float] | None = None,
-) -> _Field:
-    """The (x, σ) → velocity field a sampler integrates, with classifier-free guidance when scale ≠ 1.
-
-    At scale 1 guidance is the conditional field itself, so the negative text is not evaluated (as in
-    diffusers). Otherwise one batched call on `guidance_text(...)` computes both branches. `timesteps`
-    maps each σ of the schedule to the timestep the model is fed (`Schedule.timestep_at`); without it the
-    model sees 1000·σ.
-    """
-
-    def timesteps_for(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        value = timesteps[sigma] if timesteps is not None else sigma_to_timestep(sigma)
-        return torch.full((x.shape[0],), value, device=x.device, dtype=torch.float32)
-
-    if guidance_scale == 1.0:
-        return lambda x, sigma: fn(x, timesteps_for(x, sigma), text, text_mask)
-    if negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
-    both_text, both_mask = guidance_text(text, text_mask, negative_text, negative_mask)
-
-    def field(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        x2 = torch.cat([x, x])
-        v_neg, v_pos = fn(x2, timesteps_for(x2, sigma), both_text, both_mask).chunk(2)
-        return v_neg + guidance_scale * (v_pos - v_neg)
-
-    return field
-
-
-def euler_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+def euler_steps(field: Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """First-order flow Euler: x ← x + (σ_next − σ)·v."""
     for sigma, sigma_next in zip(sigmas, sigmas[1:], strict=False):
         x = x + (sigma_next - sigma) * field(x, sigma)
@@ -164,7 +79,7 @@ def _lambda(sigma: float) -> float:
     return math.log((1.0 - sigma) / sigma)
 
 
-def dpm_solver_pp_2m_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+def dpm_solver_pp_2m_steps(field: Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """DPM-Solver++(2M), data-prediction form with the midpoint update (as diffusers' default).
 
     The model's x0 estimate is x − σ·v (α = 1 − σ). The first step, the final step to σ = 0, and a step
@@ -196,7 +111,7 @@ def dpm_solver_pp_2m_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[floa
 
 
 def renoise_steps(
-    field: _Field, x: torch.Tensor, sigmas: Sequence[float], generator: torch.Generator | None = None
+    field: Field, x: torch.Tensor, sigmas: Sequence[float], generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """The few-step sampler of Self-Forcing/LongSANA: predict x0 = x − σ·v, then re-noise it to the next
     level with fresh noise, x ← (1 − σ_next)·x0 + σ_next·ε; the last prediction is the result."""
@@ -216,7 +131,7 @@ SAMPLERS = ("euler", "dpm++", "renoise")
 
 def run_sampler(
     sampler: str,
-    field: _Field,
+    field: Field,
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,

@@ -3,6 +3,7 @@ writes a block-autoregressive mp4 from the last stage's export."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     first = read_frames(started)[0].astype(np.int32)
     assert np.abs(first - image).mean() < 6
     record = json.loads(started.with_suffix(".json").read_text())
-    assert record["image"] == str(tmp_path / "start.png") and len(record["image_sha256"]) == 64
+    assert record["image"] == str(tmp_path / "start.png")
+    assert record["image_sha256"] == hashlib.sha256((tmp_path / "start.png").read_bytes()).hexdigest()
     (tmp_path / "broken.png").write_bytes(b"not a png")
     capsys.readouterr()
     assert main([*gen, "--out", str(started), "--image", str(tmp_path / "broken.png")]) == 2

@@ -97,7 +97,8 @@ def generate_from_export(
     if image is not None:
         from model.conditioning import image_digest, open_image
 
-        record |= {"image": str(Path(image).resolve()), "image_sha256": image_digest(open_image(image))}
+        open_image(image)  # an unreadable image is one line before anything runs
+        record |= {"image": str(Path(image).resolve()), "image_sha256": image_digest(image)}
     record |= {k: options[k] for k in ("num_frames", "height", "width")} | {"block_frames": block_frames}
     if block_frames is not None:
         # Block by block into the mp4: memory stays bounded however many seconds are asked for.

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    import PIL.Image
+
     from model.guidance import VelocityFn
 
 
-def open_image(image) -> PIL.Image.Image:  # noqa: F821  (PIL is imported lazily)
+def open_image(image: PIL.Image.Image | str | os.PathLike) -> PIL.Image.Image:
     """A PIL image from a PIL image or a path; an unreadable file is one ValueError line."""
     from PIL import Image, UnidentifiedImageError
 
@@ -35,7 +37,7 @@ def open_image(image) -> PIL.Image.Image:  # noqa: F821  (PIL is imported lazily
         raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
 
 
-def image_pixels(image, height: int, width: int) -> torch.Tensor:
+def image_pixels(image: PIL.Image.Image | str | os.PathLike, height: int, width: int) -> torch.Tensor:
     """The image as (1, 3, height, width) float32 in [-1, 1], resized the way diffusers resizes a PIL image."""
     from PIL import Image
 
@@ -44,7 +46,7 @@ def image_pixels(image, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
 
 
-def image_digest(image) -> str:
+def image_digest(image: PIL.Image.Image | str | os.PathLike) -> str:
     """sha256 of the image file's bytes (or of the RGB pixels of an in-memory image), for metadata."""
     from PIL import Image
 
@@ -53,7 +55,9 @@ def image_digest(image) -> str:
     return hashlib.sha256(Path(os.fspath(image)).read_bytes()).hexdigest()
 
 
-def encode_image(autoencoder, image, height: int, width: int, device: torch.device) -> torch.Tensor:
+def encode_image(
+    autoencoder, image: PIL.Image.Image | str | os.PathLike, height: int, width: int, device: torch.device
+) -> torch.Tensor:
     """The image's latent frame (1, C, 1, H', W'), fp32 on `device`."""
     pixels = image_pixels(image, height, width).unsqueeze(2)
     return autoencoder.encode(pixels).float().to(device)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,9 @@ from model.samplers import (
 from model.schedules import DEFAULT_NUMERICS, Schedule, effective_guidance, inference_schedule
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 log = logging.getLogger(__name__)
 # `precision` of generate_video: the model's own dtype, or float8 matmuls (model.kernels.fp8).
@@ -121,7 +125,7 @@ def _start(
     denoising_steps: Sequence[float] | None = None,
     sampler: str | None = None,
     numerics: str = DEFAULT_NUMERICS,
-    image=None,
+    image: PIL.Image.Image | str | os.PathLike | None = None,
 ) -> _Start:
     """The latent grid, text, CFG inputs, seeded noise, schedule (`model.schedules`: diffusers' or the
     official numerics) and, for image-to-video, the image's latent frame. The sampler defaults to
@@ -172,7 +176,7 @@ def iter_video_blocks(
     sampler: str | None = None,
     denoising_steps: Sequence[float] | None = None,
     numerics: str = DEFAULT_NUMERICS,
-    image=None,
+    image: PIL.Image.Image | str | os.PathLike | None = None,
     precision: str = "native",
 ) -> Iterator[torch.Tensor]:
     """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
@@ -239,7 +243,7 @@ def generate_video(
     block_frames: int | None = None,
     denoising_steps: Sequence[float] | None = None,
     numerics: str = DEFAULT_NUMERICS,
-    image=None,
+    image: PIL.Image.Image | str | os.PathLike | None = None,
     precision: str = "native",
 ) -> torch.Tensor:
     """Generate one video for `prompt`; returns frames (T, H, W, 3) uint8 with T = `num_frames`.

@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if use_gpu:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        noisy, timesteps, noise = noise_latents(stage, latents, generator, dtype)
-        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise)
+        noisy, timesteps, noise, weights = noise_latents(stage, latents, generator, dtype)
+        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise, weights)
         engine.backward(loss)
         engine.step()
         if use_gpu:
@@ -171,8 +171,8 @@ def _profile(stage, engine, latents, text, mask, generator, dtype, rows: int) ->
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if latents.is_cuda else [])
     with profile(activities=activities) as prof:
-        noisy, timesteps, noise = noise_latents(stage, latents, generator, dtype)
-        engine.backward(forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise))
+        noisy, timesteps, noise, weights = noise_latents(stage, latents, generator, dtype)
+        engine.backward(forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise, weights))
         engine.step()
         if latents.is_cuda:
             torch.cuda.synchronize()

@@ -15,23 +15,28 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from model import kernels
 from model.autoencoders import VideoAutoencoder
+from model.conditioning import encode_image, with_clean_first_frame
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,
-    flow_sigmas,
     iter_block_ar_sample,
     model_velocity,
     sample,
-    sigmas_from_timesteps,
 )
+from model.schedules import DEFAULT_NUMERICS, Schedule, effective_guidance, inference_schedule
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 log = logging.getLogger(__name__)
 # `precision` of generate_video: the model's own dtype, or float8 matmuls (model.kernels.fp8).
@@ -88,7 +93,22 @@ def video_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return pixels.permute(1, 2, 3, 0).contiguous().cpu()
 
 
-def _conditioning(
+@dataclass
+class _Start:
+    """What both generation paths start from (`_start`)."""
+
+    grid: tuple[int, int, int]
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    guidance: dict
+    generator: torch.Generator
+    noise: torch.Tensor
+    schedule: Schedule
+    sampler: str
+    first_frame: torch.Tensor | None  # the encoded image of image-to-video, (1, C, 1, H', W')
+
+
+def _start(
     model: LinearDiT,
     autoencoder: VideoAutoencoder,
     text_encoder: TextEncoder,
@@ -97,19 +117,26 @@ def _conditioning(
     num_frames: int,
     height: int,
     width: int,
-    steps: int,
-    guidance_scale: float,
-    negative_prompt: str,
-    shift: float,
-    seed: int,
-    denoising_steps: Sequence[float] | None,
-) -> tuple[
-    tuple[int, int, int], torch.Tensor, torch.Tensor, dict, torch.Generator, torch.Tensor, torch.Tensor
-]:
-    """What both generation paths start from: the latent grid, text, CFG inputs, seeded noise and schedule."""
+    steps: int = 50,
+    guidance_scale: float = 6.0,
+    negative_prompt: str = "",
+    shift: float = DEFAULT_INFERENCE_SHIFT,
+    seed: int = 0,
+    denoising_steps: Sequence[float] | None = None,
+    sampler: str | None = None,
+    numerics: str = DEFAULT_NUMERICS,
+    image: PIL.Image.Image | str | os.PathLike | None = None,
+) -> _Start:
+    """The latent grid, text, CFG inputs, seeded noise, schedule (`model.schedules`: diffusers' or the
+    official numerics) and, for image-to-video, the image's latent frame. The sampler defaults to
+    DPM-Solver++ from text and flow Euler from an image, as diffusers' two Sana video pipelines do."""
     _check_compatible(model, autoencoder, text_encoder)
     grid = latent_grid(model, autoencoder, num_frames, height, width)
+    sampler = sampler or ("euler" if image is not None else "dpm++")
+    schedule = inference_schedule(sampler, steps, shift, numerics, denoising_steps)
+    guidance_scale = effective_guidance(guidance_scale, numerics)
     param = next(model.parameters())
+    first_frame = None if image is None else encode_image(autoencoder, image, height, width, param.device)
 
     text, text_mask = (t.to(param.device) for t in text_encoder.encode([prompt]))
     negative_text = negative_mask = None
@@ -120,17 +147,14 @@ def _conditioning(
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(1, model.config.in_channels, *grid, generator=generator)
-    noise = noise.to(param.device)
-    if denoising_steps is None:
-        schedule = flow_sigmas(steps, shift)
-    else:
-        schedule = sigmas_from_timesteps(denoising_steps, shift)
     guidance = {
         "guidance_scale": guidance_scale,
         "negative_text": negative_text,
         "negative_mask": negative_mask,
     }
-    return grid, text, text_mask, guidance, generator, noise, schedule
+    return _Start(
+        grid, text, text_mask, guidance, generator, noise.to(param.device), schedule, sampler, first_frame
+    )
 
 
 @torch.no_grad()
@@ -149,8 +173,10 @@ def iter_video_blocks(
     negative_prompt: str = "",
     shift: float = DEFAULT_INFERENCE_SHIFT,
     seed: int = 0,
-    sampler: str = "dpm++",
+    sampler: str | None = None,
     denoising_steps: Sequence[float] | None = None,
+    numerics: str = DEFAULT_NUMERICS,
+    image: PIL.Image.Image | str | os.PathLike | None = None,
     precision: str = "native",
 ) -> Iterator[torch.Tensor]:
     """Block-autoregressive generation, streamed: yields uint8 frames (T_i, H, W, 3) block by block, each
@@ -160,7 +186,7 @@ def iter_video_blocks(
     initial noise (latent-sized: 1/48 of the pixels for Wan2.1), so memory does not grow with the pixel
     length. Same arguments and seed semantics as `generate_video`; the concatenated blocks are its frames.
     """
-    grid, text, text_mask, guidance, generator, noise, schedule = _conditioning(
+    start = _start(
         model,
         autoencoder,
         text_encoder,
@@ -174,20 +200,24 @@ def iter_video_blocks(
         shift=shift,
         seed=seed,
         denoising_steps=denoising_steps,
+        sampler=sampler,
+        numerics=numerics,
+        image=image,
     )
-    frames, lat_h, lat_w = grid
+    frames, lat_h, lat_w = start.grid
     latent_blocks = iter_block_ar_sample(
         model,
-        text,
-        text_mask,
+        start.text,
+        start.text_mask,
         frames,
         block_frames,
         (lat_h, lat_w),
-        sampler=sampler,
-        sigmas=schedule,
-        generator=generator,
-        noise=noise,
-        **guidance,
+        sampler=start.sampler,
+        sigmas=start.schedule,
+        generator=start.generator,
+        noise=start.noise,
+        first_frame=start.first_frame,
+        **start.guidance,
     )
     with _precision(model, precision):
         for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
@@ -209,9 +239,11 @@ def generate_video(
     negative_prompt: str = "",
     shift: float = DEFAULT_INFERENCE_SHIFT,
     seed: int = 0,
-    sampler: str = "dpm++",
+    sampler: str | None = None,
     block_frames: int | None = None,
     denoising_steps: Sequence[float] | None = None,
+    numerics: str = DEFAULT_NUMERICS,
+    image: PIL.Image.Image | str | os.PathLike | None = None,
     precision: str = "native",
 ) -> torch.Tensor:
     """Generate one video for `prompt`; returns frames (T, H, W, 3) uint8 with T = `num_frames`.
@@ -221,6 +253,11 @@ def generate_video(
     denoised with `sampler` over `steps` shifted levels — or over the few-step list `denoising_steps`
     (e.g. [1000, 960, 889, 727] with `sampler="renoise"` for a LongSANA-style distilled model). All frames
     are returned at once, which suits short videos; long ones go through `generate_video_to_file`.
+    `numerics="diffusers"` (default) reproduces diffusers' SanaVideoPipeline for the same weights and noise
+    (its schedules and timesteps; guidance ≤ 1 is none); `"official"` the SANA-Video code's sampler
+    (`model.schedules`). With `image` (a PIL image or a path) the video starts from it: image-to-video as
+    diffusers' SanaImageToVideoPipeline (`model.conditioning`; flow Euler unless `sampler` says otherwise);
+    block by block, the first block carries the image.
 
     `precision="fp8"` runs the transformer's large matmuls in float8 (`model.kernels.fp8`, Hopper or newer);
     "native" keeps the model's dtype. On CUDA the linear attention takes the fused Triton kernel
@@ -236,28 +273,50 @@ def generate_video(
         "shift": shift,
         "seed": seed,
         "denoising_steps": denoising_steps,
+        "sampler": sampler,
+        "numerics": numerics,
+        "image": image,
+        "precision": precision,
     }
     if block_frames is not None:
-        options["precision"] = precision
         blocks = iter_video_blocks(
-            model, autoencoder, text_encoder, prompt, block_frames=block_frames, sampler=sampler, **options
+            model, autoencoder, text_encoder, prompt, block_frames=block_frames, **options
         )
         return torch.cat(list(blocks))
-    _, text, text_mask, guidance, generator, noise, schedule = _conditioning(
-        model, autoencoder, text_encoder, prompt, **options
-    )
+    latents = generate_latents(model, autoencoder, text_encoder, prompt, **options)
+    return video_to_uint8(autoencoder.decode(latents)[0])
+
+
+@torch.no_grad()
+def generate_latents(
+    model: LinearDiT,
+    autoencoder: VideoAutoencoder,
+    text_encoder: TextEncoder,
+    prompt: str,
+    *,
+    precision: str = "native",
+    **options,
+) -> torch.Tensor:
+    """The bidirectional path of `generate_video` up to the latents (1, C, F, H', W'), before decoding —
+    what diffusers' pipelines return with `output_type="latent"`. Same keyword options."""
+    start = _start(model, autoencoder, text_encoder, prompt, **options)
+    velocity, noise = model_velocity(model), start.noise
+    if start.first_frame is not None:  # only the frames after the image are stepped
+        velocity, noise = with_clean_first_frame(velocity, start.first_frame), noise[:, :, 1:]
     with _precision(model, precision):
         latents = sample(
-            model_velocity(model),
+            velocity,
             noise,
-            text,
-            text_mask,
-            sampler=sampler,
-            sigmas=schedule,
-            generator=generator,
-            **guidance,
+            start.text,
+            start.text_mask,
+            sampler=start.sampler,
+            sigmas=start.schedule,
+            generator=start.generator,
+            **start.guidance,
         )
-    return video_to_uint8(autoencoder.decode(latents)[0])
+    if start.first_frame is None:
+        return latents
+    return torch.cat([start.first_frame, latents], dim=2)
 
 
 def generate_video_to_file(

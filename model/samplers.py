@@ -6,7 +6,7 @@ descending sigma schedule, and works with any velocity function
     v = fn(x, timesteps, text, text_mask)      # timesteps: (B,) float, 1000·σ
 
 so the same code drives LinearDiT, a diffusers model, or an analytic field in a test. Classifier-free
-guidance batches the negative and the positive text into one call: v = v_neg + g·(v_pos − v_neg).
+guidance (`model.guidance`) batches the negative and the positive text into one call.
 
 `block_ar_sample` runs them block by block with LinearDiT's constant-memory cache (reference notes §3.5):
 each block of latent frames is denoised while attending to the cache, then folded into the cache as a clean
@@ -16,20 +16,19 @@ block (t = 0), so memory stays constant however long the video grows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
-from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
+from model.conditioning import with_clean_first_frame
+from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
+from model.guidance import Field, VelocityFn, guidance_text, guided_field, split_schedule
 
 if TYPE_CHECKING:
     from model.cache import LinearDiTCache
     from model.linear_dit import LinearDiT
-
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-# The guided field the steppers integrate: (x, σ) -> velocity.
-_Field = Callable[[torch.Tensor, float], torch.Tensor]
+    from model.schedules import Schedule
 
 DEFAULT_INFERENCE_SHIFT = 8.0
 # Self-Forcing/LongSANA few-step list (reference notes §3.5), in unshifted timesteps.
@@ -64,76 +63,7 @@ def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
     return values
 
 
-def _pad_text(text: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    extra = length - text.shape[1]
-    if extra == 0:
-        return text, mask
-    return (
-        torch.nn.functional.pad(text, (0, 0, 0, extra)),
-        torch.nn.functional.pad(mask, (0, extra)),
-    )
-
-
-def guidance_text(
-    text: torch.Tensor,
-    text_mask: torch.Tensor | None,
-    negative_text: torch.Tensor,
-    negative_mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (2B, L, C) text and (2B, L) mask of a CFG batch: negative rows first, then positive.
-
-    A (1, L, C) negative text serves a whole batch; texts of different lengths are zero-padded with mask 0.
-    """
-    batch = text.shape[0]
-    if negative_text.shape[0] not in (1, batch):
-        raise ValueError(
-            f"negative text batch {negative_text.shape[0]} does not match the text batch {batch}"
-        )
-    ones = torch.ones(1, 1, dtype=torch.long, device=text.device)
-    pos_mask = text_mask if text_mask is not None else ones.expand(batch, text.shape[1])
-    neg_mask = negative_mask if negative_mask is not None else ones.expand(1, negative_text.shape[1])
-    neg_text, neg_mask = negative_text.expand(batch, -1, -1), neg_mask.expand(batch, -1)
-    length = max(text.shape[1], neg_text.shape[1])
-    neg_text, neg_mask = _pad_text(neg_text, neg_mask, length)
-    pos_text, pos_mask = _pad_text(text, pos_mask, length)
-    both_text = torch.cat([neg_text.to(text.device, text.dtype), pos_text])
-    both_mask = torch.cat([neg_mask.to(text.device, torch.long), pos_mask.long()])
-    return both_text, both_mask
-
-
-def guided_field(
-    fn: VelocityFn,
-    text: torch.Tensor,
-    text_mask: torch.Tensor | None = None,
-    *,
-    guidance_scale: float = 1.0,
-    negative_text: torch.Tensor | None = None,
-    negative_mask: torch.Tensor | None = None,
-) -> _Field:
-    """The (x, σ) → velocity field a sampler integrates, with classifier-free guidance when scale ≠ 1.
-
-    At scale 1 guidance is the conditional field itself, so the negative text is not evaluated (as in
-    diffusers). Otherwise one batched call on `guidance_text(...)` computes both branches.
-    """
-
-    def timesteps_for(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return torch.full((x.shape[0],), sigma_to_timestep(sigma), device=x.device, dtype=torch.float32)
-
-    if guidance_scale == 1.0:
-        return lambda x, sigma: fn(x, timesteps_for(x, sigma), text, text_mask)
-    if negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
-    both_text, both_mask = guidance_text(text, text_mask, negative_text, negative_mask)
-
-    def field(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        x2 = torch.cat([x, x])
-        v_neg, v_pos = fn(x2, timesteps_for(x2, sigma), both_text, both_mask).chunk(2)
-        return v_neg + guidance_scale * (v_pos - v_neg)
-
-    return field
-
-
-def euler_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+def euler_steps(field: Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """First-order flow Euler: x ← x + (σ_next − σ)·v."""
     for sigma, sigma_next in zip(sigmas, sigmas[1:], strict=False):
         x = x + (sigma_next - sigma) * field(x, sigma)
@@ -149,7 +79,7 @@ def _lambda(sigma: float) -> float:
     return math.log((1.0 - sigma) / sigma)
 
 
-def dpm_solver_pp_2m_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+def dpm_solver_pp_2m_steps(field: Field, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
     """DPM-Solver++(2M), data-prediction form with the midpoint update (as diffusers' default).
 
     The model's x0 estimate is x − σ·v (α = 1 − σ). The first step, the final step to σ = 0, and a step
@@ -181,7 +111,7 @@ def dpm_solver_pp_2m_steps(field: _Field, x: torch.Tensor, sigmas: Sequence[floa
 
 
 def renoise_steps(
-    field: _Field, x: torch.Tensor, sigmas: Sequence[float], generator: torch.Generator | None = None
+    field: Field, x: torch.Tensor, sigmas: Sequence[float], generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """The few-step sampler of Self-Forcing/LongSANA: predict x0 = x − σ·v, then re-noise it to the next
     level with fresh noise, x ← (1 − σ_next)·x0 + σ_next·ε; the last prediction is the result."""
@@ -201,7 +131,7 @@ SAMPLERS = ("euler", "dpm++", "renoise")
 
 def run_sampler(
     sampler: str,
-    field: _Field,
+    field: Field,
     noise: torch.Tensor,
     sigmas: torch.Tensor,
     generator: torch.Generator | None = None,
@@ -226,7 +156,7 @@ def sample(
     sampler: str = "dpm++",
     steps: int = 50,
     shift: float = DEFAULT_INFERENCE_SHIFT,
-    sigmas: torch.Tensor | None = None,
+    sigmas: torch.Tensor | Schedule | None = None,
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
@@ -234,9 +164,10 @@ def sample(
 ) -> torch.Tensor:
     """Denoise `noise` into a sample with the velocity function `fn`.
 
-    The schedule is `flow_sigmas(steps, shift)` unless `sigmas` (descending, ending at 0) is given.
-    `generator` only matters for the re-noising sampler.
+    The schedule is `flow_sigmas(steps, shift)` unless `sigmas` (descending, ending at 0, or a `Schedule`
+    that also fixes the model's timesteps) is given. `generator` only matters for the re-noising sampler.
     """
+    sigmas, timesteps = split_schedule(sigmas)
     field = guided_field(
         fn,
         text,
@@ -244,6 +175,7 @@ def sample(
         guidance_scale=guidance_scale,
         negative_text=negative_text,
         negative_mask=negative_mask,
+        timesteps=timesteps,
     )
     schedule = flow_sigmas(steps, shift) if sigmas is None else sigmas
     return run_sampler(sampler, field, noise, schedule, generator)
@@ -323,17 +255,23 @@ def iter_block_ar_sample(
     steps: int | None = None,
     denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
     shift: float = DEFAULT_INFERENCE_SHIFT,
-    sigmas: torch.Tensor | None = None,
+    sigmas: torch.Tensor | Schedule | None = None,
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    first_frame: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """`block_ar_sample` one block at a time: yields (start, end, clean latents (B, C, end − start, H, W))
     as soon as each block is denoised and folded into the cache, so a caller can decode and write it before
     the next block starts (minute-long video without holding every latent or pixel). Same arguments, same
-    random draws and so the same blocks as `block_ar_sample`.
+    random draws and so the same blocks as `block_ar_sample`. With `first_frame` (1 or B, C, 1, H, W: an
+    encoded image) the first block carries it as its clean first latent frame (`with_clean_first_frame`).
+    With `context` (clean latents (B, C, F0, H, W) of a given clip) the video continues it: the context is
+    folded into the cache (`fold_into_cache`, no denoising) and `num_latent_frames` new frames follow,
+    yielded with absolute spans from F0.
     """
     cfg = model.config
     param = next(model.parameters())
@@ -345,6 +283,7 @@ def iter_block_ar_sample(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     noise = noise.to(param.device, torch.float32)
+    sigmas, timesteps = split_schedule(sigmas)
     schedule = sigmas if sigmas is not None else block_schedule(steps, denoising_steps, shift)
 
     if guidance_scale == 1.0:
@@ -355,20 +294,58 @@ def iter_block_ar_sample(
         cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
         copies = 2
     cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
+    offset = 0
+    if context is not None:
+        fold_into_cache(model, context, cache_text, cache_mask, cache, block_frames)
+        offset = context.shape[2]
 
     for start, end in autoregressive_segments(num_latent_frames, block_frames):
+        block_noise = noise[:, :, start:end]
+        start, end = start + offset, end + offset
+        velocity = model_velocity(model, cache, start)
+        conditioned = first_frame is not None and start == 0
+        if conditioned:
+            first = first_frame.to(param.device, torch.float32).expand(batch, -1, -1, -1, -1)
+            velocity, block_noise = with_clean_first_frame(velocity, first), block_noise[:, :, 1:]
         field = guided_field(
-            model_velocity(model, cache, start),
+            velocity,
             text,
             text_mask,
             guidance_scale=guidance_scale,
             negative_text=negative_text,
             negative_mask=negative_mask,
+            timesteps=timesteps,
         )
-        clean = run_sampler(sampler, field, noise[:, :, start:end], schedule, generator)
+        clean = (
+            run_sampler(sampler, field, block_noise, schedule, generator)
+            if block_noise.shape[2]
+            else block_noise
+        )
+        if conditioned:
+            clean = torch.cat([first, clean], dim=2)
         clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
         model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start, text_mask=cache_mask)
         yield start, end, clean
+
+
+@torch.no_grad()
+def fold_into_cache(
+    model: LinearDiT,
+    clean: torch.Tensor,
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    cache: LinearDiTCache,
+    block_frames: int,
+) -> None:
+    """Fold clean latents (B, C, F, H, W) into `cache` block by block with `update_cache`, in the blocks
+    generation would have made (`autoregressive_segments`), so the cache is the one the model would hold had
+    it generated them itself. `text` may be a CFG batch (2B rows): the latents are repeated to match. The
+    cache keeps its constant size however long the clip is."""
+    param = next(model.parameters())
+    copies = text.shape[0] // clean.shape[0]
+    for start, end in autoregressive_segments(clean.shape[2], block_frames):
+        block = clean[:, :, start:end].to(param.device).repeat(copies, 1, 1, 1, 1).to(param.dtype)
+        model.update_cache(block, text.to(param.dtype), cache, cache.num_frames, text_mask=text_mask)
 
 
 def block_ar_sample(
@@ -383,12 +360,14 @@ def block_ar_sample(
     steps: int | None = None,
     denoising_steps: Sequence[float] = DEFAULT_DENOISING_STEPS,
     shift: float = DEFAULT_INFERENCE_SHIFT,
-    sigmas: torch.Tensor | None = None,
+    sigmas: torch.Tensor | Schedule | None = None,
     guidance_scale: float = 1.0,
     negative_text: torch.Tensor | None = None,
     negative_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    first_frame: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate latents (B, C, F, H, W) block by block with the constant-memory cache.
 
@@ -418,5 +397,7 @@ def block_ar_sample(
         negative_mask=negative_mask,
         generator=generator,
         noise=noise,
+        first_frame=first_frame,
+        context=context,
     )
     return torch.cat([clean for _, _, clean in blocks], dim=2)

@@ -3,15 +3,19 @@ writes a block-autoregressive mp4 from the last stage's export."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from training_runs import tiny_data
 
 from model.video_io import read_frames
 from orchestration.cli import main
+from training.generation import write_conditioning_samples
 from training.tracking import (
     PARENT_TAG,
     TAG_DATASET,
@@ -86,6 +90,9 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert "proj_out.weight" in init_keys["video-hires"]["missing"]
     assert init_keys["long-video-ar"]["dropped"] == [] and init_keys["long-video-ar"]["missing"] == []
     assert children["video-hires"].data.params["model.overrides.in_channels"] == "192"
+    # The video stages (bidirectional and block-causal) trained image-to-video jointly.
+    for name in ("video", "video-hires", "long-video-ar"):
+        assert children[name].data.params["image_condition_prob"] == "0.5"
 
     # Rerunning the same command finds every export and trains nothing; the parent run is re-attached.
     capsys.readouterr()
@@ -106,6 +113,51 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert main([*gen, "--out", str(video), "--block-frames", "4", "--steps", "2"]) == 0
     frames = read_frames(video)
     assert frames.shape == (16, 64, 64, 3)
+
+    # Image-to-video from the same export: space-to-depth is lossless, so the first frame is the image (up
+    # to H.264); an unreadable image is one line.
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 8:40] = (220, 30, 30)
+    Image.fromarray(image).save(tmp_path / "start.png")
+    started = tmp_path / "i2v.mp4"
+    assert main([*gen, "--out", str(started), "--image", str(tmp_path / "start.png"), "--steps", "2"]) == 0
+    first = read_frames(started)[0].astype(np.int32)
+    assert np.abs(first - image).mean() < 6
+    record = json.loads(started.with_suffix(".json").read_text())
+    assert record["image"] == str(tmp_path / "start.png")
+    assert record["image_sha256"] == hashlib.sha256((tmp_path / "start.png").read_bytes()).hexdigest()
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    capsys.readouterr()
+    assert main([*gen, "--out", str(started), "--image", str(tmp_path / "broken.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"svp: error: cannot read image {tmp_path / 'broken.png'}")
+
+    # Continuation: the long video (16 frames) and 1 s (8 frames = 2 blocks of 4) more, in one mp4.
+    more = tmp_path / "more.mp4"
+    cont = ["generate", str(exports["long-video-ar"]), "--prompt", "it keeps moving", "--block-frames", "4"]
+    assert main([*cont, "--continue", str(video), "--seconds", "1", "--out", str(more), "--steps", "2"]) == 0
+    assert read_frames(more).shape == (24, 64, 64, 3)
+    record = json.loads(more.with_suffix(".json").read_text())
+    assert record["continued_from"] == str(video) and record["frames_kept"] == 16
+    capsys.readouterr()
+    assert main([*cont, "--continue", str(video), "--seconds", "0.25", "--out", str(more)]) == 2
+    assert "shorter than one block of 4" in capsys.readouterr().err
+    assert (
+        main([*cont, "--continue", str(tmp_path / "broken.png"), "--seconds", "1", "--out", str(more)]) == 2
+    )
+    assert capsys.readouterr().err.startswith(f"svp: error: cannot read video {tmp_path / 'broken.png'}")
+
+    # What the demo shows after the long video (training.generation.write_conditioning_samples).
+    samples = write_conditioning_samples(
+        exports["long-video-ar"],
+        tmp_path / "samples",
+        "a red square",
+        video,
+        seconds=1,
+        block_frames=4,
+        steps=2,
+    )
+    assert read_frames(samples["image_to_video"]).shape == (8, 64, 64, 3)
+    assert read_frames(samples["continued"]).shape == (24, 64, 64, 3)
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):

@@ -14,17 +14,24 @@ from training.config import load_preset
 from training.step import StageStep, build_engine, guarded_step, step_generator
 
 
-@pytest.fixture
-def single_process_group(monkeypatch):
+@pytest.fixture(scope="module")
+def single_process_group():
+    # One process group for the module: DeepSpeed caches its groups, so engines of several tests must share it.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MASTER_PORT", str(port))
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for key, value in {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+        }.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("MASTER_PORT", str(port))
+        yield
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -90,3 +97,37 @@ def test_ema_folds_every_k_steps_with_the_matching_decay(tmp_path):
     assert all(torch.equal(restored.state_dict()[k], ema.state_dict()[k]) for k in ema.state_dict())
     ema.close()
     restored.close()
+
+
+def test_image_conditioned_first_frame_is_clean_and_out_of_the_loss(single_process_group, tmp_path):
+    stage = load_preset("tiny", variables={"data_root": str(tmp_path)}).stage("video")
+    assert stage.image_condition_prob == 0.5  # the tiny video stages train image-to-video jointly
+    torch.manual_seed(0)
+    step_math = StageStep(stage, torch.device("cpu"), torch.float32)
+    engine = build_engine(
+        stage, LinearDiT(stage.model_config()), world_size=1, use_gpu=False, universal=False
+    )
+    seen = {}
+
+    def capture(module, args, kwargs, output):
+        seen["noisy"], seen["timesteps"] = args[0].detach(), args[2].detach()
+        output.register_hook(lambda grad: seen.__setitem__("grad", grad.detach()))
+
+    engine.module.register_forward_hook(capture, with_kwargs=True)
+    video = torch.rand(4, 3, 9, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    totals, applied = guarded_step(engine, step_math, video, ["a red square"] * 4, step_generator(0, 0, 2))
+    assert applied and totals.loss > 0
+
+    clean = step_math.autoencoder.encode(video)
+    conditioned = seen["timesteps"][:, 0] == 0
+    assert 0 < int(conditioned.sum()) < 4  # this step draws both kinds of sample
+    # Conditioned samples: the first frame is fed exactly clean, at timestep 0, and gets no gradient.
+    assert torch.equal(seen["noisy"][conditioned, :, 0], clean[conditioned, :, 0])
+    assert torch.all(seen["grad"][conditioned, :, 0] == 0)
+    # Everything else is noised and trained on.
+    assert torch.all(seen["timesteps"][:, 1:] > 0) and torch.all(seen["timesteps"][~conditioned, 0] > 0)
+    assert not torch.equal(seen["noisy"][~conditioned, :, 0], clean[~conditioned, :, 0])
+    assert (
+        seen["grad"][conditioned, :, 1:].abs().min() >= 0 and seen["grad"][conditioned, :, 1:].abs().sum() > 0
+    )
+    assert seen["grad"][~conditioned, :, 0].abs().sum() > 0

@@ -7,13 +7,10 @@ and resolution the stage trained with, so generating from it needs only the fold
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from training.checkpoints import EXPORT_STATE_FILE
 
 DEFAULT_FPS = 16.0
 
@@ -70,71 +67,5 @@ def render_sample(stage: Any, step_math: Any, module: torch.nn.Module, path: Pat
     return save_video(frames, path, fps=stage.target_fps or DEFAULT_FPS)
 
 
-def generate_from_export(
-    export_dir: str | Path,
-    prompt: str,
-    seconds: float,
-    out: str | Path,
-    *,
-    block_frames: int | None = None,
-    steps: int = 20,
-    guidance_scale: float = 6.0,
-    seed: int = 0,
-    height: int | None = None,
-    width: int | None = None,
-    ema: bool = False,
-    device: str = "cpu",
-) -> Path:
-    """Generate `seconds` of video from a stage export and write it as mp4 (block-AR with `block_frames`)."""
-    from model.autoencoders import build_autoencoder
-    from model.generate import generate_video, generate_video_to_file, save_video
-    from model.pretrained import load_pretrained
-    from model.text_encoders import build_text_encoder
-
-    export_dir = Path(export_dir)
-    info_file = export_dir / EXPORT_STATE_FILE
-    if not info_file.is_file():
-        raise FileNotFoundError(f"{export_dir} is not a stage export (no {EXPORT_STATE_FILE})")
-    if seconds <= 0:
-        raise ValueError(f"--seconds must be > 0, got {seconds}")
-    info = json.loads(info_file.read_text())
-    model = load_pretrained(export_dir, device=device)
-    if ema:
-        from safetensors.torch import load_file
-
-        ema_file = export_dir / "ema.safetensors"
-        if not ema_file.is_file():
-            raise FileNotFoundError(f"--ema: {export_dir} has no ema.safetensors (the stage kept no EMA)")
-        model.load_state_dict(load_file(str(ema_file), device=device), strict=False)
-    ae, te = info["autoencoder"], info["text_encoder"]
-    autoencoder = build_autoencoder(ae["name"], ae["path"], device=device, **ae["options"])
-    options = dict(te["options"])
-    options.setdefault("max_length", te["max_length"])
-    text_encoder = build_text_encoder(te["name"], te["path"], device=device, **options)
-    fps = float(info["fps"])
-    num_frames = _valid_frames(autoencoder, max(1, round(seconds * fps)))
-    options = {
-        "num_frames": num_frames,
-        "height": height or info["height"],
-        "width": width or info["width"],
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "seed": seed,
-    }
-    if block_frames is not None:
-        # Block by block into the mp4: memory stays bounded however many seconds are asked for.
-        return generate_video_to_file(
-            model, autoencoder, text_encoder, prompt, out, fps=fps, block_frames=block_frames, **options
-        )
-    return save_video(generate_video(model, autoencoder, text_encoder, prompt, **options), out, fps=fps)
-
-
-def _valid_frames(autoencoder: Any, want: int) -> int:
-    """The smallest frame count ≥ `want` that the autoencoder accepts."""
-    for frames in range(want, want + 2 * autoencoder.stride[0] + 1):
-        try:
-            autoencoder.latent_frames(frames)
-        except ValueError:
-            continue
-        return frames
-    raise ValueError(f"no valid frame count near {want} for the {autoencoder.name} autoencoder")
+# `svp generate` lives in training.generation; re-exported here, where callers have always found it.
+from training.generation import generate_from_export  # noqa: E402, F401

@@ -55,7 +55,8 @@ class StageStep:
 
 
 def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
-    """(noisy latents in `dtype`, timesteps, noise): per-sample σ, or per-chunk σ for block-causal stages."""
+    """(noisy latents in `dtype`, timesteps, noise, loss weights or None): per-sample σ, or per-chunk σ for
+    block-causal stages; with `image_condition_prob`, image-conditioned samples (`condition_first_frame`)."""
     from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
 
     flow, batch = stage.flow, latents.shape[0]
@@ -72,8 +73,28 @@ def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator,
     else:
         sigma = sample_sigmas(batch, generator, flow.logit_mean, flow.logit_std, flow.shift)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    weights = None
+    if stage.image_condition_prob > 0:  # drawn only then, so other stages keep their random stream
+        sigma, weights = condition_first_frame(sigma, latents.shape[2], stage.image_condition_prob, generator)
+        weights = weights.to(latents.device)
     sigma = sigma.to(latents.device)
-    return add_noise(latents, noise, sigma).to(dtype), sigma_to_timestep(sigma), noise
+    return add_noise(latents, noise, sigma).to(dtype), sigma_to_timestep(sigma), noise, weights
+
+
+def condition_first_frame(
+    sigma: torch.Tensor, frames: int, prob: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-to-video training: each sample, with probability `prob`, keeps its first latent frame clean.
+
+    Returns per-frame σ (B, F) with 0 on the conditioned first frames (so the model is fed exactly the clean
+    latent at timestep 0, as at image-to-video inference) and per-frame loss weights (B, F) with 0 there.
+    """
+    batch = sigma.shape[0]
+    per_frame = sigma.reshape(batch, 1).expand(batch, frames) if sigma.ndim == 1 else sigma
+    conditioned = torch.rand(batch, generator=generator) < prob
+    keep = torch.ones(batch, frames)
+    keep[:, 0] = (~conditioned).float()
+    return per_frame * keep.to(per_frame), keep
 
 
 def step_flops_and_tokens(
@@ -88,12 +109,15 @@ def step_flops_and_tokens(
     return 3.0 * batch * forward_flops(model_config, tuple(latent_shape[1:]), text_len), float(tokens)
 
 
-def forward_loss(engine: Any, stage: Any, latents, noisy, text, mask, timesteps, noise) -> torch.Tensor:
-    """Flow-matching loss of one batch (block-causal when the stage has `chunk_sizes`)."""
+def forward_loss(
+    engine: Any, stage: Any, latents, noisy, text, mask, timesteps, noise, weights=None
+) -> torch.Tensor:
+    """Flow-matching loss of one batch (block-causal when the stage has `chunk_sizes`); `weights` (B, F)
+    leave conditioning frames out."""
     from model.flow import flow_matching_loss
 
     prediction = engine(noisy, text, timesteps, text_mask=mask, chunk_sizes=stage.chunk_sizes)
-    return flow_matching_loss(prediction, latents, noise)
+    return flow_matching_loss(prediction, latents, noise, weights)
 
 
 def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
@@ -124,9 +148,9 @@ def guarded_step(
     from training.metrics import StepTotals
 
     latents, text, mask = step_math.encode(video, captions, generator)
-    noisy, timesteps, noise = step_math.noise(latents, generator)
+    noisy, timesteps, noise, weights = step_math.noise(latents, generator)
     flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
-    loss = forward_loss(engine, step_math.stage, latents, noisy, text, mask, timesteps, noise)
+    loss = forward_loss(engine, step_math.stage, latents, noisy, text, mask, timesteps, noise, weights)
     finite = bool(torch.isfinite(loss.detach()))
     local = StepTotals(
         float(loss.detach()) if finite else 0.0,

@@ -71,22 +71,37 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="A stage export folder (…/<pipeline>/<stage>/export)."),
         prompt: str = typer.Option(..., help="What the video shows."),
         seconds: float = typer.Option(
-            ..., help="Length of the video in seconds (at the stage's frame rate)."
+            ...,
+            help="Length of the video in seconds (at the stage's frame rate); with --continue, of the new part.",
         ),
         out: Path = typer.Option(..., help="The mp4 to write."),
         block_frames: int = typer.Option(
             None, help="Latent frames per block: block-autoregressive with a constant-memory cache."
         ),
         steps: int = typer.Option(20, help="Sampler steps (per block when block-autoregressive)."),
-        guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (1 disables it)."),
+        guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (<= 1 disables it)."),
         seed: int = typer.Option(0, help="Noise seed."),
         height: int = typer.Option(None, help="Pixel height (default: the stage's first bucket)."),
         width: int = typer.Option(None, help="Pixel width (default: the stage's first bucket)."),
         ema: bool = typer.Option(False, help="Use the EMA weights of the export."),
         device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, …"),
+        image: Path = typer.Option(
+            None, help="Image-to-video: the video starts from this image (resized to the video size)."
+        ),
+        continue_from: Path = typer.Option(
+            None,
+            "--continue",
+            help="Continue this mp4: its blocks are folded into the cache, then --seconds more are generated "
+            "(needs --block-frames; the output is the clip followed by the new frames).",
+        ),
+        numerics: str = typer.Option(
+            "diffusers",
+            help="diffusers: schedule, timesteps and guidance as diffusers' SanaVideoPipeline (guidance <= 1 is "
+            "none); official: the SANA-Video code's sampler.",
+        ),
     ) -> None:
         """Generate a video from a trained stage's export."""
-        from training.sampling import generate_from_export
+        from training.generation import generate_from_export
 
         path = generate_from_export(
             checkpoint,
@@ -101,5 +116,8 @@ def register(app: typer.Typer) -> None:
             width=width,
             ema=ema,
             device=device,
+            numerics=numerics,
+            image=image,
+            continue_from=continue_from,
         )
         typer.echo(f"wrote {path}")

@@ -166,6 +166,9 @@ class StageConfig:
     model: ModelSpec
     chunk_sizes: list[int] | None = None
     chunk_sigma_strategy: Literal["uniform", "incremental"] = "uniform"
+    # Joint image-to-video training (official `ltx_image_condition_prob`): per sample, with this probability
+    # the first latent frame stays clean (timestep 0) and is left out of the loss.
+    image_condition_prob: float = Field(default=0.0, ge=0, le=1)
     flow: FlowConfig = Field(default_factory=FlowConfig)
     caption_dropout: float = Field(default=0.1, ge=0, le=1)
     optimizer: OptimizerConfig
@@ -190,6 +193,15 @@ class StageConfig:
         if chunks is not None and (not chunks or min(chunks) < 1):
             raise ValueError(f"must be a non-empty list of positive latent-frame counts, got {chunks}")
         return chunks
+
+    @model_validator(mode="after")
+    def _image_condition_needs_video(self) -> StageConfig:
+        # One-frame samples would have nothing left to train on.
+        if self.image_condition_prob > 0 and self.kind == "image":
+            raise ValueError(
+                "image_condition_prob needs a video stage (kind: video), this stage is kind: image"
+            )
+        return self
 
     @field_validator("buckets")
     @classmethod

@@ -110,7 +110,11 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
         "--seconds",
         "2",
     ]
+    capsys.readouterr()
     assert main([*gen, "--out", str(video), "--block-frames", "4", "--steps", "2"]) == 0
+    # It says which inference path it took: on a CPU the PyTorch attention, eager.
+    said = capsys.readouterr().out
+    assert "linear attention: PyTorch path" in said and "matmuls: native; compiled: False" in said, said
     frames = read_frames(video)
     assert frames.shape == (16, 64, 64, 3)
 

@@ -59,18 +59,43 @@ def generate_from_export(
     numerics: str = "diffusers",
     image: str | Path | None = None,
     continue_from: str | Path | None = None,
+    precision: str = "native",
+    compile: bool = True,
 ) -> Path:
     """Generate `seconds` of video from a stage export and write it as mp4 (block-AR with `block_frames`),
-    from `image` (image-to-video) or after the clip `continue_from` (then `seconds` is the new part)."""
+    from `image` (image-to-video) or after the clip `continue_from` (then `seconds` is the new part).
+
+    On CUDA the fused linear-attention kernel is used and, with `compile`, every block runs compiled
+    (`LinearDiT.enable_inference_compile`; a CPU run stays eager); `precision="fp8"` runs the large matmuls
+    in float8. The record beside the video says which path was taken (`inference`)."""
+    import torch
+
+    from model import kernels
     from model.generate import generate_video, generate_video_to_file, save_video
 
     if seconds <= 0:
         raise ValueError(f"--seconds must be > 0, got {seconds}")
     _check_conditioning(image, continue_from, block_frames, height, width)
     model, autoencoder, text_encoder, info = load_export(export_dir, ema, device)
+    model.enable_inference_compile(compile)
     fps = float(info["fps"])
-    options = {"steps": steps, "guidance_scale": guidance_scale, "seed": seed, "numerics": numerics}
-    record = {"export": str(Path(export_dir).resolve()), "prompt": prompt, "fps": fps, **options}
+    options = {
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+        "numerics": numerics,
+        "precision": precision,
+    }
+    dtype = next(model.parameters()).dtype
+    compiled = compile and torch.device(device).type == "cuda"
+    inference = f"{kernels.describe_path(device, dtype)}; matmuls: {precision}; compiled: {compiled}"
+    record = {
+        "export": str(Path(export_dir).resolve()),
+        "prompt": prompt,
+        "fps": fps,
+        "inference": inference,
+        **options,
+    }
     if continue_from is not None:
         from model.continuation import continue_video_to_file
 

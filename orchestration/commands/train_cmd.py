@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -99,6 +100,15 @@ def register(app: typer.Typer) -> None:
             help="diffusers: schedule, timesteps and guidance as diffusers' SanaVideoPipeline (guidance <= 1 is "
             "none); official: the SANA-Video code's sampler.",
         ),
+        precision: str = typer.Option(
+            "native",
+            help="native: the weights' dtype; fp8: float8 matmuls for the large layers (Hopper GPUs).",
+        ),
+        compile: bool = typer.Option(
+            True,
+            "--compile/--no-compile",
+            help="On CUDA, run every block torch.compile'd (first call slower).",
+        ),
     ) -> None:
         """Generate a video from a trained stage's export."""
         from training.generation import generate_from_export
@@ -119,5 +129,9 @@ def register(app: typer.Typer) -> None:
             numerics=numerics,
             image=image,
             continue_from=continue_from,
+            precision=precision,
+            compile=compile,
         )
+        record = json.loads(path.with_suffix(".json").read_text())
+        typer.echo(record["inference"])
         typer.echo(f"wrote {path}")

@@ -142,7 +142,7 @@ def run_stage(
     export_dir = export_dir_of(work_dir, pipeline, stage.name)
     stage_index = pipeline.stage_names.index(stage.name)
     if export_complete(export_dir):
-        log.warning(f"stage {stage.name}: export present at {export_dir}, skipping")
+        log.info(f"stage {stage.name}: export present at {export_dir}, skipping")
         return StageResult(stage.name, export_dir, skipped=True)
     init_from = resolve_init_from(pipeline, stage, work_dir)
     # Reading the index here turns missing or unusable data into one clear error before any worker starts.
@@ -204,7 +204,7 @@ def run_stage(
     if tracker is not None and run_id is not None:
         tracker.log_export(run_id, export_dir)
         tracker.finish(run_id, ok=True)
-    log.warning(f"stage {stage.name}: exported to {export_dir}")
+    log.info(f"stage {stage.name}: exported to {export_dir}")
     return StageResult(
         stage.name,
         export_dir,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
@@ -18,11 +17,15 @@ def register(app: typer.Typer) -> None:
         videos: int = typer.Option(6, "--videos", help="Number of good videos (broken files are added)."),
         seed: int = typer.Option(0, help="Random seed; the corpus is deterministic from it."),
         no_broken: bool = typer.Option(False, "--no-broken", help="Do not add the broken files."),
+        scene: str = typer.Option(
+            "texture",
+            help="texture (smooth random textures) or shapes (a moving shape on a flat background).",
+        ),
     ) -> None:
         """Write a synthetic video corpus with known cuts, motion, captions and broken files."""
         from curation.synth import VIDEOS_DIR, make_corpus
 
-        truth = make_corpus(out, videos, seed=seed, broken=not no_broken)
+        truth = make_corpus(out, videos, seed=seed, broken=not no_broken, scene=scene)
         typer.echo(
             f"wrote {len(truth.videos)} videos and {len(truth.broken)} broken files to {out / VIDEOS_DIR}; "
             f"ground truth in {out / 'ground_truth.json'}"
@@ -59,8 +62,9 @@ def register(app: typer.Typer) -> None:
         from curation.config import load_config
         from curation.pipeline import run_curation
         from curation.report import format_report
+        from orchestration.console import setup_logging
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        setup_logging()
         cfg = load_config(
             config,
             scenes__min_clip_s=min_clip_s,

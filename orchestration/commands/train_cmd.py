@@ -34,8 +34,11 @@ def register(app: typer.Typer) -> None:
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
+        from orchestration.console import setup_logging
         from training.config import PRESET_NAMES, load_pipeline, load_preset
         from training.pipeline import run_pipeline
+
+        setup_logging()
 
         variables = _variables(var or [])
         if not Path(pipeline).exists() and pipeline in PRESET_NAMES:

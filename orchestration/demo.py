@@ -29,7 +29,7 @@ DEMO_SCENE = "shapes"
 # can; it costs little at these token counts. Steps and learning rate: what the stages need to learn the
 # shapes corpus on 2 CPU cores within the demo's minutes; one sample video per stage, at its last step.
 DEMO_MODEL = {"num_heads": 4, "head_dim": 64, "cross_attention_heads": 4, "cross_attention_head_dim": 64}
-DEMO_STEPS = {"image": 200, "video": 100, "video-hires": 150, "long-video-ar": 80}
+DEMO_STEPS = {"image": 150, "video": 60, "video-hires": 250, "long-video-ar": 150}
 DEMO_OVERRIDES: dict[str, object] = {
     **{f"defaults.model.overrides.{key}": value for key, value in DEMO_MODEL.items()},
     "defaults.optimizer.lr": 3.0e-3,

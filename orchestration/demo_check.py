@@ -95,7 +95,7 @@ def learning_figures(video: Path, stage: Any, tracking_uri: str, pipeline: str, 
 
     generated = read_frames(video)
     clips = training_frames(stage)
-    write_strip(generated, clips[0], png)
+    write_strip(generated, max(clips, key=lambda clip: float(clip.std())), png)  # a clip whose shape shows
     return {
         "generated": frame_stats(generated),
         "training": mean_stats(clips),

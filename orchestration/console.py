@@ -1,8 +1,9 @@
 """A calm console for `svp`: INFO headings on stderr, Ray workers' and DeepSpeed's chatter in log files.
 
-`setup_logging(verbose)` is what every command calls first. `RAY_QUIET_INIT` are the `ray.init` options of a
-quiet driver (workers' stdout/stderr stay in the session's log files instead of being streamed);
-`worker_log_dir(work_dir)` is where the command tells the user to look.
+`setup_logging(verbose)` is what every command calls first: besides the log levels it sets RAY_LOG_TO_DRIVER=0
+(before Ray is imported), so a `ray.init` that does not pass `log_to_driver` keeps the workers' output in the Ray
+session's log files. `ray_init_options(verbose)` are the same as `ray.init` options, for the one place that
+starts or joins Ray; `ray_log_dir()` is where the command tells the user to look.
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ def setup_logging(verbose: bool = False) -> None:
     )
     if verbose:
         return
+    # Environment first: each is read when its library is imported (here or in the processes Ray starts).
+    # RAY_LOG_TO_DRIVER: for every ray.init that does not pass log_to_driver itself, the workers' stdout/stderr
+    # (DeepSpeed, Ray Train reports, tqdm) stay in the Ray session's log files. RAY_DATA_LOG_LEVEL: the level
+    # Ray Data's console logger takes when a dataset runs (its full log still goes to ray-data.log).
+    # TQDM_DISABLE: tqdm bakes it into its defaults on import; no nested bars from libraries.
+    for name, value in (("RAY_LOG_TO_DRIVER", "0"), ("RAY_DATA_LOG_LEVEL", "WARNING"), ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(name, value)
     # Ray and MLflow configure their loggers when first imported: set the levels after that.
     import mlflow  # noqa: F401
     import ray  # noqa: F401
 
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    # Ray Data reconfigures its logger when a dataset runs; this is the level it then reads (its full log
-    # still goes to ray-data.log in the Ray session's folder).
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
-    # Inherited by the processes Ray starts from here: no nested tqdm bars from libraries in workers.
-    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -65,6 +65,7 @@ def run_demo(
     from curation.config import load_config
     from curation.pipeline import run_curation
     from curation.synth import VIDEOS_DIR, make_corpus
+    from orchestration.console import ray_log_dir
     from orchestration.demo_check import learning_figures
     from training.config import load_preset
     from training.pipeline import run_pipeline
@@ -83,6 +84,7 @@ def run_demo(
     started = not ray.is_initialized()
     if started:
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), configure_logging=False)
+    log.info("    Ray workers' logs: %s", ray_log_dir())
     try:
         log.info("[2/4] curation: %s", curated)
         report = run_curation(str(raw / VIDEOS_DIR), curated, load_config(None))

@@ -60,7 +60,7 @@ def _summary_figures(output: str) -> dict[str, tuple[float, float]]:
 
 def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for name, value in (("TQDM_DISABLE", "1"), ("RAY_DATA_LOG_LEVEL", "WARNING")):
+    for name, value in (("TQDM_DISABLE", "1"), ("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_LOG_TO_DRIVER", "0")):
         monkeypatch.setenv(name, value)  # what the CLI sets, undone after the test
     out = tmp_path / "demo"
     assert main(["demo", str(out)]) == 0

@@ -35,10 +35,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
         from orchestration.console import setup_logging
+
+        setup_logging()  # before anything imports Ray
         from training.config import PRESET_NAMES, load_pipeline, load_preset
         from training.pipeline import run_pipeline
-
-        setup_logging()
 
         variables = _variables(var or [])
         if not Path(pipeline).exists() and pipeline in PRESET_NAMES:
@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
         for result in results:
             status = "already exported" if result.skipped else "exported"
             typer.echo(f"{result.stage}: {status} to {result.export_dir}")
+        from orchestration.console import ray_log_dir
+
+        if ray_log_dir() is not None:
+            typer.echo(f"Ray workers' logs: {ray_log_dir()}")
 
     @app.command("generate")
     def generate(

@@ -2,7 +2,10 @@
 
 Every video is a sequence of shots. A shot shows a smooth random texture in its own colour palette (so the
 content changes completely at a cut) that is either static or translates by a whole number of pixels per
-frame (so its motion is known exactly). Captions are written as sidecar `.txt` or `.json` files. A set of
+frame (so its motion is known exactly). With `scene="shapes"` a shot is instead a flat background with one
+coloured square or disc translating the same way (wrapping round the edges): pictures a tiny model can learn
+in a few hundred steps, which is what `svp demo` trains on. Captions are written as sidecar `.txt` or `.json`
+files (for shapes they describe the shape and its colours). A set of
 broken files covers every rejection reason the probe knows. Everything is deterministic from the seed.
 
 `OUT/videos/` holds the inputs; `OUT/ground_truth.json` holds cut frames, per-shot motion and the reason
@@ -32,6 +35,17 @@ MOTION_LEVELS = (0, 1, 2, 4)
 
 _SUBJECTS = ("a red kite", "waves on a lake", "a busy street", "a forest path", "clouds", "a city skyline")
 _ACTIONS = ("drifting slowly", "seen from a moving car", "in soft morning light", "under a grey sky")
+SCENES = ("texture", "shapes")
+# Hue (0-1) → colour word, for the captions of shape shots.
+_HUE_NAMES = (
+    (0.04, "red"),
+    (0.11, "orange"),
+    (0.19, "yellow"),
+    (0.45, "green"),
+    (0.55, "cyan"),
+    (0.72, "blue"),
+)
+_HUE_NAMES += ((0.9, "purple"), (1.01, "red"))
 
 
 @dataclass
@@ -101,6 +115,45 @@ def render_shot(
     if scale != 1:
         base = cv2.resize(base, (base.shape[1] * scale, base.shape[0] * scale), interpolation=cv2.INTER_CUBIC)
     return translating_frames(base, height * scale, width * scale, num_frames, px_per_frame * scale)
+
+
+def _hsv_colour(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
+    hsv = np.array([[[hue % 1.0 * 360.0, saturation, value]]], np.float32)
+    return tuple(int(c * 255.0 + 0.5) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+
+
+def hue_name(hue: float) -> str:
+    return next(name for limit, name in _HUE_NAMES if hue % 1.0 < limit)
+
+
+def render_shape_shot(
+    seed: int, height: int, width: int, num_frames: int, px_per_frame: int, palette_hue: float
+) -> tuple[list[np.ndarray], str]:
+    """A flat dark background of hue `palette_hue` with one bright square or disc of the opposite hue, moving
+    right by `px_per_frame` pixels per frame and wrapping round (a pure translation on a torus, like the
+    textures). Returns the frames and a caption that names the shape, its colour and its motion."""
+    rng = np.random.default_rng(seed)
+    shape_hue = (palette_hue + 0.5) % 1.0
+    background = _hsv_colour(palette_hue, 0.6, 0.35)
+    colour = _hsv_colour(shape_hue, 0.8, 0.95)
+    size = height // 3
+    disc = bool(rng.integers(2))
+    top = int(rng.integers(0, height - size))
+    left = int(rng.integers(0, width))
+    # The shape drawn once on a canvas of one frame's width; each frame rolls the canvas along x.
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[:] = background
+    if disc:
+        cv2.circle(
+            canvas, (size // 2, top + size // 2), size // 2, colour, thickness=-1, lineType=cv2.LINE_AA
+        )
+    else:
+        canvas[top : top + size, :size] = colour
+    frames = [np.roll(canvas, left + i * px_per_frame, axis=1) for i in range(num_frames)]
+    motion = "still" if px_per_frame == 0 else "moving right"
+    kind = "disc" if disc else "square"
+    caption = f"a {hue_name(shape_hue)} {kind} {motion} on {hue_name(palette_hue)}"
+    return frames, caption
 
 
 def _add_grain(frame: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -203,12 +256,16 @@ def make_corpus(
     shots_per_video: tuple[int, int] = (1, 3),
     broken: bool = True,
     grain: float = 0.0,
+    scene: str = "texture",
 ) -> GroundTruth:
     """Write `num_videos` videos (+ broken files) under `out/videos` and the truth to `out/ground_truth.json`.
 
     `grain` adds Gaussian noise of that standard deviation (in 8-bit levels) to every frame: smooth synthetic
     pictures compress to almost nothing and decode unrealistically fast; grain brings the bitrate and the
-    decode cost to those of camera footage (used by the benchmark)."""
+    decode cost to those of camera footage (used by the benchmark). `scene` is "texture" (smooth random
+    textures) or "shapes" (a moving shape on a flat background, captioned with what it shows)."""
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
     if num_videos < 0:
         raise ValueError(f"--videos must be >= 0, got {num_videos}")
     if width % 2 or height % 2:
@@ -224,11 +281,18 @@ def make_corpus(
         hue = float(rng.random())
         frames: list[np.ndarray] = []
         shots: list[Shot] = []
+        caption = None
         for _ in range(n_shots):
             length = int(round(fps * rng.uniform(*shot_seconds)))
             motion = int(MOTION_LEVELS[rng.integers(len(MOTION_LEVELS))])
             start = len(frames)
-            shot = render_shot(int(rng.integers(1 << 31)), height, width, length, motion, hue)
+            if scene == "shapes":
+                shot, shot_caption = render_shape_shot(
+                    int(rng.integers(1 << 31)), height, width, length, motion, hue
+                )
+                caption = caption or shot_caption  # the first shot's: the clip a short video keeps
+            else:
+                shot = render_shot(int(rng.integers(1 << 31)), height, width, length, motion, hue)
             if grain > 0:
                 shot = [_add_grain(f, rng, grain) for f in shot]
             frames += shot
@@ -236,7 +300,7 @@ def make_corpus(
             hue = (hue + 0.33 + 0.1 * float(rng.random())) % 1.0
         name = f"video_{v:03d}.mp4"
         write_mp4(frames, videos / name, fps)
-        caption = _caption(rng)
+        caption = caption or _caption(rng)
         sidecar = "txt" if v % 2 == 0 else "json"
         _write_sidecar(videos / name, caption, sidecar)
         truth.videos.append(

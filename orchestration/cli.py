@@ -1,7 +1,9 @@
 """The `svp` command line: parse, validate, call one function of a package.
 
 Each command group lives in its own module (`orchestration/commands/`); this file only assembles them and
-turns user errors into one line (`svp: error: …`, exit status 2) unless `--debug` is given.
+turns user errors into one line (`svp: error: …`, exit status 2) unless `--debug` is given. A Ctrl-C exits
+130 with `svp: aborted` (`orchestration.aborts`); what finished before it stays recorded, and the same command
+resumes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 
 import typer
 
+from orchestration.aborts import sigint_received, watch_sigint
 from orchestration.commands import register_all
 
 try:  # typer >= 0.2x bundles its own click, whose exceptions are not click's
@@ -29,6 +32,7 @@ app = typer.Typer(
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 _state = {"debug": False}
+ABORTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
 
 
 def _version_callback(value: bool) -> None:
@@ -54,10 +58,28 @@ register_all(app)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svp` console script."""
+    with watch_sigint():
+        try:
+            code = _dispatch(argv)
+        except BaseException:
+            # After a Ctrl-C, whatever a library raised instead (Ray Train's sys.exit(0), a dead worker's
+            # error) is the abort, not a bug.
+            if not sigint_received():
+                raise
+            code = ABORTED
+        if code == ABORTED or sigint_received():
+            print("svp: aborted", file=sys.stderr)
+            return ABORTED
+    return code
+
+
+def _dispatch(argv: list[str] | None) -> int:
     try:
         # Without standalone mode, click returns a command's `typer.Exit(code)` instead of raising it.
         code = app(args=argv, prog_name="svp", standalone_mode=False)
     except USER_ERRORS as err:
+        if sigint_received():
+            return ABORTED
         if _state["debug"]:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -66,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exit_:
         return exit_.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        print("svp: aborted", file=sys.stderr)
-        return 130
+        return ABORTED
     except ClickException as err:  # usage errors: unknown command or option, bad or missing value
         if err.__class__.__name__ == "NoArgsIsHelpError":  # `svp model` alone: typer printed the help
             return 0

@@ -4,6 +4,10 @@ synthetic raw videos (with broken files) → curation (Ray Data) → the four ti
 DeepSpeed, MLflow) → a long video generated block by block from the last stage. Every step is the same code a
 real run uses; only the sizes and the weight-free backends are small. Rerunning the command resumes: finished
 sources, stages and the corpus are not redone.
+
+The corpus is the synthetic "shapes" scene (a moving square or disc on a flat background, captioned with what
+it shows) and the tiny stages get demo settings (`DEMO_OVERRIDES`) so that the model visibly learns in the
+demo's few minutes; `orchestration.demo_check` measures that it did.
 """
 
 from __future__ import annotations
@@ -17,7 +21,24 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-DEMO_PROMPT = "a textured pattern drifting to the right"
+DEMO_PROMPT = "a red square moving right on blue"
+DEMO_SCENE = "shapes"
+# The tiny preset's model has a 64-wide residual stream, but each token carries 192 values (8x8 pixels x 3),
+# so it cannot pass the noise through to its velocity output and every sample stays noise. A 256-wide model
+# can; it costs little at these token counts. Steps and learning rate: what the stages need to learn the
+# shapes corpus on 2 CPU cores within the demo's minutes; one sample video per stage, at its last step.
+DEMO_MODEL = {"num_heads": 4, "head_dim": 64, "cross_attention_heads": 4, "cross_attention_head_dim": 64}
+DEMO_STEPS = {"image": 150, "video": 60, "video-hires": 250, "long-video-ar": 150}
+DEMO_OVERRIDES: dict[str, object] = {
+    **{f"defaults.model.overrides.{key}": value for key, value in DEMO_MODEL.items()},
+    "defaults.optimizer.lr": 3.0e-3,
+    "defaults.optimizer.warmup_steps": 10,
+    "defaults.checkpoint.every": 50,
+    **{f"stages.{stage}.steps": steps for stage, steps in DEMO_STEPS.items()},
+    **{f"stages.{stage}.sample.every": steps for stage, steps in DEMO_STEPS.items()},
+}
+# The generated video: sampler steps per block and guidance that suit a model this small.
+DEMO_SAMPLER = {"steps": 12, "guidance_scale": 1.0}
 
 
 @dataclass(frozen=True)
@@ -27,6 +48,8 @@ class DemoResult:
     work_dir: Path  # checkpoints, stage exports, MLflow store (mlflow.db + mlartifacts)
     video: Path  # the generated long video
     report: dict
+    figures: dict  # orchestration.demo_check.learning_figures: generated vs training statistics, loss curve
+    samples: dict  # training.generation.write_conditioning_samples: start_image, image_to_video, continued
 
 
 def run_demo(
@@ -42,32 +65,52 @@ def run_demo(
     from curation.config import load_config
     from curation.pipeline import run_curation
     from curation.synth import VIDEOS_DIR, make_corpus
+    from orchestration.console import ray_log_dir
+    from orchestration.demo_check import learning_figures
     from orchestration.ray_connect import ray_connection
     from training.config import load_preset
+    from training.generation import generate_from_export, write_conditioning_samples
     from training.pipeline import run_pipeline
-    from training.sampling import generate_from_export
+    from training.tracking import resolve_tracking_uri
 
     out = Path(out)
     raw, curated, work_dir = out / "raw", out / "curated", out / "runs"
+    log.info("[1/4] synthetic corpus: %s", raw)
     if not (raw / "ground_truth.json").is_file():
-        make_corpus(raw, videos)
-    overrides = {"stages.*.steps": steps} if steps else {}
+        make_corpus(raw, videos, scene=DEMO_SCENE)
+    overrides = {**DEMO_OVERRIDES, **({"stages.*.steps": steps} if steps else {})}
     pipeline = load_preset("tiny", variables={"data_root": str(curated)}, overrides=overrides)
 
     # One Ray for the whole demo: curation and every training stage use it.
     with ray_connection(address):
+        log.info("    Ray workers' logs: %s", ray_log_dir())
+        log.info("[2/4] curation: %s", curated)
         report = run_curation(str(raw / VIDEOS_DIR), curated, load_config(None))
+        log.info("[3/4] training, %d stages: %s", len(pipeline.stages), work_dir)
         results = run_pipeline(pipeline, workers=workers, work_dir=work_dir)
+    log.info("[4/4] generation: %s", out / "demo.mp4")
     video = generate_from_export(
-        results[-1].export_dir,
-        _prompt(curated),
-        seconds,
-        out / "demo.mp4",
-        block_frames=4,
-        steps=8,
-        guidance_scale=3.0,
+        results[-1].export_dir, _prompt(curated), seconds, out / "demo.mp4", block_frames=4, **DEMO_SAMPLER
     )
-    return DemoResult(raw, curated, work_dir, video, report)
+    figures = learning_figures(
+        video,
+        pipeline.stages[-1],
+        resolve_tracking_uri(work_dir.resolve()),
+        pipeline.name,
+        out / "demo_frames.png",
+    )
+    # The two conditioned tasks the video stages train (image_condition_prob): a video from the long video's
+    # first frame, and the long video continued through the constant-memory cache.
+    samples = write_conditioning_samples(
+        results[-1].export_dir,
+        out / "samples",
+        _prompt(curated),
+        video,
+        seconds=1.0,
+        block_frames=4,
+        **DEMO_SAMPLER,
+    )
+    return DemoResult(raw, curated, work_dir, video, report, figures, samples)
 
 
 def _prompt(curated: Path) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from process_groups import pids_in_group
 
 from curation.resume import MANIFEST, RESULTS, WORK_DIR
 from curation.synth import VIDEOS_DIR, make_corpus
@@ -53,18 +54,6 @@ def _manifest_lines(out: Path) -> list[dict]:
     return lines
 
 
-def _pids_in_group(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    pids.append(int(entry))
-            except ProcessLookupError:
-                pass
-    return pids
-
-
 def _kill_after_first_sources(cmd: list[str], out: Path, ray_tmp: str) -> tuple[int, int]:
     """Run `cmd` in its own process group with its own Ray; SIGKILL the whole group as soon as the
     manifest shows a finished source. Returns (finished sources at the kill, leftover processes)."""
@@ -87,12 +76,12 @@ def _kill_after_first_sources(cmd: list[str], out: Path, ray_tmp: str) -> tuple[
         finished = len(_manifest_lines(out))
         # Ray's daemons are in the group too and die with it; give the kernel a moment to reap them.
         for _ in range(50):
-            if not _pids_in_group(pgid):
+            if not pids_in_group(pgid):
                 break
             time.sleep(0.1)
-        return finished, len(_pids_in_group(pgid))
+        return finished, len(pids_in_group(pgid))
     finally:
-        for pid in _pids_in_group(pgid):  # never leave anything of ours running, even on failure
+        for pid in pids_in_group(pgid):  # never leave anything of ours running, even on failure
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.stdout.close()

@@ -49,3 +49,22 @@ def test_corpus_is_deterministic_and_matches_its_ground_truth(tmp_path):
         "broken_absurd_size.mp4",
     }
     assert (tmp_path / "a" / VIDEOS_DIR / "broken_empty.mp4").stat().st_size == 0
+
+
+def test_shapes_scene_moves_a_shape_by_its_known_motion_and_captions_it(tmp_path):
+    from curation.synth import render_shape_shot
+
+    frames, caption = render_shape_shot(3, 96, 160, 10, 4, 0.6)
+    assert all(np.array_equal(np.roll(frames[0], 4 * i, axis=1), f) for i, f in enumerate(frames))
+    assert len({tuple(c) for c in frames[0].reshape(-1, 3)}) > 1  # a shape on the background
+    assert caption.endswith("moving right on blue")
+
+    truth = make_corpus(tmp_path, 3, seed=7, scene="shapes", broken=False)
+    for video in truth.videos:
+        frames = read_frames(tmp_path / VIDEOS_DIR / video.file)
+        assert frames.shape == (video.num_frames, video.height, video.width, 3)
+        steps = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+        inside = np.delete(steps, [cut - 1 for cut in video.cuts])
+        for cut in video.cuts:  # the background changes colour at a cut
+            assert steps[cut - 1] > 3 * inside.max()
+        assert video.caption.startswith("a ") and (" square " in video.caption or " disc " in video.caption)

@@ -175,11 +175,11 @@ def run_stage(
     decision = decide_stage(pipeline, stage, work_dir, force=force)
     inputs = decision.inputs
     if decision.action == SKIP:
-        log.warning(f"stage {stage.name}: skipped, {decision.reason} ({export_dir})")
+        log.info(f"stage {stage.name}: skipped, {decision.reason} ({export_dir})")
         return StageResult(
             stage.name, export_dir, True, fingerprint=inputs.fingerprint, reason=decision.reason
         )
-    log.warning(f"stage {stage.name}: {decision.action}: {decision.reason}")
+    log.info(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
     use_gpu = gpus_per_worker > 0
     ensure_ray(use_gpu)
@@ -188,7 +188,7 @@ def run_stage(
     storage = work_dir / "ray"
     remember(stage_dir(work_dir, pipeline, stage.name), inputs)
     if force and (storage / name).exists():
-        log.warning(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
+        log.info(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
     _explain_fresh_start(storage, pipeline, stage, inputs)
     _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
 
@@ -236,7 +236,7 @@ def run_stage(
         raise RuntimeError(f"stage {stage.name}: training finished without a checkpoint in {storage / name}")
     superseded = supersede_export(export_dir.parent)
     if superseded is not None:
-        log.warning(f"stage {stage.name}: the superseded export is kept at {superseded}")
+        log.info(f"stage {stage.name}: the superseded export is kept at {superseded}")
     with result.checkpoint.as_directory() as checkpoint_dir:
         extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
         extra["fingerprint"] = inputs.fingerprint
@@ -245,7 +245,7 @@ def run_stage(
     if tracker is not None and run_id is not None:
         tracker.log_export(run_id, export_dir)
         tracker.finish(run_id, ok=True)
-    log.warning(f"stage {stage.name}: exported to {export_dir}")
+    log.info(f"stage {stage.name}: exported to {export_dir}")
     return StageResult(
         stage.name,
         export_dir,

@@ -85,7 +85,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 pad_ffn=stage.init_from.pad_ffn,
             )
             if rank == 0:
-                log.warning(report.summary())
+                log.info(report.summary())
                 if tracker:
                     tracker.log_json(report.to_dict(), "init_from/keys.json")
         engine = build_engine(stage, model, world, use_gpu, universal=bool(point and point.universal))
@@ -99,7 +99,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 ema.load(point.ema_file)
             if rank == 0:
                 how = "universal checkpoint" if point.universal else "checkpoint"
-                log.warning(f"stage {stage.name}: resumed from {how} at step {state.step} on {world} workers")
+                log.info(f"stage {stage.name}: resumed from {how} at step {state.step} on {world} workers")
                 if tracker:
                     tracker.log_metrics({"train/resumed_from_step": state.step}, state.step)
     try:

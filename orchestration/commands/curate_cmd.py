@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
@@ -18,11 +17,15 @@ def register(app: typer.Typer) -> None:
         videos: int = typer.Option(6, "--videos", help="Number of good videos (broken files are added)."),
         seed: int = typer.Option(0, help="Random seed; the corpus is deterministic from it."),
         no_broken: bool = typer.Option(False, "--no-broken", help="Do not add the broken files."),
+        scene: str = typer.Option(
+            "texture",
+            help="texture (smooth random textures) or shapes (a moving shape on a flat background).",
+        ),
     ) -> None:
         """Write a synthetic video corpus with known cuts, motion, captions and broken files."""
         from curation.synth import VIDEOS_DIR, make_corpus
 
-        truth = make_corpus(out, videos, seed=seed, broken=not no_broken)
+        truth = make_corpus(out, videos, seed=seed, broken=not no_broken, scene=scene)
         typer.echo(
             f"wrote {len(truth.videos)} videos and {len(truth.broken)} broken files to {out / VIDEOS_DIR}; "
             f"ground truth in {out / 'ground_truth.json'}"
@@ -63,9 +66,10 @@ def register(app: typer.Typer) -> None:
             )
         from curation.config import load_config
         from curation.pipeline import check_curation, run_curation
+        from orchestration.console import setup_logging
         from orchestration.ray_connect import ray_connection
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        setup_logging()
         cfg = load_config(
             config,
             scenes__min_clip_s=min_clip_s,
@@ -73,7 +77,7 @@ def register(app: typer.Typer) -> None:
             thresholds_file=str(thresholds) if thresholds else None,
         )
         request = check_curation(input, output, cfg)  # before Ray starts: a bad request fails in a second
-        with ray_connection(address, log_to_driver=True):
+        with ray_connection(address):  # workers' output stays in Ray's log files (setup_logging)
             report = run_curation(input, output, cfg, request=request)
         _print_report(output, report, limit=20)
 

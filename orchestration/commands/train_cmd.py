@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
+        from orchestration.console import setup_logging
+
+        setup_logging()  # before anything imports Ray
         from orchestration.ray_connect import ray_connection
         from training.config import load_pipeline_or_preset
         from training.pipeline import check_pipeline, run_pipeline
@@ -66,6 +69,10 @@ def register(app: typer.Typer) -> None:
         for result in results:
             status = "already exported" if result.skipped else "exported"
             typer.echo(f"{result.stage}: {status} to {result.export_dir} ({result.reason})")
+        from orchestration.console import ray_log_dir
+
+        if ray_log_dir() is not None:
+            typer.echo(f"Ray workers' logs: {ray_log_dir()}")
 
     @app.command("generate")
     def generate(

@@ -1,0 +1,71 @@
+"""A calm console for `svp`: INFO headings on stderr, Ray workers' and DeepSpeed's chatter in log files.
+
+`setup_logging(verbose)` is what every command calls first: besides the log levels it sets RAY_LOG_TO_DRIVER=0
+(before Ray is imported), so a `ray.init` that does not pass `log_to_driver` keeps the workers' output in the Ray
+session's log files. `ray_init_options(verbose)` are the same as `ray.init` options, for the one place that
+starts or joins Ray; `ray_log_dir()` is where the command tells the user to look.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+# For `ray.init(**ray_init_options(verbose))` wherever svp starts or joins Ray.
+RAY_QUIET_INIT = {"log_to_driver": False}
+# Libraries whose INFO/WARNING lines are noise for a user of svp (their full logs stay in the log files).
+NOISY_LOGGERS = (
+    "DeepSpeed",
+    "deepspeed",
+    "ray",
+    "ray.data",
+    "ray.train",
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "fsspec",
+)
+
+
+def ray_init_options(verbose: bool) -> dict[str, object]:
+    """Options for `ray.init`: workers' output streamed to the terminal only with `--verbose`."""
+    return {} if verbose else dict(RAY_QUIET_INIT)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """svp's own INFO lines, plainly; libraries' only from WARNING (or everything with `verbose`)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"
+    )
+    if verbose:
+        return
+    # Environment first: each is read when its library is imported (here or in the processes Ray starts).
+    # RAY_LOG_TO_DRIVER: for every ray.init that does not pass log_to_driver itself, the workers' stdout/stderr
+    # (DeepSpeed, Ray Train reports, tqdm) stay in the Ray session's log files. RAY_DATA_LOG_LEVEL: the level
+    # Ray Data's console logger takes when a dataset runs (its full log still goes to ray-data.log).
+    # TQDM_DISABLE: tqdm bakes it into its defaults on import; no nested bars from libraries.
+    for name, value in (("RAY_LOG_TO_DRIVER", "0"), ("RAY_DATA_LOG_LEVEL", "WARNING"), ("TQDM_DISABLE", "1")):
+        os.environ.setdefault(name, value)
+    # Ray and MLflow configure their loggers when first imported: set the levels after that.
+    import mlflow  # noqa: F401
+    import ray  # noqa: F401
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def ray_log_dir() -> Path | None:
+    """The current Ray session's log folder (workers' stdout/stderr), when Ray is up here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        session = ray._private.worker.global_worker.node.get_session_dir_path()  # noqa: SLF001
+    except AttributeError:
+        return None
+    return Path(session) / "logs"

@@ -26,7 +26,7 @@ from curation import aesthetic, captions
 from curation.config import CurationConfig
 from curation.report import finish_report
 from curation.resume import ResumeState
-from curation.shards import write_shards
+from curation.shards import mark_transcode_failures, transcode_failures, write_shards
 from curation.sources import SourceEntry, fingerprint, list_sources, open_source
 from curation.tables import (
     CLIPS_FILE,
@@ -265,9 +265,10 @@ def run_curation(
         sources, table = _assemble(listing, state, failed)
         table = apply_thresholds(table, thresholds)
         write_table_atomic(sources_table(sources), out / SOURCES_FILE)
-        write_table_atomic(clips_table(table), out / CLIPS_FILE)
         record_thresholds(out, thresholds)
         write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
+        table = mark_transcode_failures(table, transcode_failures(out))
+        write_table_atomic(clips_table(table), out / CLIPS_FILE)
         return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
     finally:
         if started:

@@ -159,3 +159,26 @@ def transcode_clips(uri: str, specs: list[ClipSpec], settings: TranscodeSettings
             h, w = frames[0].shape[:2]
             results.append(TranscodedClip(spec.clip_id, mp4, len(frames), h, w))
     return results
+
+
+# What a broken input raises (PyAV's decode errors, unreadable files, clips past the end of the video).
+# Anything else is a bug in this code and propagates.
+INPUT_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
+
+
+def transcode_clips_or_fail(
+    uri: str, specs: list[ClipSpec], settings: TranscodeSettings
+) -> tuple[list[TranscodedClip], dict[str, str]]:
+    """`transcode_clips`, but a clip that cannot be transcoded is returned as {clip_id: reason} instead of
+    failing its neighbours: the group is tried in one pass, and on an input error each clip alone."""
+    try:
+        return transcode_clips(uri, specs, settings), {}
+    except INPUT_ERRORS:
+        pass
+    done, failed = [], {}
+    for spec in specs:
+        try:
+            done.extend(transcode_clips(uri, [spec], settings))
+        except INPUT_ERRORS as e:
+            failed[spec.clip_id] = f"transcode failed: {type(e).__name__}: {e}"[:500]
+    return done, failed

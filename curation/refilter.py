@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.atomic import atomic_write_bytes
 from curation.format import INDEX_FILE, SHARDS_DIR
 from curation.report import build_report, finish_report
 from curation.shards import (
     MANIFEST_FILE,
     TRANSCODED_DIR,
     ShardConfig,
-    atomic_write_bytes,
     mark_transcode_failures,
     read_shard_config,
     transcode_failures,

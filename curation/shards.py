@@ -33,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.atomic import atomic_write_bytes
 from curation.format import (
     CAPTION_MEMBER,
     FRAME_BUCKETS,
@@ -104,18 +105,6 @@ class ShardConfig(BaseModel):
 
     def transcode_settings(self) -> TranscodeSettings:
         return TranscodeSettings(self.fps, self.short_side, self.max_frames, self.crf, self.preset)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write to a temp name in the same folder, fsync, rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def _sha256(data: bytes) -> str:

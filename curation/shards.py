@@ -23,32 +23,29 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.atomic import atomic_write_bytes
 from curation.format import (
     CAPTION_MEMBER,
     FRAME_BUCKETS,
-    INDEX_COLUMNS,
     INDEX_FILE,
     META_MEMBER,
     SHARD_GLOB,
     SHARDS_DIR,
     VIDEO_MEMBER,
-    bucket_for,
     shard_name,
     validate_key,
 )
-from curation.shard_tar import TAR_BLOCK, tar_layout, tar_member_size, write_tar
-from curation.transcode import ClipSpec, TranscodedClip, TranscodeSettings, transcode_clips_or_fail
+from curation.shard_index import index_table
+from curation.shard_tar import TAR_BLOCK, tar_member_size, write_tar
+from curation.transcode import TranscodeSettings, transcode_rows
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +54,6 @@ MANIFEST_FILE = ".manifest.json"
 TRANSCODE_FILTER = "transcode"
 TRANSCODE_ERROR = "transcode_error"
 TRANSCODED_DIR = ".transcoded"
-
-INDEX_SCHEMA = pa.schema(
-    [
-        ("shard", pa.string()),
-        ("key", pa.string()),
-        ("num_frames", pa.int64()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("fps", pa.float64()),
-        ("duration_s", pa.float64()),
-        ("bucket", pa.string()),
-        ("offset", pa.int64()),
-        ("length", pa.int64()),
-    ]
-)
-assert tuple(INDEX_SCHEMA.names) == INDEX_COLUMNS
 
 
 class ShardConfig(BaseModel):
@@ -183,51 +164,6 @@ def _spec_hash(row: dict, settings_hash: str) -> str:
     return _sha256(json.dumps(key).encode())[:16]
 
 
-def _transcode_groups(rows: list[dict], cfg: ShardConfig) -> list[tuple[str, list[ClipSpec]]]:
-    """Clips grouped by source (one decoding pass each), split into chunks of `clips_per_task`."""
-    by_uri: dict[str, list[ClipSpec]] = {}
-    for row in rows:
-        by_uri.setdefault(row["uri"], []).append(
-            ClipSpec(row["clip_id"], float(row["start_s"]), float(row["end_s"]))
-        )
-    groups = []
-    for uri in sorted(by_uri):
-        specs = sorted(by_uri[uri], key=lambda s: (s.start_s, s.clip_id))
-        for i in range(0, len(specs), cfg.clips_per_task):
-            groups.append((uri, specs[i : i + cfg.clips_per_task]))
-    return groups
-
-
-def _transcode_all(
-    rows: list[dict], cfg: ShardConfig, use_ray: bool | None, failed: dict[str, str]
-) -> Iterator[TranscodedClip]:
-    """Transcode `rows`, yielding clips as they finish and adding the clips that cannot be transcoded to
-    `failed` ({clip_id: reason}); on Ray when asked or (None) when it is initialised."""
-    import ray
-
-    groups = _transcode_groups(rows, cfg)
-    settings = cfg.transcode_settings()
-    if use_ray is None:
-        use_ray = ray.is_initialized()
-    if not use_ray or len(groups) <= 1:
-        for uri, specs in groups:
-            done, bad = transcode_clips_or_fail(uri, specs, settings)
-            failed.update(bad)
-            yield from done
-        return
-    task = ray.remote(num_cpus=1, max_retries=2)(transcode_clips_or_fail)
-    limit = max(2, 2 * int(ray.available_resources().get("CPU", 1)))
-    pending, queue = [], list(groups)
-    while queue or pending:
-        while queue and len(pending) < limit:
-            uri, specs = queue.pop(0)
-            pending.append(task.remote(uri, specs, settings))
-        ready, pending = ray.wait(pending, num_returns=1)
-        done, bad = ray.get(ready[0])
-        failed.update(bad)
-        yield from done
-
-
 def _plan(samples: list[tuple[str, int]], cfg: ShardConfig) -> list[list[int]]:
     """Split samples (key, tar bytes) in order into shards of at most ~target bytes (≥ 1 sample each)."""
     target = cfg.target_shard_mb * 1024 * 1024
@@ -240,10 +176,6 @@ def _plan(samples: list[tuple[str, int]], cfg: ShardConfig) -> list[list[int]]:
         shards[-1].append(i)
         size += nbytes
     return shards
-
-
-def _index_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
 
 
 def _rows_to_shard(clips_kept: pd.DataFrame) -> list[dict]:
@@ -312,7 +244,9 @@ class _ShardJob:
 
     def transcode(self, todo: list[dict]) -> None:
         """Transcode `todo` into the cache; clips that cannot be transcoded go to `failed`, not shards."""
-        for clip in _transcode_all(todo, self.cfg, self.use_ray, self.failed):
+        for clip in transcode_rows(
+            todo, self.cfg.transcode_settings(), self.cfg.clips_per_task, self.use_ray, self.failed
+        ):
             atomic_write_bytes(self.cached(clip.clip_id), clip.mp4)
             self.manifest.clips[clip.clip_id] = {
                 "spec": self.specs[clip.clip_id],
@@ -435,31 +369,6 @@ class _ShardJob:
         self.save_manifest()
 
 
-def _index_rows(plan: _ShardPlan, fps: float) -> list[dict]:
-    """One row per sample: its video's size and bucket, and its byte span in its tar."""
-    rows = []
-    for name, indices in zip(plan.names, plan.shards, strict=True):
-        samples = [plan.samples[i] for i in indices]
-        spans = tar_layout([(s.clip_id, s.lengths()) for s in samples])
-        for s, (offset, length) in zip(samples, spans, strict=True):
-            n, h, w = s.entry["num_frames"], s.entry["height"], s.entry["width"]
-            rows.append(
-                {
-                    "shard": name,
-                    "key": s.clip_id,
-                    "num_frames": n,
-                    "height": h,
-                    "width": w,
-                    "fps": fps,
-                    "duration_s": n / fps,
-                    "bucket": bucket_for(h, w, n).name,
-                    "offset": offset,
-                    "length": length,
-                }
-            )
-    return rows
-
-
 def write_shards(
     out_dir: str | os.PathLike, clips_kept: pd.DataFrame, cfg: ShardConfig, *, use_ray: bool | None = None
 ) -> pd.DataFrame:
@@ -480,7 +389,7 @@ def write_shards(
     plan = job.plan_with_cached_bytes()
     job.write(plan)
     job.clean_up(plan)
-    index = _index_table(_index_rows(plan, cfg.fps))
+    index = index_table(plan.names, plan.shards, plan.samples, cfg.fps)
     write_table_atomic(index, shards_dir / INDEX_FILE)
     return index.to_pandas()
 

@@ -376,6 +376,7 @@ def write_shards(
 
     A clip that cannot be transcoded (a broken or vanished source) is left out of the shards and recorded in
     the manifest: `transcode_failures(out_dir)` says which and why, `mark_transcode_failures` marks them.
+    When no clip at all can be transcoded, it raises and changes no shard.
     `use_ray`: transcode in Ray tasks (True), in this process (False), or on Ray if it is initialised (None).
     """
     from curation.tables import write_table_atomic
@@ -387,6 +388,13 @@ def write_shards(
         log.info("transcoding %d of %d clips", len(todo), len(job.rows))
         job.transcode(todo)
     plan = job.plan_with_cached_bytes()
+    if job.rows and len(job.failed) == len(job.rows):
+        # Not one bad clip but none readable: storage unmounted, sources moved. Stop before any shard goes.
+        clip_id, reason = next(iter(sorted(job.failed.items())))
+        raise RuntimeError(
+            f"none of the {len(job.rows)} kept clips could be transcoded (sources moved or unreadable?); "
+            f"first: {clip_id}: {reason}"
+        )
     job.write(plan)
     job.clean_up(plan)
     index = index_table(plan.names, plan.shards, plan.samples, cfg.fps)

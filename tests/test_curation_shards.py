@@ -376,3 +376,14 @@ def test_a_clip_that_cannot_be_transcoded_is_recorded_and_the_shards_are_written
     report = build_report(pd.DataFrame({"status": ["ok"] * 3, "reason": [""] * 3}), judged, thresholds)
     assert report["clips"]["transcode_failed"] == 1
     assert report["clips"]["transcode_failures"][0]["clip_id"] == bad["clip_id"].iloc[0]
+
+
+def test_when_no_kept_clip_can_be_transcoded_it_stops_and_keeps_the_shards(sources, tmp_path):
+    """Every source gone (unmounted storage) is not a bad clip: it raises and leaves the last shards alone."""
+    clips = _clips(sources)
+    shards = _fresh(tmp_path, clips, CFG.model_copy(update={"keep_transcoded": False}), use_ray=False)
+    before = _digests(shards)
+    gone = clips.assign(uri=str(tmp_path / "gone.mp4"), end_s=clips["end_s"] + 0.5)
+    with pytest.raises(RuntimeError, match="none of the 4 kept clips could be transcoded"):
+        write_shards(tmp_path, gone, CFG, use_ray=False)
+    assert _digests(shards) == before

@@ -88,6 +88,11 @@ class RayConfig(_Strict):
     scorer_batch_size: int = Field(16, ge=1)
     gpus_per_scorer: float = Field(1.0, gt=0, le=8, description="used only when the cluster has GPUs")
     max_retries: int = Field(2, ge=0, description="retries of a source whose worker crashed")
+    max_consecutive_stage_failures: int = Field(
+        3,
+        ge=1,
+        description="stop the job when a scorer stage fails this many batches in a row (a bug, not data)",
+    )
     runtime_env: dict | None = Field(None, description="Ray runtime_env of the job's tasks and actors")
 
     @model_validator(mode="after")

@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+# Re-exported: training may import only this curation module, and writes its files the same crash-safe way.
+from curation.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401
+
 SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
 SHARDS_DIR = "shards"

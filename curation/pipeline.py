@@ -26,8 +26,9 @@ from curation import aesthetic, captions
 from curation.config import CurationConfig
 from curation.report import finish_report
 from curation.resume import ResumeState
-from curation.shards import write_shards
+from curation.shards import mark_transcode_failures, transcode_failures, write_shards
 from curation.sources import SourceEntry, fingerprint, list_sources, open_source
+from curation.stage_guard import GuardedStage, StageHealth, raise_if_broken
 from curation.tables import (
     CLIPS_FILE,
     SOURCES_FILE,
@@ -85,7 +86,11 @@ def _scorer_stages(cfg: CurationConfig) -> list[tuple[str, type, object]]:
 
 
 def _build_dataset(
-    pending: list[SourceEntry], cfg: CurationConfig, stages: list[tuple[str, type, object]], ledger
+    pending: list[SourceEntry],
+    cfg: CurationConfig,
+    stages: list[tuple[str, type, object]],
+    ledger,
+    health,
 ) -> ray.data.Dataset:
     ds = ray.data.from_items([e.to_row() for e in pending], override_num_blocks=len(pending))
     # max_retries bounds the retries of a source whose worker process died (Ray Data's default is forever).
@@ -99,10 +104,10 @@ def _build_dataset(
         runtime_env=cfg.ray.runtime_env,
     )
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    for _name, cls, sub in stages:
+    for name, cls, sub in stages:
         ds = ds.map_batches(
-            cls,
-            fn_constructor_kwargs={"config": sub},
+            GuardedStage,
+            fn_constructor_kwargs={"stage_cls": cls, "name": name, "config": sub, "health": health},
             batch_format="numpy",
             batch_size=cfg.ray.scorer_batch_size,
             compute=ray.data.ActorPoolStrategy(
@@ -120,10 +125,13 @@ def _build_dataset(
 class _Driver:
     """Collects scored clips and source rows, and records each source as soon as it is complete."""
 
-    def __init__(self, pending: list[SourceEntry], state: ResumeState, ledger):
+    def __init__(
+        self, pending: list[SourceEntry], state: ResumeState, ledger, health, max_stage_failures: int
+    ):
         self.inflight = {e.uri: _InFlight(e) for e in pending}
         self.state = state
         self.ledger = ledger
+        self.health, self.max_stage_failures = health, max_stage_failures
         self.failed: list[dict] = []
 
     def add_clips(self, batch: pd.DataFrame) -> None:
@@ -133,6 +141,9 @@ class _Driver:
                 job.clips[rec["clip_id"]] = rec
 
     def settle(self) -> None:
+        raise_if_broken(
+            self.health, self.max_stage_failures
+        )  # before recording anything a broken stage touched
         for row in ray.get(self.ledger.drain.remote()):
             if row["uri"] in self.inflight:
                 self.inflight[row["uri"]].row = row
@@ -209,14 +220,15 @@ def _score_sources(
     # is process-wide, and other Ray Data jobs in this process must keep failing loudly.)
     ctx.max_errored_blocks = -1
     # The ledger lives on the driver's node: a lost worker node must not take the job's bookkeeping with it
-    # (its tasks are retried elsewhere; a ledger there would die with it and fail the whole job).
+    # (its tasks are retried elsewhere; a ledger there would die with it and fail the whole job). So does the
+    # scorer-health actor, for the same reason.
     here = ray.get_runtime_context().get_node_id()
-    ledger = SourceLedger.options(
-        scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
-    ).remote()
+    on_driver_node = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
+    ledger = SourceLedger.options(scheduling_strategy=on_driver_node).remote()
+    health = StageHealth.options(scheduling_strategy=on_driver_node).remote()
     try:
-        ds = _build_dataset(pending, cfg, stages, ledger)
-        driver = _Driver(pending, state, ledger)
+        ds = _build_dataset(pending, cfg, stages, ledger, health)
+        driver = _Driver(pending, state, ledger, health, cfg.ray.max_consecutive_stage_failures)
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             driver.add_clips(batch)
             driver.settle()
@@ -224,6 +236,7 @@ def _score_sources(
         return driver.failed
     finally:
         ray.kill(ledger)
+        ray.kill(health)
         ctx.enable_progress_bars, ctx.max_errored_blocks = saved
 
 
@@ -293,9 +306,10 @@ def run_curation(
     sources, table = _assemble(listing, state, failed)
     table = apply_thresholds(table, thresholds)
     write_table_atomic(sources_table(sources), out / SOURCES_FILE)
-    write_table_atomic(clips_table(table), out / CLIPS_FILE)
     record_thresholds(out, thresholds)
     write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
+    table = mark_transcode_failures(table, transcode_failures(out))
+    write_table_atomic(clips_table(table), out / CLIPS_FILE)
     return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
 
 

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.atomic import atomic_write_bytes
 from curation.format import INDEX_FILE, SHARDS_DIR
 from curation.report import build_report, finish_report
 from curation.shards import (
     MANIFEST_FILE,
     TRANSCODED_DIR,
     ShardConfig,
-    atomic_write_bytes,
+    mark_transcode_failures,
     read_shard_config,
+    transcode_failures,
     write_shards,
 )
 from curation.tables import CLIPS_FILE, SOURCES_FILE, clips_table, read_table, write_table_atomic
@@ -69,6 +71,7 @@ def refilter(
     # Shards first: if this is interrupted, clips.parquet still describes the shards of the last
     # complete filter, and running the same command again finishes the job.
     write_shards(out, kept, cfg, use_ray=use_ray)
+    clips = mark_transcode_failures(clips, transcode_failures(out))
     write_table_atomic(clips_table(clips), out / CLIPS_FILE)
     record_thresholds(out, thresholds)
     return finish_report(out, sources, clips, thresholds)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.shards import atomic_write_bytes
+from curation.atomic import atomic_write_bytes
+from curation.shards import TRANSCODE_ERROR, TRANSCODE_FILTER
 from curation.thresholds import Thresholds, apply_thresholds, issue_list, thresholds_hash
 
 REPORT_FILE = "report.json"
@@ -68,6 +69,23 @@ def _lost_hours(sources: pd.DataFrame, status: pd.Series, column: str) -> float 
     values = pd.to_numeric(sources.get(column, pd.Series(np.nan, index=sources.index)), errors="coerce")
     values = values[status == "ok"]
     return None if values.isna().any() else _hours(values)
+
+
+def _transcode_failures(clips: pd.DataFrame, seconds: np.ndarray, filtered_by: list[list[str]]) -> dict:
+    """Clips that passed every filter but could not be transcoded into the shards (a few, with why)."""
+    hit = np.array([TRANSCODE_FILTER in f for f in filtered_by], dtype=bool)
+    reasons = (
+        clips[TRANSCODE_ERROR].to_numpy()[hit] if TRANSCODE_ERROR in clips.columns else [""] * int(hit.sum())
+    )
+    examples = [
+        {"clip_id": str(c), "reason": str(r)}
+        for c, r in zip(clips["clip_id"].to_numpy()[hit], reasons, strict=True)
+    ]
+    return {
+        "transcode_failed": int(hit.sum()),
+        "hours_transcode_failed": _hours(seconds[hit]),
+        "transcode_failures": examples[:20],
+    }
 
 
 def build_report(sources: pd.DataFrame, clips: pd.DataFrame, thresholds: Thresholds) -> dict:
@@ -122,6 +140,7 @@ def build_report(sources: pd.DataFrame, clips: pd.DataFrame, thresholds: Thresho
             "hours_total": _hours(seconds),
             "hours_kept": _hours(seconds[kept]),
             "hours_filtered": _hours(seconds[~kept]),
+            **_transcode_failures(clips, seconds, filtered_by),
         },
         "filters": filters,
         "skipped_scorers": sorted(c for c, s in scores.items() if s["status"] == "skipped"),
@@ -179,6 +198,10 @@ def format_report(report: dict) -> str:
     overview.add_row("clips", str(c["total"]), hms(c["hours_total"]))
     overview.add_row("clips kept", str(c["kept"]), hms(c["hours_kept"]))
     overview.add_row("clips filtered", str(c["filtered"]), hms(c["hours_filtered"]))
+    if c.get("transcode_failed"):  # kept by the filters, but its transcode failed: not in the shards
+        overview.add_row(
+            "clips failed to transcode", str(c["transcode_failed"]), hms(c["hours_transcode_failed"])
+        )
     console.print(overview)
 
     if report["rejections"]:
@@ -207,6 +230,8 @@ def format_report(report: dict) -> str:
         console.print(
             f"skipped scorers (no scores, their filters judged nothing): {', '.join(report['skipped_scorers'])}"
         )
+    for failure in c.get("transcode_failures", []):
+        console.print(f"not in the shards: {failure['clip_id']}: {failure['reason']}")
     if report.get("caption_issues"):
         console.print("caption issues: " + ", ".join(f"{k} {v}" for k, v in report["caption_issues"].items()))
     return buf.getvalue()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from curation.atomic import atomic_write_text, fsync_dir
 from curation.sources import SourceEntry
 from curation.tables import clips_table, read_table, write_table_atomic
 
@@ -46,9 +47,7 @@ class ResumeState:
             shutil.rmtree(self.dir)
         (self.dir / RESULTS).mkdir(parents=True, exist_ok=True)
         if not marker.exists():
-            tmp = marker.with_name(f".{FINGERPRINT}.tmp")
-            tmp.write_text(scoring_fingerprint + "\n")
-            os.replace(tmp, marker)
+            atomic_write_text(marker, scoring_fingerprint + "\n")
         self.entries: dict[str, dict] = self._read_manifest()
 
     def _read_manifest(self) -> dict[str, dict]:
@@ -84,6 +83,7 @@ class ResumeState:
             f.write(json.dumps(entry, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        fsync_dir(self.dir)  # the first line creates the file: its folder entry must last too
         self.entries[source.uri] = entry
 
     def source_row(self, uri: str) -> dict:

@@ -8,10 +8,11 @@ which is what the index's `offset`/`length` columns (`curation.format.INDEX_COLU
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from curation.atomic import atomic_write
 
 TAR_BLOCK = 512
 _TAR_FORMAT = tarfile.PAX_FORMAT
@@ -54,12 +55,12 @@ def tar_layout(samples: Iterable[tuple[str, Iterable[tuple[str, int]]]]) -> list
 def write_tar(
     path: Path, samples: Sequence[tuple[str, Sequence[tuple[str, bytes]]]]
 ) -> list[tuple[int, int]]:
-    """Write the samples (key, [(ext, data)]) as one tar atomically (temp name, fsync, rename); returns each
+    """Write the samples (key, [(ext, data)]) as one tar atomically (`curation.atomic`); returns each
     sample's `(offset, length)` (see `tar_layout`), checked against where the members really went."""
     spans = tar_layout((key, [(ext, len(data)) for ext, data in members]) for key, members in samples)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        with tarfile.open(fileobj=f, mode="w", format=_TAR_FORMAT) as tar:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=_TAR_FORMAT) as tar:
             for (key, members), (offset, length) in zip(samples, spans, strict=True):
                 for ext, data in members:
                     tar.addfile(_member_info(key, ext, len(data)), io.BytesIO(data))
@@ -67,7 +68,6 @@ def write_tar(
                     raise RuntimeError(
                         f"{path.name}: sample {key} ends at byte {tar.offset}, not {offset + length}"
                     )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
     return spans

@@ -3,7 +3,8 @@
 `write_shards(out_dir, kept, cfg)`:
 1. transcodes every kept clip that is not already transcoded with these settings into
    `OUT/shards/.transcoded/{clip_id}.mp4` (Ray tasks when Ray is initialised, serially otherwise; the bytes
-   are the same either way);
+   are the same either way). A clip that cannot be transcoded (broken or vanished source) is left out and
+   recorded in the manifest with its reason (`transcode_failures`; the callers mark it in the clips table);
 2. plans the shards: clips in clip_id order, a new shard whenever the next sample would push the tar past
    `target_shard_mb`;
 3. writes each planned shard whose content plan differs from what `OUT/shards/.manifest.json` says the
@@ -22,52 +23,37 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from curation.atomic import atomic_write_bytes
 from curation.format import (
     CAPTION_MEMBER,
     FRAME_BUCKETS,
-    INDEX_COLUMNS,
     INDEX_FILE,
     META_MEMBER,
     SHARD_GLOB,
     SHARDS_DIR,
     VIDEO_MEMBER,
-    bucket_for,
     shard_name,
     validate_key,
 )
-from curation.shard_tar import TAR_BLOCK, tar_layout, tar_member_size, write_tar
-from curation.transcode import ClipSpec, TranscodedClip, TranscodeSettings, transcode_clips
+from curation.shard_index import index_table
+from curation.shard_tar import TAR_BLOCK, tar_member_size, write_tar
+from curation.transcode import TranscodeSettings, transcode_rows
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = ".manifest.json"
+# A kept clip that could not be transcoded: `filtered_by` names this, `transcode_error` says why.
+TRANSCODE_FILTER = "transcode"
+TRANSCODE_ERROR = "transcode_error"
 TRANSCODED_DIR = ".transcoded"
-
-INDEX_SCHEMA = pa.schema(
-    [
-        ("shard", pa.string()),
-        ("key", pa.string()),
-        ("num_frames", pa.int64()),
-        ("height", pa.int64()),
-        ("width", pa.int64()),
-        ("fps", pa.float64()),
-        ("duration_s", pa.float64()),
-        ("bucket", pa.string()),
-        ("offset", pa.int64()),
-        ("length", pa.int64()),
-    ]
-)
-assert tuple(INDEX_SCHEMA.names) == INDEX_COLUMNS
 
 
 class ShardConfig(BaseModel):
@@ -100,18 +86,6 @@ class ShardConfig(BaseModel):
 
     def transcode_settings(self) -> TranscodeSettings:
         return TranscodeSettings(self.fps, self.short_side, self.max_frames, self.crf, self.preset)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write to a temp name in the same folder, fsync, rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def _sha256(data: bytes) -> str:
@@ -190,44 +164,6 @@ def _spec_hash(row: dict, settings_hash: str) -> str:
     return _sha256(json.dumps(key).encode())[:16]
 
 
-def _transcode_groups(rows: list[dict], cfg: ShardConfig) -> list[tuple[str, list[ClipSpec]]]:
-    """Clips grouped by source (one decoding pass each), split into chunks of `clips_per_task`."""
-    by_uri: dict[str, list[ClipSpec]] = {}
-    for row in rows:
-        by_uri.setdefault(row["uri"], []).append(
-            ClipSpec(row["clip_id"], float(row["start_s"]), float(row["end_s"]))
-        )
-    groups = []
-    for uri in sorted(by_uri):
-        specs = sorted(by_uri[uri], key=lambda s: (s.start_s, s.clip_id))
-        for i in range(0, len(specs), cfg.clips_per_task):
-            groups.append((uri, specs[i : i + cfg.clips_per_task]))
-    return groups
-
-
-def _transcode_all(rows: list[dict], cfg: ShardConfig, use_ray: bool | None) -> Iterator[TranscodedClip]:
-    """Transcode `rows`, yielding clips as they finish; on Ray when asked or (None) when it is initialised."""
-    import ray
-
-    groups = _transcode_groups(rows, cfg)
-    settings = cfg.transcode_settings()
-    if use_ray is None:
-        use_ray = ray.is_initialized()
-    if not use_ray or len(groups) <= 1:
-        for uri, specs in groups:
-            yield from transcode_clips(uri, specs, settings)
-        return
-    task = ray.remote(num_cpus=1, max_retries=2)(transcode_clips)
-    limit = max(2, 2 * int(ray.available_resources().get("CPU", 1)))
-    pending, queue = [], list(groups)
-    while queue or pending:
-        while queue and len(pending) < limit:
-            uri, specs = queue.pop(0)
-            pending.append(task.remote(uri, specs, settings))
-        done, pending = ray.wait(pending, num_returns=1)
-        yield from ray.get(done[0])
-
-
 def _plan(samples: list[tuple[str, int]], cfg: ShardConfig) -> list[list[int]]:
     """Split samples (key, tar bytes) in order into shards of at most ~target bytes (≥ 1 sample each)."""
     target = cfg.target_shard_mb * 1024 * 1024
@@ -242,8 +178,195 @@ def _plan(samples: list[tuple[str, int]], cfg: ShardConfig) -> list[list[int]]:
     return shards
 
 
-def _index_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+def _rows_to_shard(clips_kept: pd.DataFrame) -> list[dict]:
+    """The kept clips as JSON-safe rows in clip_id order, checked for the columns and keys shards need."""
+    missing_cols = {"clip_id", "uri", "start_s", "end_s"} - set(clips_kept.columns)
+    if missing_cols:
+        raise ValueError(f"clips to shard lack columns: {', '.join(sorted(missing_cols))}")
+    drop = [c for c in ("frames", TRANSCODE_ERROR) if c in clips_kept.columns]
+    table = clips_kept.drop(columns=drop)
+    rows = [_json_safe(r) for r in table.sort_values("clip_id", kind="stable").to_dict("records")]
+    keys = [validate_key(str(r["clip_id"])) for r in rows]
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate clip ids among clips to shard: {', '.join(dupes[:5])}")
+    return rows
+
+
+@dataclass(frozen=True)
+class _Sample:
+    clip_id: str
+    entry: dict  # the clip's transcode in the manifest
+    meta: bytes
+    caption: bytes
+
+    def members(self, mp4: bytes) -> list[tuple[str, bytes]]:
+        return _sample_members(self.meta, mp4, self.caption)
+
+    def lengths(self) -> list[tuple[str, int]]:
+        return _sample_members(len(self.meta), self.entry["bytes"], len(self.caption))
+
+    def hash_line(self) -> bytes:
+        return (
+            f"{self.clip_id}|{self.entry['sha256']}|{_sha256(self.meta)}|{_sha256(self.caption)}\n".encode()
+        )
+
+
+@dataclass(frozen=True)
+class _ShardPlan:
+    samples: list[_Sample]
+    shards: list[list[int]]  # sample indices of each shard
+    names: list[str]
+    hashes: list[str]  # what each shard holds; equal hashes mean equal bytes
+
+
+class _ShardJob:
+    """One `write_shards` call: transcode, plan, write, clean up (see the module docstring)."""
+
+    def __init__(self, shards_dir: Path, cfg: ShardConfig, rows: list[dict], use_ray: bool | None):
+        self.dir, self.cfg, self.rows, self.use_ray = shards_dir, cfg, rows, use_ray
+        self.cache_dir = shards_dir / TRANSCODED_DIR
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in [*shards_dir.glob(".*.tmp"), *self.cache_dir.glob(".*.tmp")]:
+            leftover.unlink()  # a killed run's half-written file
+        settings_hash = _sha256(json.dumps(asdict(cfg.transcode_settings()), sort_keys=True).encode())[:16]
+        self.manifest = _Manifest(shards_dir, settings_hash)
+        self.manifest.data["config"] = cfg.model_dump(mode="json")
+        self.specs = {r["clip_id"]: _spec_hash(r, settings_hash) for r in rows}
+        self.failed: dict[str, str] = {}  # clip_id: why it cannot be transcoded
+
+    def cached(self, clip_id: str) -> Path:
+        return self.cache_dir / f"{clip_id}.mp4"
+
+    def save_manifest(self) -> None:
+        self.manifest.data["failed"] = dict(sorted(self.failed.items()))
+        self.manifest.save()
+
+    def transcode(self, todo: list[dict]) -> None:
+        """Transcode `todo` into the cache; clips that cannot be transcoded go to `failed`, not shards."""
+        for clip in transcode_rows(
+            todo, self.cfg.transcode_settings(), self.cfg.clips_per_task, self.use_ray, self.failed
+        ):
+            atomic_write_bytes(self.cached(clip.clip_id), clip.mp4)
+            self.manifest.clips[clip.clip_id] = {
+                "spec": self.specs[clip.clip_id],
+                "bytes": len(clip.mp4),
+                "sha256": _sha256(clip.mp4),
+                "num_frames": clip.num_frames,
+                "height": clip.height,
+                "width": clip.width,
+            }
+        for clip_id, reason in self.failed.items():
+            log.warning("clip %s left out of the shards: %s", clip_id, reason)
+        self.save_manifest()
+
+    def not_transcoded(self) -> list[dict]:
+        return [
+            r
+            for r in self.rows
+            if self.manifest.clips.get(r["clip_id"], {}).get("spec") != self.specs[r["clip_id"]]
+        ]
+
+    def plan(self) -> _ShardPlan:
+        """Samples of the transcoded clips in clip_id order, cut into shards of about the target size."""
+        samples = []
+        for row in self.rows:
+            if row["clip_id"] in self.failed:
+                continue
+            entry = self.manifest.clips[row["clip_id"]]
+            meta = dict(row)
+            meta["shard_video"] = {k: entry[k] for k in ("num_frames", "height", "width")} | {
+                "fps": self.cfg.fps
+            }
+            meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+            samples.append(
+                _Sample(
+                    row["clip_id"], entry, meta_bytes, caption_text(row, self.cfg.motion_caption).encode()
+                )
+            )
+        sizes = [(s.clip_id, sum(tar_member_size(n) for _, n in s.lengths())) for s in samples]
+        shards = _plan(sizes, self.cfg)
+        hashes = []
+        for indices in shards:
+            h = hashlib.sha256()
+            for i in indices:
+                h.update(samples[i].hash_line())
+            hashes.append(h.hexdigest())
+        names = [shard_name(self.cfg.prefix, n) for n in range(len(shards))]
+        return _ShardPlan(samples, shards, names, hashes)
+
+    def to_write(self, plan: _ShardPlan) -> list[int]:
+        """Shards whose tar is missing or holds another plan than this one."""
+        return [
+            n
+            for n, (name, h) in enumerate(zip(plan.names, plan.hashes, strict=True))
+            if not ((self.dir / name).is_file() and self.manifest.shards.get(name) == h)
+        ]
+
+    def plan_with_cached_bytes(self) -> _ShardPlan:
+        """The plan, once every clip a shard to write needs is in the cache (keep_transcoded off: transcode
+        again; a clip that now fails is left out and the shards are planned again without it)."""
+        while True:
+            plan = self.plan()
+            lacking = [
+                plan.samples[i]
+                for n in self.to_write(plan)
+                for i in plan.shards[n]
+                if not (
+                    self.cached(plan.samples[i].clip_id).is_file()
+                    and self.cached(plan.samples[i].clip_id).stat().st_size == plan.samples[i].entry["bytes"]
+                )
+            ]
+            if not lacking:
+                return plan
+            expected = {s.clip_id: s.entry["sha256"] for s in lacking}
+            self.transcode([r for r in self.rows if r["clip_id"] in expected])
+            changed = [
+                c
+                for c, sha in expected.items()
+                if c not in self.failed and self.manifest.clips[c]["sha256"] != sha
+            ]
+            if changed:
+                raise RuntimeError(
+                    f"transcoding {changed[0]} again gave different bytes (encoder changed?): "
+                    f"delete {self.dir} and rerun"
+                )
+            if not any(c in self.failed for c in expected):
+                return plan
+
+    def write(self, plan: _ShardPlan) -> None:
+        to_write = self.to_write(plan)
+        for n in to_write:
+            samples = [plan.samples[i] for i in plan.shards[n]]
+            write_tar(
+                self.dir / plan.names[n],
+                [(s.clip_id, s.members(self.cached(s.clip_id).read_bytes())) for s in samples],
+            )
+            self.manifest.shards[plan.names[n]] = plan.hashes[n]
+            self.save_manifest()
+        log.info("wrote %d shards, %d already complete", len(to_write), len(plan.shards) - len(to_write))
+
+    def clean_up(self, plan: _ShardPlan) -> None:
+        """Remove stale shards and cached clips no longer wanted, and forget them in the manifest."""
+        current = set(plan.names)
+        for stale in self.dir.glob(SHARD_GLOB):
+            if stale.name not in current:
+                stale.unlink()
+        self.manifest.data["shards"] = {k: v for k, v in self.manifest.shards.items() if k in current}
+        # keep_transcoded also keeps the clips the thresholds now drop: loosening them again decodes nothing
+        # (`svp curate prune OUT` removes those).
+        keep = (
+            {cid for cid in self.manifest.clips if self.cached(cid).is_file()}
+            if self.cfg.keep_transcoded
+            else set()
+        )
+        for mp4 in self.cache_dir.glob("*.mp4"):
+            if mp4.stem not in keep:
+                mp4.unlink()
+        self.manifest.data["clips"] = {
+            k: v for k, v in self.manifest.clips.items() if k in self.specs or k in keep
+        }
+        self.save_manifest()
 
 
 def write_shards(
@@ -251,146 +374,48 @@ def write_shards(
 ) -> pd.DataFrame:
     """Write `OUT/shards/*.tar` and `index.parquet` for `clips_kept`; returns the index.
 
+    A clip that cannot be transcoded (a broken or vanished source) is left out of the shards and recorded in
+    the manifest: `transcode_failures(out_dir)` says which and why, `mark_transcode_failures` marks them.
+    When no clip at all can be transcoded, it raises and changes no shard.
     `use_ray`: transcode in Ray tasks (True), in this process (False), or on Ray if it is initialised (None).
     """
     from curation.tables import write_table_atomic
 
     shards_dir = Path(out_dir) / SHARDS_DIR
-    cache_dir = shards_dir / TRANSCODED_DIR
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in [*shards_dir.glob(".*.tmp"), *cache_dir.glob(".*.tmp")]:
-        leftover.unlink()  # a killed run's half-written file
-
-    missing_cols = {"clip_id", "uri", "start_s", "end_s"} - set(clips_kept.columns)
-    if missing_cols:
-        raise ValueError(f"clips to shard lack columns: {', '.join(sorted(missing_cols))}")
-    table = clips_kept.drop(columns=[c for c in ("frames",) if c in clips_kept.columns])
-    rows = [_json_safe(r) for r in table.sort_values("clip_id", kind="stable").to_dict("records")]
-    keys = [validate_key(str(r["clip_id"])) for r in rows]
-    if len(set(keys)) != len(keys):
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"duplicate clip ids among clips to shard: {', '.join(dupes[:5])}")
-
-    settings_hash = _sha256(json.dumps(asdict(cfg.transcode_settings()), sort_keys=True).encode())[:16]
-    manifest = _Manifest(shards_dir, settings_hash)
-    manifest.data["config"] = cfg.model_dump(mode="json")
-    specs = {r["clip_id"]: _spec_hash(r, settings_hash) for r in rows}
-
-    def cached(cid: str) -> Path:
-        return cache_dir / f"{cid}.mp4"
-
-    def transcode(todo: list[dict]) -> None:
-        for clip in _transcode_all(todo, cfg, use_ray):
-            atomic_write_bytes(cached(clip.clip_id), clip.mp4)
-            manifest.clips[clip.clip_id] = {
-                "spec": specs[clip.clip_id],
-                "bytes": len(clip.mp4),
-                "sha256": _sha256(clip.mp4),
-                "num_frames": clip.num_frames,
-                "height": clip.height,
-                "width": clip.width,
-            }
-        manifest.save()
-
-    unknown = [r for r in rows if manifest.clips.get(r["clip_id"], {}).get("spec") != specs[r["clip_id"]]]
-    if unknown:
-        log.info("transcoding %d of %d clips", len(unknown), len(rows))
-        transcode(unknown)
-
-    members = []  # per sample: (key, [(ext, bytes or None for the mp4)], sha per member)
-    for row in rows:
-        entry = manifest.clips[row["clip_id"]]
-        meta = dict(row)
-        meta["shard_video"] = {k: entry[k] for k in ("num_frames", "height", "width")} | {"fps": cfg.fps}
-        meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
-        txt_bytes = caption_text(row, cfg.motion_caption).encode()
-        members.append((row["clip_id"], entry, meta_bytes, txt_bytes))
-
-    sizes = [
-        (cid, tar_member_size(len(m)) + tar_member_size(e["bytes"]) + tar_member_size(len(t)))
-        for cid, e, m, t in members
-    ]
-    plan = _plan(sizes, cfg)
-    names = [shard_name(cfg.prefix, n) for n in range(len(plan))]
-
-    def plan_hash(indices: list[int]) -> str:
-        h = hashlib.sha256()
-        for i in indices:
-            cid, entry, meta_bytes, txt_bytes = members[i]
-            h.update(f"{cid}|{entry['sha256']}|{_sha256(meta_bytes)}|{_sha256(txt_bytes)}\n".encode())
-        return h.hexdigest()
-
-    hashes = [plan_hash(p) for p in plan]
-    to_write = [
-        n
-        for n, (name, h) in enumerate(zip(names, hashes, strict=True))
-        if not ((shards_dir / name).is_file() and manifest.shards.get(name) == h)
-    ]
-
-    # Clips whose bytes a shard needs but the cache no longer holds (keep_transcoded off): transcode again.
-    def in_cache(i: int) -> bool:
-        path = cached(rows[i]["clip_id"])
-        return path.is_file() and path.stat().st_size == members[i][1]["bytes"]
-
-    lacking = [rows[i] for n in to_write for i in plan[n] if not in_cache(i)]
-    if lacking:
-        expected = {r["clip_id"]: manifest.clips[r["clip_id"]]["sha256"] for r in lacking}
-        transcode(lacking)
-        changed = [cid for cid, sha in expected.items() if manifest.clips[cid]["sha256"] != sha]
-        if changed:
-            raise RuntimeError(
-                f"transcoding {changed[0]} again gave different bytes (encoder changed?): "
-                f"delete {shards_dir} and rerun"
-            )
-
-    for n in to_write:
-        samples = []
-        for i in plan[n]:
-            cid, entry, meta_bytes, txt_bytes = members[i]
-            mp4 = cached(cid).read_bytes()
-            samples.append((cid, _sample_members(meta_bytes, mp4, txt_bytes)))
-        write_tar(shards_dir / names[n], samples)
-        manifest.shards[names[n]] = hashes[n]
-        manifest.save()
-    log.info("wrote %d shards, %d already complete", len(to_write), len(plan) - len(to_write))
-
-    current = set(names)
-    for stale in shards_dir.glob(SHARD_GLOB):
-        if stale.name not in current:
-            stale.unlink()
-    manifest.data["shards"] = {k: v for k, v in manifest.shards.items() if k in current}
-    # keep_transcoded also keeps the clips the thresholds now drop: loosening them again decodes nothing
-    # (`svp curate prune OUT` removes those).
-    keep = {cid for cid in manifest.clips if cached(cid).is_file()} if cfg.keep_transcoded else set()
-    for mp4 in cache_dir.glob("*.mp4"):
-        if mp4.stem not in keep:
-            mp4.unlink()
-    manifest.data["clips"] = {k: v for k, v in manifest.clips.items() if k in specs or k in keep}
-    manifest.save()
-
-    index_rows = []
-    for name, indices in zip(names, plan, strict=True):
-        lengths = []
-        for i in indices:
-            cid, entry, meta_bytes, txt_bytes = members[i]
-            lengths.append((cid, _sample_members(len(meta_bytes), entry["bytes"], len(txt_bytes))))
-        for i, (offset, length) in zip(indices, tar_layout(lengths), strict=True):
-            cid, entry, *_ = members[i]
-            n, h, w = entry["num_frames"], entry["height"], entry["width"]
-            index_rows.append(
-                {
-                    "shard": name,
-                    "key": cid,
-                    "num_frames": n,
-                    "height": h,
-                    "width": w,
-                    "fps": cfg.fps,
-                    "duration_s": n / cfg.fps,
-                    "bucket": bucket_for(h, w, n).name,
-                    "offset": offset,
-                    "length": length,
-                }
-            )
-    index = _index_table(index_rows)
+    job = _ShardJob(shards_dir, cfg, _rows_to_shard(clips_kept), use_ray)
+    todo = job.not_transcoded()
+    if todo:
+        log.info("transcoding %d of %d clips", len(todo), len(job.rows))
+        job.transcode(todo)
+    plan = job.plan_with_cached_bytes()
+    if job.rows and len(job.failed) == len(job.rows):
+        # Not one bad clip but none readable: storage unmounted, sources moved. Stop before any shard goes.
+        clip_id, reason = next(iter(sorted(job.failed.items())))
+        raise RuntimeError(
+            f"none of the {len(job.rows)} kept clips could be transcoded (sources moved or unreadable?); "
+            f"first: {clip_id}: {reason}"
+        )
+    job.write(plan)
+    job.clean_up(plan)
+    index = index_table(plan.names, plan.shards, plan.samples, cfg.fps)
     write_table_atomic(index, shards_dir / INDEX_FILE)
     return index.to_pandas()
+
+
+def transcode_failures(out_dir: str | os.PathLike) -> dict[str, str]:
+    """{clip_id: reason} of the kept clips the last `write_shards` into `out_dir` could not transcode."""
+    path = Path(out_dir) / SHARDS_DIR / MANIFEST_FILE
+    return json.loads(path.read_text()).get("failed", {}) if path.is_file() else {}
+
+
+def mark_transcode_failures(clips: pd.DataFrame, failures: dict[str, str]) -> pd.DataFrame:
+    """A copy of `clips` (with `kept`/`filtered_by`) where the clips in `failures` are not kept, filtered by
+    `transcode`, with the reason in `transcode_error` (null for every other clip)."""
+    out = clips.copy()
+    hit = out["clip_id"].isin(list(failures)).to_numpy()
+    out[TRANSCODE_ERROR] = [failures.get(c) for c in out["clip_id"]]
+    out["filtered_by"] = [
+        [*f, TRANSCODE_FILTER] if h else list(f) for f, h in zip(out["filtered_by"], hit, strict=True)
+    ]
+    out["kept"] = out["kept"].to_numpy(dtype=bool) & ~hit
+    return out

@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.atomic import atomic_write
+
 SOURCES_FILE = "sources.parquet"
 CLIPS_FILE = "clips.parquet"
 SOURCE_STATUSES = ("ok", "rejected", "failed")
@@ -112,13 +114,8 @@ def _plain(value: object) -> object:
 
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write parquet to a temp name in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write parquet atomically (`curation.atomic`): readers and resumed runs never see half a file."""
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

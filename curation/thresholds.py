@@ -101,7 +101,7 @@ def dump_thresholds(t: Thresholds) -> str:
 
 
 def write_thresholds(path: str | Path, t: Thresholds) -> Path:
-    from curation.shards import atomic_write_bytes
+    from curation.atomic import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), dump_thresholds(t).encode())
 

@@ -159,3 +159,74 @@ def transcode_clips(uri: str, specs: list[ClipSpec], settings: TranscodeSettings
             h, w = frames[0].shape[:2]
             results.append(TranscodedClip(spec.clip_id, mp4, len(frames), h, w))
     return results
+
+
+# What a broken input raises (PyAV's decode errors, unreadable files, clips past the end of the video).
+# Anything else is a bug in this code and propagates.
+INPUT_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
+
+
+def transcode_clips_or_fail(
+    uri: str, specs: list[ClipSpec], settings: TranscodeSettings
+) -> tuple[list[TranscodedClip], dict[str, str]]:
+    """`transcode_clips`, but a clip that cannot be transcoded is returned as {clip_id: reason} instead of
+    failing its neighbours: the group is tried in one pass, and on an input error each clip alone."""
+    try:
+        return transcode_clips(uri, specs, settings), {}
+    except INPUT_ERRORS:
+        pass
+    done, failed = [], {}
+    for spec in specs:
+        try:
+            done.extend(transcode_clips(uri, [spec], settings))
+        except INPUT_ERRORS as e:
+            failed[spec.clip_id] = f"transcode failed: {type(e).__name__}: {e}"[:500]
+    return done, failed
+
+
+def _transcode_groups(rows: list[dict], clips_per_task: int) -> list[tuple[str, list[ClipSpec]]]:
+    """Clips grouped by source (one decoding pass each), split into chunks of `clips_per_task`."""
+    by_uri: dict[str, list[ClipSpec]] = {}
+    for row in rows:
+        by_uri.setdefault(row["uri"], []).append(
+            ClipSpec(row["clip_id"], float(row["start_s"]), float(row["end_s"]))
+        )
+    groups = []
+    for uri in sorted(by_uri):
+        specs = sorted(by_uri[uri], key=lambda s: (s.start_s, s.clip_id))
+        for i in range(0, len(specs), clips_per_task):
+            groups.append((uri, specs[i : i + clips_per_task]))
+    return groups
+
+
+def transcode_rows(
+    rows: list[dict],
+    settings: TranscodeSettings,
+    clips_per_task: int,
+    use_ray: bool | None,
+    failed: dict[str, str],
+) -> Iterator[TranscodedClip]:
+    """Transcode `rows` (clip_id, uri, start_s, end_s), yielding clips as they finish and adding the clips that cannot be transcoded to
+    `failed` ({clip_id: reason}); on Ray when asked or (None) when it is initialised."""
+    import ray
+
+    groups = _transcode_groups(rows, clips_per_task)
+    if use_ray is None:
+        use_ray = ray.is_initialized()
+    if not use_ray or len(groups) <= 1:
+        for uri, specs in groups:
+            done, bad = transcode_clips_or_fail(uri, specs, settings)
+            failed.update(bad)
+            yield from done
+        return
+    task = ray.remote(num_cpus=1, max_retries=2)(transcode_clips_or_fail)
+    limit = max(2, 2 * int(ray.available_resources().get("CPU", 1)))
+    pending, queue = [], list(groups)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            uri, specs = queue.pop(0)
+            pending.append(task.remote(uri, specs, settings))
+        ready, pending = ray.wait(pending, num_returns=1)
+        done, bad = ray.get(ready[0])
+        failed.update(bad)
+        yield from done

@@ -151,3 +151,40 @@ def test_one_thumbnail_per_clip_from_the_decoded_frames(curated):
         assert image is not None and max(image.shape[:2]) <= THUMB_LONG_SIDE and image.std() > 0
     with pytest.raises(ValueError, match="invalid sample key"):
         thumb_path(out, "../escape")
+
+
+def test_a_scorer_that_fails_on_every_batch_stops_the_job_with_its_traceback(ray_session, tmp_path):
+    """A broken stage is not bad data: a scorer stage whose every batch raises (a bug) stops the job with the
+    scorer's own traceback, after `ray.max_consecutive_stage_failures` batches, instead of turning into
+    "every source failed"; no source is recorded as done, so a fixed rerun scores them all."""
+    from curation.config import load_config
+    from curation.pipeline import _score_sources
+    from curation.resume import ResumeState
+    from curation.sources import list_sources
+    from curation.stage_guard import StageBrokenError
+
+    class BuggyScorer:  # a scorer stage as Ray Data runs them: built from its config, called per batch
+        def __init__(self, config):
+            self.scale = config["scale"]
+
+        def __call__(self, batch):
+            return {**batch, "buggy_score": batch["motion_score"] * self.scale["typo"]}
+
+    make_corpus(tmp_path, 2, seed=3, broken=False)
+    config_file = tmp_path / "curate.yaml"
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "scenes": {"min_clip_s": 1.0, "max_clip_s": 1.5},
+                "ray": {"scorer_batch_size": 1, "max_consecutive_stage_failures": 2},
+            }
+        )
+    )
+    cfg = load_config(config_file)
+    state = ResumeState(tmp_path / "out", cfg.scoring_fingerprint())
+    pending = list_sources(str(tmp_path / VIDEOS_DIR), cfg.extensions)
+    stages = [("buggy", BuggyScorer, {"scale": {"factor": 2.0}})]
+    with pytest.raises(StageBrokenError, match="'buggy' failed on [0-9]+ batches in a row") as caught:
+        _score_sources(pending, cfg, stages, state)
+    assert "Traceback" in str(caught.value) and "KeyError: 'typo'" in str(caught.value)
+    assert not ResumeState(tmp_path / "out", cfg.scoring_fingerprint()).entries

@@ -338,3 +338,52 @@ def test_rotation_is_applied_and_variable_frame_rate_is_resampled_by_timestamp(t
     targets = output_times(clip["start_s"], clip["end_s"], cfg.fps, cfg.max_frames)
     shown = [max(i for i, t in enumerate(times) if t <= target + 1e-6) for target in targets]
     np.testing.assert_allclose(frames[:, 40:, :, 0].mean(axis=(1, 2)), [100 + 3 * i for i in shown], atol=5)
+
+
+def test_a_clip_that_cannot_be_transcoded_is_recorded_and_the_shards_are_written_without_it(
+    sources, tmp_path, ray_session
+):
+    """A kept clip whose source turned to garbage after scoring: recorded against the clip, counted in the
+    report, left out of byte-identical shards, on Ray and serially, and the same again on a rerun."""
+    from curation.report import build_report
+    from curation.shards import mark_transcode_failures, transcode_failures
+    from curation.thresholds import apply_thresholds, default_thresholds
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(sources[SOURCE_A].read_bytes()[:64] + b"\0garbage" * 100)
+    good = _clips(sources)
+    bad = good.iloc[[0]].assign(clip_id=make_clip_id("c" * 32, 0, 24), source_id="c" * 32, uri=str(broken))
+    clips = pd.concat([good, bad], ignore_index=True)
+    cfg = CFG.model_copy(update={"clips_per_task": 1})
+    expected = _digests(_fresh(tmp_path / "good", good, cfg, use_ray=False))
+    for run in range(2):  # the rerun meets the same broken clip and does the same
+        index = write_shards(tmp_path / "out", clips, cfg, use_ray=True)
+        assert _digests(tmp_path / "out" / "shards") == expected, run
+        assert sorted(index["key"]) == sorted(good["clip_id"])
+        failures = transcode_failures(tmp_path / "out")
+        assert list(failures) == [bad["clip_id"].iloc[0]]
+        assert failures[bad["clip_id"].iloc[0]].startswith("transcode failed: ")
+    assert _digests(_fresh(tmp_path / "serial", clips, cfg, use_ray=False)) == expected
+
+    thresholds = default_thresholds()
+    judged = mark_transcode_failures(apply_thresholds(clips, thresholds), failures)
+    row = judged[judged["clip_id"] == bad["clip_id"].iloc[0]].iloc[0]
+    assert (
+        not row["kept"]
+        and "transcode" in row["filtered_by"]
+        and row["transcode_error"].startswith("transcode")
+    )
+    report = build_report(pd.DataFrame({"status": ["ok"] * 3, "reason": [""] * 3}), judged, thresholds)
+    assert report["clips"]["transcode_failed"] == 1
+    assert report["clips"]["transcode_failures"][0]["clip_id"] == bad["clip_id"].iloc[0]
+
+
+def test_when_no_kept_clip_can_be_transcoded_it_stops_and_keeps_the_shards(sources, tmp_path):
+    """Every source gone (unmounted storage) is not a bad clip: it raises and leaves the last shards alone."""
+    clips = _clips(sources)
+    shards = _fresh(tmp_path, clips, CFG.model_copy(update={"keep_transcoded": False}), use_ray=False)
+    before = _digests(shards)
+    gone = clips.assign(uri=str(tmp_path / "gone.mp4"), end_s=clips["end_s"] + 0.5)
+    with pytest.raises(RuntimeError, match="none of the 4 kept clips could be transcoded"):
+        write_shards(tmp_path, gone, CFG, use_ray=False)
+    assert _digests(shards) == before

@@ -405,6 +405,26 @@ def test_ray_up_file_is_valid_for_the_ray_cluster_launcher():
     assert "--volume /shared:/shared" in config["docker"]["run_options"]
 
 
+def test_ray_dashboard_is_bound_to_a_private_address_never_all_interfaces():
+    """The dashboard accepts job submissions: the head pod's own IP (KubeRay) or a private IP (`ray up`)."""
+    import ipaddress
+
+    head = _groups(_one("RayCluster"))["head"]
+    assert head["rayStartParams"]["dashboard-host"] == "$POD_IP"
+    env = {e["name"]: e for e in _containers(head)[0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    start = " ".join(yaml.safe_load(RAY_UP.read_text())["head_start_ray_commands"])
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", start)
+    assert len(hosts) == 1 and ipaddress.ip_address(hosts[0]).is_private, hosts
+    assert (
+        not ipaddress.ip_address(hosts[0]).is_unspecified and not ipaddress.ip_address(hosts[0]).is_loopback
+    )
+    readme = (INFRA / "README.md").read_text()
+    assert "kubectl proxy" in readme and f"ssh -N -L 8265:{hosts[0]}:8265" in readme
+    for path in (RAY_UP, KUBERAY / "raycluster.yaml"):
+        assert "0.0.0.0" not in path.read_text(), path
+
+
 # --- MLflow server: local by default, no credentials in the repository -----------------------------------
 
 

@@ -300,3 +300,59 @@ def test_an_index_without_offsets_is_read_by_scanning_the_headers(tmp_path):
     old = StageData(video_stage(data))
     same_batches(take(old, 4), with_offsets)
     assert old._reader._members  # the shards' headers were scanned
+
+
+def _flaky_filesystem():
+    """A real fsspec filesystem under the `flaky://` protocol: the local one, except that ranged reads fail
+    with transient errors (`fail_first` times per range, or always for ranges in `always_fail`)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    class Flaky(LocalFileSystem):
+        protocol = ("flaky",)
+        fail_first = 0
+        always_fail: set = set()
+        attempts: dict = {}
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return super()._strip_protocol(str(path).removeprefix("flaky://"))
+
+        def cat_file(self, path, start=None, end=None, **kwargs):
+            where = (self._strip_protocol(path), start, end)
+            n = self.attempts[where] = self.attempts.get(where, 0) + 1
+            if where in self.always_fail or n <= self.fail_first:
+                raise ConnectionResetError(f"connection reset (attempt {n})")
+            return super().cat_file(path, start, end, **kwargs)
+
+    return Flaky
+
+
+def test_transient_read_errors_are_retried_and_only_really_bad_samples_are_skipped(tmp_path):
+    import fsspec
+
+    flaky = _flaky_filesystem()
+    fsspec.register_implementation("flaky", flaky, clobber=True)
+    local = make_shards(tmp_path / "d", 6, clips_per_shard=3)
+    expected = take(StageData(video_stage(local)), 4)
+
+    flaky.fail_first = 2  # every ranged read fails twice, then works: nothing is lost
+    remote = StageData(video_stage(f"flaky://{local}"))
+    same_batches(take(remote, 4), expected)
+    assert remote.stats.skipped == {} and min(flaky.attempts.values()) >= 3  # two failures, then read
+
+    # One sample whose reads always fail is skipped and counted once; resume from a position is exact.
+    index = pd.read_parquet(local / "shards" / "index.parquet")
+    row = index[index["key"] == expected[0].keys[0]].iloc[0]
+    flaky.attempts.clear()
+    flaky.always_fail = {
+        (str(local / "shards" / row["shard"]), int(row["offset"]), int(row["offset"] + row["length"]))
+    }
+    try:
+        remote = StageData(video_stage(f"flaky://{local}"))
+        batches = take(remote, 4)
+        assert row["key"] not in {k for b in batches for k in b.keys}
+        assert remote.stats.skipped == {"read_error": 1} and all(b.video.shape[0] == 2 for b in batches)
+        resumed = take(StageData(video_stage(f"flaky://{local}")), 2, batches[1].position)
+        same_batches(resumed, batches[2:])
+    finally:
+        flaky.always_fail, flaky.fail_first = set(), 0

@@ -3,18 +3,22 @@
 The training loader is index-driven (`index.parquet`, see `curation.format`): it decides which sample goes in
 which batch from the index alone, then reads just those samples. The index's `offset`/`length` columns give each
 sample's byte span in its tar, so a sample is one ranged read (one request on object storage), parsed as a run
-of tar members. An index written before those columns existed has none: then the first read of a shard scans
-its tar headers once (seeking past the member data) and keeps a member table per shard for the life of the
+of tar members; a ranged read that fails with a transient error is retried with backoff (`read_with_retries`).
+An index written before those columns existed has none: then the first read of a shard scans its tar headers once (seeking past the member data) and keeps a member table per shard for the life of the
 process. Members are grouped into samples with WebDataset's own naming rule
 (`webdataset.tariterators.base_plus_ext`: key up to the first dot).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
 import tarfile
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
@@ -23,6 +27,8 @@ import pandas as pd
 from webdataset.tariterators import base_plus_ext
 
 from curation.format import INDEX_COLUMNS, INDEX_FILE, INDEX_SPAN_COLUMNS, SHARDS_DIR, is_safe_relative
+
+log = logging.getLogger(__name__)
 
 
 def is_remote(uri: str) -> bool:
@@ -69,6 +75,32 @@ def read_index(folder: str) -> pd.DataFrame:
         if not is_safe_relative(str(shard)):
             raise ValueError(f"{uri}: shard name {shard!r} points outside the folder")
     return table[list(INDEX_COLUMNS)].reset_index(drop=True)
+
+
+# Object storage fails now and then (a reset connection, a timeout, a 503 surfacing as OSError): a ranged read
+# is tried this many times, waiting RETRY_BACKOFF_S, then twice that, ... between tries. What still fails is a
+# bad sample (the loader skips and counts it as `read_error`). Errors that retrying cannot fix are not retried.
+READ_ATTEMPTS = 4
+RETRY_BACKOFF_S = 0.05
+_PERMANENT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError, asyncio.TimeoutError)
+
+
+def read_with_retries(read: Callable[[], bytes], what: str) -> bytes:
+    """`read()`, tried again with exponential backoff after a transient error (bounded: READ_ATTEMPTS)."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return read()
+        except _PERMANENT_ERRORS:
+            raise
+        except _TRANSIENT_ERRORS as err:
+            if attempt == READ_ATTEMPTS - 1:
+                raise OSError(
+                    f"{what}: read failed {READ_ATTEMPTS} times, last: {type(err).__name__}: {err}"
+                ) from err
+            log.warning("%s: %s: %s; trying again", what, type(err).__name__, err)
+            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -140,7 +172,7 @@ class ShardReader:
         if shard not in self._remote:
             self._remote[shard] = fsspec.core.url_to_fs(shard)
         fs, path = self._remote[shard]
-        return fs.cat_file(path, start=offset, end=offset + length)
+        return read_with_retries(lambda: fs.cat_file(path, start=offset, end=offset + length), shard)
 
     def close(self) -> None:
         for handle in self._files.values():

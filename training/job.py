@@ -15,11 +15,14 @@ class FaultInjection:
     """Kill one worker process with SIGKILL at a step, once (a marker file remembers it happened).
 
     For reliability drills and tests: a real process death, which Ray must detect and recover from.
+    `during="save"` kills it inside that step's checkpoint save, after the staged copy is written and
+    before it is reported (the save is lost; its staging folder is left behind).
     """
 
     kill_at_step: int
     rank: int
     marker: str
+    during: str = "step"  # "step" (before the step runs) or "save"
 
 
 @dataclass
@@ -33,6 +36,7 @@ class StageJob:
     peak_flops_per_worker: float | None = None  # for MFU; None: not reported
     log_every: int = 1
     samples_dir: str | None = None
+    staging_dir: str | None = None  # where ranks stage checkpoints (training.checkpoints.staging_dir)
     fault: FaultInjection | None = None
     extra_tags: dict[str, str] = field(default_factory=dict)
 

@@ -19,12 +19,19 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.checkpoints import TrainState, load_checkpoint, resume_point, save_checkpoint
+from training.checkpoints import (
+    TrainState,
+    clear_staging,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+)
 from training.errors import StageConfigError
 from training.job import StageJob
 from training.metrics import peak_flops, step_metrics
@@ -34,14 +41,14 @@ from training.step import StageStep, build_engine, guarded_step, step_generator
 log = logging.getLogger("svp.training")
 
 
-def _maybe_die(job: StageJob, rank: int, step: int) -> None:
+def _maybe_die(job: StageJob, rank: int, step: int, during: str = "step") -> None:
     fault = job.fault
-    if fault is None or fault.rank != rank or fault.kill_at_step != step:
+    if fault is None or fault.rank != rank or fault.kill_at_step != step or fault.during != during:
         return
     marker = Path(fault.marker)
     if marker.exists():
         return
-    marker.write_text(f"killed rank {rank} at step {step} (pid {os.getpid()})\n")
+    marker.write_text(f"killed rank {rank} at step {step} during {during} (pid {os.getpid()})\n")
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -67,6 +74,10 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
     bf16 = stage.deepspeed.bf16_enabled(use_gpu)
     dtype = torch.bfloat16 if bf16 else torch.float32
     tracker = RunLogger(job.tracking_uri, job.mlflow_run_id) if rank == 0 and job.mlflow_run_id else None
+    if not job.staging_dir:
+        raise StageConfigError("StageJob.staging_dir is not set (training.launch.run_stage sets it)")
+    staging_root = Path(job.staging_dir)
+    clear_staging(staging_root, rank)  # what a killed save of this rank left behind
 
     torch.manual_seed(stage.seed)  # identical fresh init on every rank
     step_math = StageStep(stage, device, dtype)
@@ -144,7 +155,14 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
             if tracker and stats:
                 tracker.log_metrics(stats, step)
             save_checkpoint(
-                engine, state, rank, _position_dict(last_position), {"step": step, **metrics}, ema
+                engine,
+                state,
+                rank,
+                _position_dict(last_position),
+                {"step": step, **metrics},
+                ema,
+                staging_root=staging_root,
+                before_report=partial(_maybe_die, job, rank, step, "save"),
             )
         if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
             sample = render_sample(

@@ -32,6 +32,7 @@ from training.checkpoints import (
     resume_point,
     save_checkpoint,
 )
+from training.data_metrics import data_metrics
 from training.errors import StageConfigError
 from training.job import StageJob
 from training.metrics import peak_flops, step_metrics
@@ -151,7 +152,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         if tracker and (step % job.log_every == 0 or step == stage.steps):
             tracker.log_metrics(metrics, step)
         if step % stage.checkpoint.every == 0 or step == stage.steps:
-            stats = _data_stats(data)
+            stats = data_metrics(data.stats)  # every rank takes part (a collective)
             if tracker and stats:
                 tracker.log_metrics(stats, step)
             save_checkpoint(
@@ -176,18 +177,3 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
 
 def _position_dict(position: Any) -> dict[str, Any] | None:
     return None if position is None else position.to_dict()
-
-
-def _data_stats(data: Any) -> dict[str, float]:
-    """Data counters as metrics (`data/samples_read`, `data/skipped/<reason>`, `data/wait_s`)."""
-    stats = getattr(data, "stats", None)
-    if stats is None:
-        return {}
-    raw = stats.to_dict() if hasattr(stats, "to_dict") else dict(vars(stats))
-    out: dict[str, float] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            out.update({f"data/{key}/{k}": float(v) for k, v in value.items()})
-        elif isinstance(value, int | float):
-            out[f"data/{key}"] = float(value)
-    return out

@@ -13,8 +13,8 @@ from training_runs import image_pipeline, reference_run, sqlite_tracker, tiny_da
 from model import LinearDiT, LinearDiTConfig
 from model.pretrained import save_pretrained
 from training.checkpoints import staging_dir
+from training.drills import FaultInjection, fault_drills
 from training.errors import ShapeMismatchError
-from training.job import FaultInjection
 from training.launch import run_stage
 from training.tracking import TAG_ERROR
 
@@ -33,9 +33,10 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(
     # the last checkpoint is step 4.
     fault = FaultInjection(kill_at_step=8, rank=1, marker=str(marker), during="save")
 
-    result = run_stage(
-        pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=2, fault=fault
-    )
+    with fault_drills():
+        result = run_stage(
+            pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=2, fault=fault
+        )
 
     assert "killed rank 1 at step 8 during save" in marker.read_text()
     # The killed save was staged under the run's own folder, and the restarted worker removed it.
@@ -80,3 +81,12 @@ def test_shape_mismatch_fails_at_once_without_retries(ray_session, tmp_path, tmp
         assert run.info.status == "FAILED"
         assert run.data.tags[TAG_ERROR].startswith("ShapeMismatchError: rank 0: ")
         assert "patch_embedding.weight" in run.data.tags[TAG_ERROR]
+
+
+def test_fault_injection_is_refused_outside_a_drill(tmp_path, tmp_path_factory):
+    # A fault kills real workers: it must never ride along in a production run by accident.
+    pipeline = image_pipeline(tiny_data(tmp_path_factory.getbasetemp()))
+    fault = FaultInjection(kill_at_step=1, rank=0, marker=str(tmp_path / "killed.txt"))
+    with pytest.raises(RuntimeError, match="for tests and drills only"):
+        run_stage(pipeline, "image", workers=1, work_dir=tmp_path / "work", fault=fault)
+    assert not (tmp_path / "work").exists()

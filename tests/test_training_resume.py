@@ -13,8 +13,8 @@ from training_runs import image_pipeline, sqlite_tracker, tiny_data
 
 from model.pretrained import load_pretrained
 from training.checkpoints import STATE_FILE, TrainState, export_complete, resume_point, staging_dir
+from training.drills import FaultInjection, fault_drills
 from training.errors import WorldSizeMismatchError
-from training.job import FaultInjection
 from training.launch import run_stage
 
 
@@ -40,7 +40,7 @@ def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
     fault = FaultInjection(kill_at_step=8, rank=1, marker=str(tmp_path / "killed.txt"), during="save")
     # A node is lost while saving step 8 and no retries are allowed: the run stops with its step-4
     # checkpoint, and the killed save's staged copy is left in the run's own folder (not the system temp).
-    with pytest.raises(TrainingFailedError):
+    with fault_drills(), pytest.raises(TrainingFailedError):
         run_stage(pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=0, fault=fault)
     assert not export_complete(work / "tiny" / "image" / "export")
     (run_dir,) = [p for p in (work / "ray").iterdir() if p.name.startswith("tiny-image-")]

@@ -9,20 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass
-class FaultInjection:
-    """Kill one worker process with SIGKILL at a step, once (a marker file remembers it happened).
-
-    For reliability drills and tests: a real process death, which Ray must detect and recover from.
-    `during="save"` kills it inside that step's checkpoint save, after the staged copy is written and
-    before it is reported (the save is lost; its staging folder is left behind).
-    """
-
-    kill_at_step: int
-    rank: int
-    marker: str
-    during: str = "step"  # "step" (before the step runs) or "save"
+from training.drills import FaultInjection
 
 
 @dataclass
@@ -37,7 +24,7 @@ class StageJob:
     log_every: int = 1
     samples_dir: str | None = None
     staging_dir: str | None = None  # where ranks stage checkpoints (training.checkpoints.staging_dir)
-    fault: FaultInjection | None = None
+    fault: FaultInjection | None = None  # reliability drills only (training.drills)
     extra_tags: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

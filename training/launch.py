@@ -30,6 +30,7 @@ from training.checkpoints import (
     read_state,
     staging_dir,
 )
+from training.drills import FaultInjection, check_drill_allowed
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
 from training.fingerprints import (
     StageInputs,
@@ -40,7 +41,7 @@ from training.fingerprints import (
     supersede_export,
     write_export_fingerprint,
 )
-from training.job import FaultInjection, StageJob
+from training.job import StageJob
 from training.sampling import export_extra
 from training.stage_plan import SKIP, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
@@ -172,6 +173,7 @@ def run_stage(
 
     from training.worker import train_loop_per_worker
 
+    check_drill_allowed(fault)
     if isinstance(stage, str):
         stage = pipeline.stage(stage)
     if workers < 1:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -33,6 +31,7 @@ from training.checkpoints import (
     save_checkpoint,
 )
 from training.data_metrics import data_metrics
+from training.drills import maybe_die
 from training.errors import StageConfigError
 from training.job import StageJob
 from training.metrics import peak_flops, step_metrics
@@ -40,17 +39,6 @@ from training.sampling import render_sample
 from training.step import StageStep, build_engine, guarded_step, step_generator
 
 log = logging.getLogger("svp.training")
-
-
-def _maybe_die(job: StageJob, rank: int, step: int, during: str = "step") -> None:
-    fault = job.fault
-    if fault is None or fault.rank != rank or fault.kill_at_step != step or fault.during != during:
-        return
-    marker = Path(fault.marker)
-    if marker.exists():
-        return
-    marker.write_text(f"killed rank {rank} at step {step} during {during} (pid {os.getpid()})\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
@@ -127,7 +115,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
 
     last_position = position
     for step in range(state.step + 1, stage.steps + 1):
-        _maybe_die(job, rank, step)
+        if job.fault is not None:
+            maybe_die(job.fault, rank, step)
         start = time.perf_counter()
         try:
             batch = next(batches)
@@ -163,7 +152,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 {"step": step, **metrics},
                 ema,
                 staging_root=staging_root,
-                before_report=partial(_maybe_die, job, rank, step, "save"),
+                before_report=partial(maybe_die, job.fault, rank, step, "save") if job.fault else None,
             )
         if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
             sample = render_sample(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,15 @@ def test_missing_weight_folder_is_found_before_training(tmp_path, data_root, cap
     assert main(["train", str(pipeline), "--var", f"data_root={data_root}", "--work-dir", str(work)]) == 2
     assert _error(capsys) == f"stage 'image': text_encoder.path {tmp_path / 'weights' / 'te'} does not exist"
     assert not work.exists()
+
+
+def test_zero3_is_refused_with_the_file_and_key(tmp_path, capsys):
+    # ZeRO-3 partitions the weights, but the EMA fold and sampling read rank 0's full module.
+    pipeline = tmp_path / "zero3.yaml"
+    tiny = Path(str(resources.files("training") / "presets" / "tiny.yaml")).read_text()
+    pipeline.write_text(tiny.replace("zero_stage: 2", "zero_stage: 3"))
+    argv = ["train", str(pipeline), "--var", "data_root=/nowhere", "--work-dir", str(tmp_path / "w")]
+    assert main(argv) == 2
+    err = _error(capsys)
+    assert err.startswith(f"{pipeline}: stages[0].deepspeed.zero_stage: ZeRO-3 is not supported yet"), err
+    assert not (tmp_path / "w").exists()

@@ -88,11 +88,14 @@ def test_ctrl_c_during_training_exits_130_and_the_rerun_resumes(ray_session, tmp
     work = tmp_path / "work"
     data = tiny_data(tmp_path)
     args = ["train", str(pipeline), "--var", f"data_root={data}", "--work-dir", str(work), "--workers", "1"]
-    run_dir = work / "ray" / "abort-image"
-
-    code, output = _interrupt_when(args, lambda: any(run_dir.glob("checkpoint_*")))
+    code, output = _interrupt_when(args, lambda: any((work / "ray").glob("abort-image-*/checkpoint_*")))
     assert code == 130, output[-3000:]
     assert "svp: aborted" in output
+    # The interrupted driver ended its MLflow runs KILLED (stage and pipeline), not left RUNNING.
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("abort").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["KILLED", "KILLED"], output[-3000:]
+    assert all("svp.error" in run.data.tags for run in runs)
     export = work / "abort" / "image" / "export"
     assert not (export / "model.safetensors").exists(), "an interrupted stage must not be exported"
 

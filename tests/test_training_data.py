@@ -356,3 +356,51 @@ def test_transient_read_errors_are_retried_and_only_really_bad_samples_are_skipp
         same_batches(resumed, batches[2:])
     finally:
         flaky.always_fail, flaky.fail_first = set(), 0
+
+
+@pytest.mark.slow
+def test_data_counters_are_summed_over_ranks(ray_session, tmp_path):
+    from mlflow.tracking import MlflowClient
+    from training_runs import sqlite_tracker
+
+    from training.launch import run_stage
+
+    # One undecodable clip, and the first shard cut in half: both ranks meet bad samples of both kinds.
+    data = make_shards(tmp_path / "data", num_clips=8, bad_video=1, seed=3)
+    first_shard = sorted((data / "shards").glob("*.tar"))[0]
+    with first_shard.open("r+b") as f:
+        f.truncate(first_shard.stat().st_size // 2)
+    overrides = {"stages.image.steps": 4, "stages.image.checkpoint.every": 4, "stages.image.sample": None}
+    pipeline = load_preset("tiny", variables={"data_root": str(data)}, overrides=overrides)
+    stage = pipeline.stage("image")
+    expected: dict[str, float] = {}
+    for rank in (0, 1):  # what each rank reads in 4 steps, counted by the same loader outside Ray
+        loader = StageData(stage, rank, 2, stage.seed)
+        take(loader, 4)
+        assert loader.stats.skipped.get("read_error") and loader.stats.skipped.get("undecodable_video")
+        counts = {
+            "samples_read": loader.stats.samples_read,
+            **{f"skipped/{k}": v for k, v in loader.stats.skipped.items()},
+        }
+        for key, value in counts.items():
+            expected[f"data/{key}"] = expected.get(f"data/{key}", 0) + value
+    expected["data/skipped_total"] = sum(v for k, v in expected.items() if k.startswith("data/skipped/"))
+
+    tracker = sqlite_tracker(pipeline, tmp_path / "work")
+    result = run_stage(pipeline, "image", workers=2, work_dir=tmp_path / "work", tracker=tracker)
+
+    logged = MlflowClient(tracker.tracking_uri).get_run(result.mlflow_run_id).data.metrics
+    assert {key: logged[key] for key in expected} == expected
+
+
+def test_index_wide_counter_is_taken_once_when_summing_ranks():
+    from training.data_metrics import sum_ranks
+
+    rank = {"data/samples_read": 4.0, "data/skipped/fits_no_bucket": 3.0, "data/skipped/read_error": 1.0}
+    summed = sum_ranks([{**rank, "data/skipped_total": 4.0}, {**rank, "data/skipped_total": 4.0}])
+    assert summed == {
+        "data/samples_read": 8.0,
+        "data/skipped/fits_no_bucket": 3.0,  # every rank counts it over the whole index
+        "data/skipped/read_error": 2.0,
+        "data/skipped_total": 5.0,
+    }

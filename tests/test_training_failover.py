@@ -12,9 +12,11 @@ from training_runs import image_pipeline, reference_run, sqlite_tracker, tiny_da
 
 from model import LinearDiT, LinearDiTConfig
 from model.pretrained import save_pretrained
+from training.checkpoints import staging_dir
+from training.drills import FaultInjection, fault_drills
 from training.errors import ShapeMismatchError
-from training.job import FaultInjection
 from training.launch import run_stage
+from training.tracking import TAG_ERROR
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +29,20 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted_run(
     work = tmp_path / "work"
     tracker = sqlite_tracker(pipeline, work)
     marker = tmp_path / "killed.txt"
-    # Rank 1 dies with SIGKILL when it reaches step 6 (first attempt only): the last checkpoint is step 4.
-    fault = FaultInjection(kill_at_step=6, rank=1, marker=str(marker))
+    # Rank 1 dies with SIGKILL inside the step-8 save (first attempt only), its copy staged but not reported:
+    # the last checkpoint is step 4.
+    fault = FaultInjection(kill_at_step=8, rank=1, marker=str(marker), during="save")
 
-    result = run_stage(
-        pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=2, fault=fault
-    )
+    with fault_drills():
+        result = run_stage(
+            pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=2, fault=fault
+        )
 
-    assert "killed rank 1 at step 6" in marker.read_text()
+    assert "killed rank 1 at step 8 during save" in marker.read_text()
+    # The killed save was staged under the run's own folder, and the restarted worker removed it.
+    (run_dir,) = [p for p in (work / "ray").iterdir() if p.name.startswith("tiny-image-")]
+    staging = staging_dir(run_dir)
+    assert staging.is_dir() and not list(staging.rglob("step*"))
     resumed = MlflowClient(tracker.tracking_uri).get_metric_history(
         result.mlflow_run_id, "train/resumed_from_step"
     )
@@ -61,7 +69,24 @@ def test_shape_mismatch_fails_at_once_without_retries(ray_session, tmp_path, tmp
         tiny_data(tmp_path_factory.getbasetemp()), **{"stages.image.init_from": {"path": str(export)}}
     )
 
+    tracker = sqlite_tracker(pipeline, tmp_path / "work")
     with pytest.raises(ShapeMismatchError, match=r"patch_embedding\.weight .*drop_keys") as caught:
-        run_stage(pipeline, "image", workers=1, work_dir=tmp_path / "work", max_failures=3)
+        run_stage(pipeline, "image", workers=1, work_dir=tmp_path / "work", max_failures=3, tracker=tracker)
     # Raised by the fail-fast callback on the controller (not retried), not after the retries ran out.
     assert isinstance(caught.value.__cause__, ControllerError)
+    # The stage's child run and the parent it made end FAILED, with the error as a tag (not left RUNNING).
+    runs = MlflowClient(tracker.tracking_uri).search_runs([tracker.experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FAILED"
+        assert run.data.tags[TAG_ERROR].startswith("ShapeMismatchError: rank 0: ")
+        assert "patch_embedding.weight" in run.data.tags[TAG_ERROR]
+
+
+def test_fault_injection_is_refused_outside_a_drill(tmp_path, tmp_path_factory):
+    # A fault kills real workers: it must never ride along in a production run by accident.
+    pipeline = image_pipeline(tiny_data(tmp_path_factory.getbasetemp()))
+    fault = FaultInjection(kill_at_step=1, rank=0, marker=str(tmp_path / "killed.txt"))
+    with pytest.raises(RuntimeError, match="for tests and drills only"):
+        run_stage(pipeline, "image", workers=1, work_dir=tmp_path / "work", fault=fault)
+    assert not (tmp_path / "work").exists()

@@ -12,9 +12,9 @@ from ray.train.v2.api.exceptions import TrainingFailedError
 from training_runs import image_pipeline, sqlite_tracker, tiny_data
 
 from model.pretrained import load_pretrained
-from training.checkpoints import STATE_FILE, TrainState, export_complete, resume_point
+from training.checkpoints import STATE_FILE, TrainState, export_complete, resume_point, staging_dir
+from training.drills import FaultInjection, fault_drills
 from training.errors import WorldSizeMismatchError
-from training.job import FaultInjection
 from training.launch import run_stage
 
 
@@ -37,11 +37,14 @@ def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
     pipeline = image_pipeline(tiny_data(tmp_path_factory.getbasetemp()))
     work = tmp_path / "work"
     tracker = sqlite_tracker(pipeline, work)
-    fault = FaultInjection(kill_at_step=6, rank=1, marker=str(tmp_path / "killed.txt"))
-    # A node is lost at step 6 and no retries are allowed: the run stops with its step-4 checkpoint.
-    with pytest.raises(TrainingFailedError):
+    fault = FaultInjection(kill_at_step=8, rank=1, marker=str(tmp_path / "killed.txt"), during="save")
+    # A node is lost while saving step 8 and no retries are allowed: the run stops with its step-4
+    # checkpoint, and the killed save's staged copy is left in the run's own folder (not the system temp).
+    with fault_drills(), pytest.raises(TrainingFailedError):
         run_stage(pipeline, "image", workers=2, work_dir=work, tracker=tracker, max_failures=0, fault=fault)
     assert not export_complete(work / "tiny" / "image" / "export")
+    (run_dir,) = [p for p in (work / "ray").iterdir() if p.name.startswith("tiny-image-")]
+    assert (staging_dir(run_dir) / "rank00001" / "step00000008").is_dir()
 
     # The same command on the one worker left: converted to universal, resumed at step 4, finished.
     result = run_stage(pipeline, "image", workers=1, work_dir=work, tracker=tracker)
@@ -58,6 +61,8 @@ def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
         4.0
     ]
     steps = sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, "train/loss"))
-    assert steps[-8:] == list(range(5, 13))  # the resumed attempt logged steps 5..12
+    # The killed attempt logged steps 1..8, the resumed one 5..12.
+    assert steps == sorted([*range(1, 9), *range(5, 13)])
     assert client.get_run(result.mlflow_run_id).data.tags["svp.world_size"] == "1"
+    assert not (staging_dir(run_dir) / "rank00001").exists()  # the rerun removed the stale staging
     load_pretrained(result.export_dir)  # the consolidated weights load through the model's own loader

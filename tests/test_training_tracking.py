@@ -11,6 +11,7 @@ from curation.format import thresholds_digest
 from training.errors import StageConfigError
 from training.tracking import (
     PARENT_TAG,
+    TAG_ERROR,
     TAG_EXPORT,
     TAG_STAGE,
     RunLogger,
@@ -107,3 +108,18 @@ def test_thresholds_hash_follows_the_curation_thresholds(tmp_path):
     assert thresholds_hash([str(out)]) == first == thresholds_digest({"motion_score": {"min": 0.1}})
     (out / "thresholds.yaml").write_text("motion_score: {min: 0.2}\n")
     assert thresholds_hash([str(out)]) != first
+
+
+def test_interrupted_driver_ends_its_runs_killed_with_the_reason(work_dir):
+    # What run_stage / run_pipeline do when Ctrl-C (or Ray Train's sys.exit on SIGINT) reaches the driver.
+    work_dir.mkdir()
+    tracker = Tracker(resolve_tracking_uri(work_dir), "demo", work_dir)
+    parent = tracker.parent_run()
+    child = tracker.stage_run(parent, "image", 0, params={}, tags={}, config={})
+    tracker.finish(child, error=KeyboardInterrupt())
+    tracker.finish(parent, error=SystemExit(0))
+
+    client = MlflowClient(tracker.tracking_uri)
+    for run_id, error in ((child, "KeyboardInterrupt: "), (parent, "SystemExit: 0")):
+        run = client.get_run(run_id)
+        assert (run.info.status, run.data.tags[TAG_ERROR]) == ("KILLED", error)

@@ -29,8 +29,7 @@ import io
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ STATE_FILE = "svp_state.json"
 EMA_FILE = "ema.safetensors"
 EXPORT_STATE_FILE = "stage.json"
 UNIVERSAL_DIR = "universal"
+STAGING_DIR = ".staging"  # inside the Ray run folder: where each rank builds a checkpoint before reporting it
 
 
 def ds_tag(step: int) -> str:
@@ -82,6 +82,25 @@ def _universal_client_state() -> dict[str, Any]:
     return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
+def staging_dir(run_dir: Path | str) -> Path:
+    """Where the ranks of one Ray run stage their checkpoints (`{run_dir}/.staging/rank00000/…`).
+
+    Under the run's own folder, not the system temp dir: a worker killed while saving leaves its copy where
+    the next attempt finds and removes it (`clear_staging`), instead of leaking tens of GB per kill on a node.
+    """
+    return Path(run_dir) / STAGING_DIR
+
+
+def rank_staging_dir(root: Path | str, rank: int) -> Path:
+    return Path(root) / f"rank{rank:05d}"
+
+
+def clear_staging(root: Path | str, rank: int | None = None) -> None:
+    """Remove stale staging (one rank's, or every rank's): nothing in it was ever reported, so it is garbage."""
+    target = Path(root) if rank is None else rank_staging_dir(root, rank)
+    shutil.rmtree(target, ignore_errors=True)
+
+
 def save_checkpoint(
     engine: Any,
     state: TrainState,
@@ -89,12 +108,20 @@ def save_checkpoint(
     data_position: Mapping[str, Any] | None,
     metrics: Mapping[str, float],
     ema: Any | None = None,
+    *,
+    staging_root: Path | str,
+    before_report: Callable[[], None] | None = None,
 ) -> None:
-    """Every rank: DeepSpeed state + own data position → barrier → `ray.train.report` with the checkpoint."""
+    """Every rank: DeepSpeed state + own data position → barrier → `ray.train.report` with the checkpoint.
+
+    Staged in `staging_root` (see `staging_dir`); `before_report` runs once the staged copy is complete
+    (reliability drills kill a worker there)."""
     import ray.train
     import torch.distributed as dist
 
-    tmp = Path(tempfile.mkdtemp(prefix="svp-ckpt-"))
+    tmp = rank_staging_dir(staging_root, rank) / ds_tag(state.step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         engine.save_checkpoint(
             str(tmp / DS_DIR), tag=ds_tag(state.step), client_state=_universal_client_state()
@@ -105,6 +132,8 @@ def save_checkpoint(
             (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
             if ema is not None:
                 ema.save(tmp / EMA_FILE)
+        if before_report is not None:
+            before_report()
         if dist.is_initialized():
             dist.barrier()
         ray.train.report(

@@ -9,17 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass
-class FaultInjection:
-    """Kill one worker process with SIGKILL at a step, once (a marker file remembers it happened).
-
-    For reliability drills and tests: a real process death, which Ray must detect and recover from.
-    """
-
-    kill_at_step: int
-    rank: int
-    marker: str
+from training.drills import FaultInjection
 
 
 @dataclass
@@ -33,7 +23,8 @@ class StageJob:
     peak_flops_per_worker: float | None = None  # for MFU; None: not reported
     log_every: int = 1
     samples_dir: str | None = None
-    fault: FaultInjection | None = None
+    staging_dir: str | None = None  # where ranks stage checkpoints (training.checkpoints.staging_dir)
+    fault: FaultInjection | None = None  # reliability drills only (training.drills)
     extra_tags: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.checkpoints import convert_to_universal, ds_tag, export_complete, export_stage, read_state
+from training.checkpoints import (
+    clear_staging,
+    convert_to_universal,
+    ds_tag,
+    export_complete,
+    export_stage,
+    read_state,
+    staging_dir,
+)
+from training.drills import FaultInjection, check_drill_allowed
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
 from training.fingerprints import (
     StageInputs,
@@ -32,7 +41,7 @@ from training.fingerprints import (
     supersede_export,
     write_export_fingerprint,
 )
-from training.job import FaultInjection, StageJob
+from training.job import StageJob
 from training.sampling import export_extra
 from training.stage_plan import SKIP, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
@@ -161,10 +170,10 @@ def run_stage(
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.exceptions import TrainingFailedError
 
     from training.worker import train_loop_per_worker
 
+    check_drill_allowed(fault)
     if isinstance(stage, str):
         stage = pipeline.stage(stage)
     if workers < 1:
@@ -191,9 +200,12 @@ def run_stage(
         log.info(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
     _explain_fresh_start(storage, pipeline, stage, inputs)
     _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
+    clear_staging(staging_dir(storage / name))  # saves a killed run never reported (any world size)
 
     run_id = None
+    owns_parent = tracker is not None and parent_run_id is None  # else the caller ends the parent run
     if tracker is not None:
+        parent_run_id = parent_run_id or tracker.parent_run()
         run_id = _track_stage(
             tracker, parent_run_id, stage, stage_index, name, init_from, workers, inputs, fresh=force
         )
@@ -205,6 +217,7 @@ def run_stage(
         tracking_uri=tracker.tracking_uri if tracker else None,
         mlflow_run_id=run_id,
         samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
+        staging_dir=str(staging_dir(storage / name)),
         fault=fault,
     )
     worker_env = {} if use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
@@ -227,24 +240,18 @@ def run_stage(
         ),
     )
     try:
-        result = trainer.fit()
-    except TrainingFailedError as err:
+        result = _fit_and_export(trainer, stage, storage / name, export_dir, init_from, inputs)
+    except BaseException as err:  # a failed stage, a Ray error, Ctrl-C: never leave the runs RUNNING
         if tracker is not None and run_id is not None:
-            tracker.finish(run_id, ok=False)
-        raise unwrap_training_error(err) from err
-    if result.checkpoint is None:
-        raise RuntimeError(f"stage {stage.name}: training finished without a checkpoint in {storage / name}")
-    superseded = supersede_export(export_dir.parent)
-    if superseded is not None:
-        log.info(f"stage {stage.name}: the superseded export is kept at {superseded}")
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
-        extra["fingerprint"] = inputs.fingerprint
-        export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
-    write_export_fingerprint(export_dir, inputs)  # last: only now does the export count as finished
+            tracker.finish(run_id, error=err)
+            if owns_parent:
+                tracker.finish(parent_run_id, error=err)
+        raise
     if tracker is not None and run_id is not None:
         tracker.log_export(run_id, export_dir)
-        tracker.finish(run_id, ok=True)
+        tracker.finish(run_id)
+        if owns_parent:
+            tracker.finish(parent_run_id)
     log.info(f"stage {stage.name}: exported to {export_dir}")
     return StageResult(
         stage.name,
@@ -258,9 +265,32 @@ def run_stage(
     )
 
 
+def _fit_and_export(
+    trainer: Any, stage: Any, run_dir: Path, export_dir: Path, init_from: str | None, inputs: StageInputs
+) -> Any:
+    """Train to the last step, then build the export from the final checkpoint; returns Ray's result."""
+    from ray.train.v2.api.exceptions import TrainingFailedError
+
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise unwrap_training_error(err) from err
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {stage.name}: training finished without a checkpoint in {run_dir}")
+    superseded = supersede_export(export_dir.parent)
+    if superseded is not None:
+        log.info(f"stage {stage.name}: the superseded export is kept at {superseded}")
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
+        extra["fingerprint"] = inputs.fingerprint
+        export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
+    write_export_fingerprint(export_dir, inputs)  # last: only now does the export count as finished
+    return result
+
+
 def _track_stage(
     tracker: Tracker,
-    parent_run_id: str | None,
+    parent_run_id: str,
     stage: Any,
     stage_index: int,
     ray_name: str,
@@ -269,8 +299,6 @@ def _track_stage(
     inputs: StageInputs,
     fresh: bool = False,
 ) -> str:
-    if parent_run_id is None:
-        parent_run_id = tracker.parent_run()
     tags = {
         TAG_DATASET: inputs.dataset,
         TAG_STAGE_FINGERPRINT: inputs.fingerprint,

@@ -67,7 +67,6 @@ def run_pipeline(
     tracker = tracker or Tracker(resolve_tracking_uri(root), pipeline.name, root)
     parent = parent_run_id or tracker.parent_run()
     results: list[StageResult] = []
-    ok = False
     try:
         for stage in selected:
             result = run_stage(
@@ -84,8 +83,10 @@ def run_pipeline(
             status = "skipped" if result.skipped else "run"
             tracker.record_step(parent, stage.name, status, result.fingerprint)
             results.append(result)
-        ok = True
-    finally:
+    except BaseException as err:
         if owns_parent:
-            tracker.finish(parent, ok=ok)
+            tracker.finish(parent, error=err)
+        raise
+    if owns_parent:
+        tracker.finish(parent)
     return results

@@ -42,6 +42,7 @@ TAG_EXPORT = "svp.export_uri"
 TAG_STAGE_FINGERPRINT = "svp.stage_fingerprint"  # of the stage's inputs (training.fingerprints)
 TAG_RUN_KEY = "svp.run_key"  # the Ray run a child run tracks; a retrain gets a new one
 PARENT_TAG = "mlflow.parentRunId"
+TAG_ERROR = "svp.error"  # why a run ended FAILED or KILLED
 
 # Exports up to this size are copied into the artifact store; bigger ones are logged as a URI only.
 EXPORT_ARTIFACT_MAX_BYTES = 256 * 1024 * 1024
@@ -97,6 +98,11 @@ def thresholds_hash(data_sources: Iterable[str]) -> str:
 
 def _truncate(value: str) -> str:
     return value if len(value) <= _MAX_PARAM_CHARS else value[: _MAX_PARAM_CHARS - 1] + "…"
+
+
+def end_status(error: BaseException) -> str:
+    """KILLED for an interrupted driver (Ctrl-C, SIGTERM, Ray Train's sys.exit on SIGINT), else FAILED."""
+    return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
 
 
 class Tracker:
@@ -194,8 +200,14 @@ class Tracker:
         ]
         self.client.log_batch(parent_run_id, tags=tags)
 
-    def finish(self, run_id: str, ok: bool) -> None:
-        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+    def finish(self, run_id: str, ok: bool = True, error: BaseException | None = None) -> None:
+        """End a run: FINISHED, or (with `error`) FAILED — KILLED when the driver was interrupted — with
+        the error as the `svp.error` tag, so no run is left RUNNING whatever stopped it."""
+        if error is None:
+            self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+            return
+        self.client.set_tag(run_id, TAG_ERROR, _truncate(f"{type(error).__name__}: {error}"))
+        self.client.set_terminated(run_id, status=end_status(error))
 
     def log_export(self, run_id: str, export_dir: Path) -> None:
         """Record the stage's exported checkpoint: copied as an artifact when small, else by URI."""

@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.checkpoints import TrainState, load_checkpoint, resume_point, save_checkpoint
+from training.checkpoints import (
+    TrainState,
+    clear_staging,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+)
+from training.data_metrics import data_metrics
+from training.drills import maybe_die
 from training.errors import StageConfigError
 from training.job import StageJob
 from training.metrics import peak_flops, step_metrics
@@ -32,17 +39,6 @@ from training.sampling import render_sample
 from training.step import StageStep, build_engine, guarded_step, step_generator
 
 log = logging.getLogger("svp.training")
-
-
-def _maybe_die(job: StageJob, rank: int, step: int) -> None:
-    fault = job.fault
-    if fault is None or fault.rank != rank or fault.kill_at_step != step:
-        return
-    marker = Path(fault.marker)
-    if marker.exists():
-        return
-    marker.write_text(f"killed rank {rank} at step {step} (pid {os.getpid()})\n")
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
@@ -67,6 +63,10 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
     bf16 = stage.deepspeed.bf16_enabled(use_gpu)
     dtype = torch.bfloat16 if bf16 else torch.float32
     tracker = RunLogger(job.tracking_uri, job.mlflow_run_id) if rank == 0 and job.mlflow_run_id else None
+    if not job.staging_dir:
+        raise StageConfigError("StageJob.staging_dir is not set (training.launch.run_stage sets it)")
+    staging_root = Path(job.staging_dir)
+    clear_staging(staging_root, rank)  # what a killed save of this rank left behind
 
     torch.manual_seed(stage.seed)  # identical fresh init on every rank
     step_math = StageStep(stage, device, dtype)
@@ -115,7 +115,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
 
     last_position = position
     for step in range(state.step + 1, stage.steps + 1):
-        _maybe_die(job, rank, step)
+        if job.fault is not None:
+            maybe_die(job.fault, rank, step)
         start = time.perf_counter()
         try:
             batch = next(batches)
@@ -140,11 +141,18 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         if tracker and (step % job.log_every == 0 or step == stage.steps):
             tracker.log_metrics(metrics, step)
         if step % stage.checkpoint.every == 0 or step == stage.steps:
-            stats = _data_stats(data)
+            stats = data_metrics(data.stats)  # every rank takes part (a collective)
             if tracker and stats:
                 tracker.log_metrics(stats, step)
             save_checkpoint(
-                engine, state, rank, _position_dict(last_position), {"step": step, **metrics}, ema
+                engine,
+                state,
+                rank,
+                _position_dict(last_position),
+                {"step": step, **metrics},
+                ema,
+                staging_root=staging_root,
+                before_report=partial(maybe_die, job.fault, rank, step, "save") if job.fault else None,
             )
         if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
             sample = render_sample(
@@ -158,18 +166,3 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
 
 def _position_dict(position: Any) -> dict[str, Any] | None:
     return None if position is None else position.to_dict()
-
-
-def _data_stats(data: Any) -> dict[str, float]:
-    """Data counters as metrics (`data/samples_read`, `data/skipped/<reason>`, `data/wait_s`)."""
-    stats = getattr(data, "stats", None)
-    if stats is None:
-        return {}
-    raw = stats.to_dict() if hasattr(stats, "to_dict") else dict(vars(stats))
-    out: dict[str, float] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            out.update({f"data/{key}/{k}": float(v) for k, v in value.items()})
-        elif isinstance(value, int | float):
-            out[f"data/{key}"] = float(value)
-    return out

@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         from orchestration.console import setup_logging
 
         setup_logging()  # before anything imports Ray
+        from orchestration.console import ray_log_dir
         from orchestration.ray_connect import ray_connection
         from training.config import load_pipeline_or_preset
         from training.pipeline import check_pipeline, run_pipeline
@@ -56,6 +57,8 @@ def register(app: typer.Typer) -> None:
         config = load_pipeline_or_preset(pipeline, variables=_variables(var or []))
         check_pipeline(config, stage or None, workers, work_dir)  # before Ray starts
         with ray_connection(address):
+            if ray_log_dir() is not None:  # a local Ray, or the driver's node of a cluster
+                typer.echo(f"Ray workers' logs: {ray_log_dir()}")
             results = run_pipeline(
                 config,
                 stages=stage or None,
@@ -69,10 +72,6 @@ def register(app: typer.Typer) -> None:
         for result in results:
             status = "already exported" if result.skipped else "exported"
             typer.echo(f"{result.stage}: {status} to {result.export_dir} ({result.reason})")
-        from orchestration.console import ray_log_dir
-
-        if ray_log_dir() is not None:
-            typer.echo(f"Ray workers' logs: {ray_log_dir()}")
 
     @app.command("generate")
     def generate(

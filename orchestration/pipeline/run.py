@@ -41,7 +41,6 @@ def run_pipeline_file(
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(work), spec.name, work)
     parent = tracker.parent_run()
-    ok = False
     try:
         curate = curate_inputs(spec)
         _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
@@ -64,10 +63,11 @@ def run_pipeline_file(
             )
             for result in results:
                 echo(f"{result.stage}: {'skipped' if result.skipped else 'trained'} ({result.reason})")
-        ok = True
-        return results
-    finally:
-        tracker.finish(parent, ok=ok)
+    except BaseException as err:
+        tracker.finish(parent, error=err)
+        raise
+    tracker.finish(parent)
+    return results
 
 
 def _curation(spec, tracker, parent, step, inputs, runner, forced, selected, echo) -> None:

@@ -55,6 +55,13 @@ def check_pipeline(pipeline: PipelineConfig) -> None:
 
 
 def check_stage(stage: StageConfig, where: str) -> None:
+    if stage.deepspeed.zero_stage == 3:
+        # ZeRO-3 partitions the weights: the EMA fold and the sample rendering read rank 0's full module,
+        # which would silently see empty shards. Refused until both gather the parameters.
+        raise ConfigKeyError(
+            f"{where}.deepspeed.zero_stage",
+            "ZeRO-3 is not supported yet (EMA and samples need the full weights on rank 0); use 0, 1 or 2",
+        )
     try:
         model = stage.model_config()
     except (ValueError, TypeError) as err:

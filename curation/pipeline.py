@@ -53,6 +53,10 @@ from curation.worker import SourceLedger, process_source
 log = logging.getLogger(__name__)
 
 
+# A resource only the head node has (what Ray Train pins its state actor with).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
 def require_ray() -> None:
     """Curation runs on the Ray this process is connected to; which cluster that is, is the caller's
     choice (`orchestration.ray_connect` for the svp commands), never made here."""
@@ -219,13 +223,13 @@ def _score_sources(
     # notices that the source never reported and records it as failed. (Restored afterwards: the context
     # is process-wide, and other Ray Data jobs in this process must keep failing loudly.)
     ctx.max_errored_blocks = -1
-    # The ledger lives on the driver's node: a lost worker node must not take the job's bookkeeping with it
-    # (its tasks are retried elsewhere; a ledger there would die with it and fail the whole job). So does the
-    # scorer-health actor, for the same reason.
-    here = ray.get_runtime_context().get_node_id()
-    on_driver_node = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
-    ledger = SourceLedger.options(scheduling_strategy=on_driver_node).remote()
-    health = StageHealth.options(scheduling_strategy=on_driver_node).remote()
+    # The job's bookkeeping (the ledger, the scorer-health actor) lives on the head node, as Ray Train's own
+    # state actor does: a lost worker node must not take it down (its tasks are retried elsewhere; a ledger
+    # there would die with it and fail the whole job). Not "the driver's node": a driver joining by the GCS
+    # address may attach to any raylet of its host.
+    on_head = {"resources": {HEAD_NODE_RESOURCE: 0.001}}
+    ledger = SourceLedger.options(**on_head).remote()
+    health = StageHealth.options(**on_head).remote()
     try:
         ds = _build_dataset(pending, cfg, stages, ledger, health)
         driver = _Driver(pending, state, ledger, health, cfg.ray.max_consecutive_stage_failures)

@@ -141,11 +141,14 @@ def test_cluster_without_its_token_is_one_line(cluster, tmp_path):
     jobs = svp(cluster, "jobs", "list", "--address", cluster.dashboard, env=env)
     assert jobs.returncode == 2
     assert jobs.stderr.strip().splitlines() == [jobs.stderr.strip()] and "RAY_AUTH_TOKEN" in jobs.stderr
+    # A request that passes the checks made before connecting (one input file), so the refusal is what fails.
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.mp4").write_bytes(b"never decoded: the connection is refused first")
     curate = svp(
         cluster,
         "curate",
         "--input",
-        str(tmp_path),
+        str(tmp_path / "in"),
         "--output",
         str(tmp_path / "out"),
         "--address",

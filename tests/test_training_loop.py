@@ -24,10 +24,9 @@ def fixed_loss(model: torch.nn.Module, step_math: StageStep, batch) -> float:
         for k in range(4):
             g = step_generator(99, 0, k)
             latents, text, mask = step_math.encode(batch.video, batch.captions, g)
-            noisy, timesteps, noise = step_math.noise(latents, g)
-            losses.append(
-                float(flow_matching_loss(model(noisy, text, timesteps, text_mask=mask), latents, noise))
-            )
+            noisy, timesteps, noise, weights = step_math.noise(latents, g)
+            prediction = model(noisy, text, timesteps, text_mask=mask)
+            losses.append(float(flow_matching_loss(prediction, latents, noise, weights)))
     return sum(losses) / len(losses)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from orchestration.commands.options import ADDRESS_HELP
+
 
 def register(app: typer.Typer) -> None:
     @app.command("synth")
@@ -53,8 +55,7 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(
             None,
             "--address",
-            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a "
-            "private local Ray).",
+            help=ADDRESS_HELP,
         ),
     ) -> None:
         """svp curate --input IN --output OUT [--config FILE] [--min-clip-s S] [--max-clip-s S] [--address ADDR]"""

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from orchestration.commands.options import ADDRESS_HELP
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(4.0, help="Length of the generated video."),
         address: str = typer.Option(
             None,
-            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: a private local Ray).",
+            help=ADDRESS_HELP,
         ),
         verbose: bool = typer.Option(False, "--verbose", help="Log every library's messages at INFO."),
     ) -> None:

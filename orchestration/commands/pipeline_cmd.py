@@ -6,17 +6,7 @@ from pathlib import Path
 
 import typer
 
-ADDRESS_HELP = "Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)."
-
-
-def _env(pairs: list[str]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--env expects NAME=VALUE, got {pair!r}")
-        values[name] = value
-    return values
+from orchestration.commands.options import ADDRESS_HELP, name_value_pairs
 
 
 def register(app: typer.Typer) -> None:
@@ -108,7 +98,7 @@ def register(app: typer.Typer) -> None:
             spec,
             address,
             run_args=args,
-            env=_env(env or []),
+            env=name_value_pairs(env, "--env"),
             ship_code=ship_code,
             job_id=job_id,
             debug=bool(ctx.find_root().params.get("debug")),  # `svp --debug pipeline submit`

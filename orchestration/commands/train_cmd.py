@@ -7,15 +7,7 @@ from pathlib import Path
 
 import typer
 
-
-def _variables(pairs: list[str]) -> dict[str, str]:
-    values = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--var expects NAME=VALUE, got {pair!r}")
-        values[name] = value
-    return values
+from orchestration.commands.options import ADDRESS_HELP, name_value_pairs
 
 
 def register(app: typer.Typer) -> None:
@@ -29,8 +21,7 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: float = typer.Option(0.0, help="GPUs per worker; 0 trains on CPUs with gloo."),
         address: str = typer.Option(
             None,
-            help="Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a "
-            "private local Ray).",
+            help=ADDRESS_HELP,
         ),
         work_dir: Path = typer.Option(
             None,
@@ -54,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from training.config import load_pipeline_or_preset
         from training.pipeline import check_pipeline, run_pipeline
 
-        config = load_pipeline_or_preset(pipeline, variables=_variables(var or []))
+        config = load_pipeline_or_preset(pipeline, variables=name_value_pairs(var, "--var"))
         check_pipeline(config, stage or None, workers, work_dir)  # before Ray starts
         with ray_connection(address):
             if ray_log_dir() is not None:  # a local Ray, or the driver's node of a cluster

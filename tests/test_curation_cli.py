@@ -170,7 +170,7 @@ def test_filter_history_dry_run_kept_transcodes_and_prune(curated, tmp_path, mon
         raise AssertionError("loosening the thresholds again must not transcode")
 
     with monkeypatch.context() as patch:
-        patch.setattr(shards, "_transcode_all", no_decoding)
+        patch.setattr(shards, "transcode_rows", no_decoding)
         assert main(["curate", "filter", str(out), "--thresholds", str(every)]) == 0
     assert len(pd.read_parquet(out / "shards" / "index.parquet")) == len(clips)
 

@@ -22,7 +22,7 @@ import yaml
 
 from curation.config import load_config
 from orchestration.cli import app, main
-from orchestration.commands.train_cmd import _variables
+from orchestration.commands.options import name_value_pairs
 from orchestration.pipeline.spec import load_spec, training_pipeline
 from training.config import PRESET_NAMES, load_pipeline, load_preset
 
@@ -350,7 +350,7 @@ def test_training_reads_what_curation_writes(tmp_path):
                 train_params.append(params)
     assert train_params or pipelines, "no job trains"
     for params in train_params:
-        variables = _variables(params["var"] or [])
+        variables = name_value_pairs(params["var"], "--var")
         if params["pipeline"] in PRESET_NAMES:
             pipelines.append(load_preset(params["pipeline"], variables=variables))
         else:

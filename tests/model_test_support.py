@@ -14,3 +14,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_generation_parts(text_max_length: int):
+    """A tiny LinearDiT (temporal convs non-zero, so block boundaries matter), a space-to-depth autoencoder and a
+    hashed text encoder: everything `model.generate` and `model.continuation` need, built in milliseconds."""
+    from model.autoencoders import build_autoencoder
+    from model.config import LinearDiTConfig
+    from model.linear_dit import LinearDiT
+    from model.text_encoders import build_text_encoder
+
+    torch.manual_seed(0)
+    model = LinearDiT(LinearDiTConfig.from_preset("tiny")).eval()
+    with torch.no_grad():
+        for block in model.blocks:  # zero at init (official); non-zero so block boundaries matter
+            block.ff.conv_temp.weight.normal_(0, 0.05)
+    autoencoder = build_autoencoder("space_to_depth", stride=(1, 4, 4))
+    text_encoder = build_text_encoder("hashed", channels=64, max_length=text_max_length)
+    return model, autoencoder, text_encoder

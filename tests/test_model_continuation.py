@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_test_support import one_thread  # noqa: F401  (fixture)
+from model_test_support import one_thread, tiny_generation_parts  # noqa: F401  (fixture)
 
-from model.autoencoders import build_autoencoder
-from model.config import LinearDiTConfig
 from model.continuation import continue_video_to_file, iter_continuation_blocks, read_clip
 from model.generate import generate_video_to_file
-from model.linear_dit import LinearDiT
 from model.samplers import block_ar_sample, fold_into_cache, guidance_text
-from model.text_encoders import build_text_encoder
 from model.video_io import read_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,14 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.manual_seed(0)
-    model = LinearDiT(LinearDiTConfig.from_preset("tiny")).eval()
-    with torch.no_grad():
-        for block in model.blocks:  # zero at init (official); non-zero so block boundaries matter
-            block.ff.conv_temp.weight.normal_(0, 0.05)
-    autoencoder = build_autoencoder("space_to_depth", stride=(1, 4, 4))
-    text_encoder = build_text_encoder("hashed", channels=64, max_length=8)
-    return model, autoencoder, text_encoder
+    return tiny_generation_parts(text_max_length=8)
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])

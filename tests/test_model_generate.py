@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_test_support import one_thread  # noqa: F401  (fixture)
+from model_test_support import one_thread, tiny_generation_parts  # noqa: F401  (fixture)
 
 from model.autoencoders import build_autoencoder
 from model.config import LinearDiTConfig
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.manual_seed(0)
-    model = LinearDiT(LinearDiTConfig.from_preset("tiny")).eval()
-    with torch.no_grad():
-        for block in model.blocks:  # zero at init (official); non-zero so block boundaries matter
-            block.ff.conv_temp.weight.normal_(0, 0.05)
-    autoencoder = build_autoencoder("space_to_depth", stride=(1, 4, 4))
-    text_encoder = build_text_encoder("hashed", channels=64, max_length=16)
-    return model, autoencoder, text_encoder
+    return tiny_generation_parts(text_max_length=16)
 
 
 SIZE = {"num_frames": 6, "height": 32, "width": 48}

@@ -122,7 +122,7 @@ def test_curation_page_bad_inputs_are_messages(folders, monkeypatch, tmp_path):
     assert not at.exception and "aesthetic_score" in at.error[0].value
 
 
-def test_experiments_page_shows_only_the_changed_params(monkeypatch, tmp_path_factory, tmp_path):
+def test_experiments_page_shows_only_the_changed_params(ray_session, monkeypatch, tmp_path_factory, tmp_path):
     store = two_runs(tmp_path_factory.getbasetemp() / "dashboard")
     uri = f"sqlite:///{store.resolve()}/mlflow.db"
     at = _page("experiments_page", monkeypatch, tracking_uri=uri)

@@ -11,7 +11,9 @@ from mlflow.tracking import MlflowClient
 from orchestration.cli import main
 
 
-def test_runs_list_and_compare_print_tables_and_plot_both_curves(tmp_path_factory, tmp_path, capsys):
+def test_runs_list_and_compare_print_tables_and_plot_both_curves(
+    ray_session, tmp_path_factory, tmp_path, capsys
+):
     store = two_runs(tmp_path_factory.getbasetemp() / "dashboard")
     capsys.readouterr()  # the training runs' own output
     assert main(["runs", "list", "--runs", str(store), "--json"]) == 0

@@ -24,18 +24,12 @@ def _store_uri() -> str | None:
 
 
 def _compare(client, rows) -> None:
-    st.subheader("Params that differ")
-    params = rt.differing_params(client, rows)
-    if len(params):
-        st.dataframe(params, width="stretch")
-    else:
-        st.caption("every param is the same")
-    st.subheader("Lineage that differs")
-    lineage = rt.differing_lineage(client, rows)
-    if len(lineage):
-        st.dataframe(lineage, width="stretch")
-    else:
-        st.caption("same data fingerprint, thresholds hash, git commit and init-from")
+    _table_or_caption("Params that differ", rt.differing_params(client, rows), "every param is the same")
+    _table_or_caption(
+        "Lineage that differs",
+        rt.differing_lineage(client, rows),
+        "same data fingerprint, thresholds hash, git commit and init-from",
+    )
     weight = st.slider("smoothing", 0.0, 0.95, 0.0, 0.05, key="exp:smooth")
     left, right = st.columns(2)
     for slot, metric in ((left, rt.LOSS), (right, rt.LR)):
@@ -45,6 +39,14 @@ def _compare(client, rows) -> None:
     st.subheader("Perf (last value)")
     st.dataframe(rt.perf_table(client, rows), width="stretch")
     _samples(client, rows)
+
+
+def _table_or_caption(title: str, table, when_empty: str) -> None:
+    st.subheader(title)
+    if len(table):
+        st.dataframe(table, width="stretch")
+    else:
+        st.caption(when_empty)
 
 
 def _samples(client, rows) -> None:

@@ -4,7 +4,7 @@ call inside a compiled block.
 
 Modes, as in the PyTorch path: bidirectional (no chunks, no past), block-causal (`chunk_tokens`: chunk c sees
 chunks ≤ c) and cached (`past` state added before the first chunk; the returned state is past + every chunk).
-Forward only: callers fall back to the PyTorch path when gradients are needed (`model.kernels.use_fused`).
+Forward only; training takes `linear_attention_training` (the same forward kernels plus a fused backward).
 """
 
 from __future__ import annotations

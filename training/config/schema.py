@@ -108,6 +108,8 @@ class DeepSpeedSpec(StrictModel):
     # With compile_blocks: share of a non-checkpointed block's activations kept (the compiler recomputes the
     # cheapest ops for the rest).
     compile_memory_budget: float = Field(default=1.0, ge=0.0, le=1.0)
+    # The linear-attention core's fused Triton backward on GPU (the PyTorch path when off; CPU workers always).
+    fused_attention_backward: bool = True
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -224,6 +226,7 @@ class StageConfig:
         overrides.setdefault("checkpoint_fraction", self.deepspeed.checkpoint_fraction)
         overrides.setdefault("compile_blocks", self.deepspeed.compile_blocks)
         overrides.setdefault("compile_memory_budget", self.deepspeed.compile_memory_budget)
+        overrides.setdefault("fused_attention_backward", self.deepspeed.fused_attention_backward)
         return LinearDiTConfig.from_preset(self.model.preset, **overrides)
 
     def deepspeed_config(self, world_size: int, use_gpu: bool) -> dict[str, Any]:

@@ -81,6 +81,9 @@ class OptimizerConfig(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
+    # torch's fused AdamW (one multi-tensor kernel per step instead of a loop of element-wise ops); "auto":
+    # on GPU workers. Same update up to rounding.
+    fused: Literal["auto"] | bool = "auto"
 
     @field_validator("betas")
     @classmethod
@@ -88,6 +91,9 @@ class OptimizerConfig(StrictModel):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
         return betas
+
+    def fused_enabled(self, use_gpu: bool) -> bool:
+        return use_gpu if self.fused == "auto" else bool(self.fused)
 
 
 class CheckpointSpec(StrictModel):

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import statistics
+import sys
 import time
 
 import torch
@@ -49,10 +50,12 @@ def _stage(args: argparse.Namespace):
                     "batch_size": args.batch,
                 }
             ],
+            "chunk_sizes": args.chunk_sizes,
+            "chunk_sigma_strategy": "incremental" if args.chunk_sizes else "uniform",
             "autoencoder": {"name": "unused"},
             "text_encoder": {"name": "unused", "max_length": args.text_len},
             "model": {"preset": args.preset},
-            "optimizer": {"lr": 5e-5, "grad_clip": 0.1},
+            "optimizer": {"lr": 5e-5, "grad_clip": 0.1, "fused": args.fused_adamw},
             "steps": args.steps,
             "checkpoint": {"every": 10**9},
             "deepspeed": {
@@ -62,94 +65,141 @@ def _stage(args: argparse.Namespace):
                 "checkpoint_fraction": args.checkpoint_fraction,
                 "compile_blocks": args.compile_blocks,
                 "compile_memory_budget": args.compile_memory_budget,
+                "fused_attention_backward": args.fused_attention_backward,
             },
         }
     )
 
 
+class Bench:
+    """One process's 2B (or other preset) model inside DeepSpeed with the trainer's stage, and random
+    latents/text of the benchmark's shapes fed straight to the step (precomputed-latent equivalent)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from model import LinearDiT
+        from model.info import latent_shape
+        from training.step import build_engine, step_flops_and_tokens
+
+        self.use_gpu = torch.cuda.is_available() and not args.cpu
+        if not self.use_gpu:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        for key, value in {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+        }.items():
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        self.device = torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")
+        if self.use_gpu:
+            torch.cuda.set_device(self.device)
+            # In a bf16 run the only fp32 matmuls are the linear-attention state contractions (bf16-derived
+            # operands); TF32 rounds their inputs to 10 mantissa bits, finer than the bf16 activations' 7.
+            torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        self.stage = _stage(args)
+        config = self.stage.model_config()
+        self.bf16 = self.stage.deepspeed.bf16_enabled(self.use_gpu)
+        self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            model = LinearDiT(config)
+        self.engine = build_engine(self.stage, model, world_size=1, use_gpu=self.use_gpu, universal=False)
+        self.shape = (args.batch, *latent_shape(config, args.frames, args.height, args.width))
+        self.generator = torch.Generator().manual_seed(0)
+        self.latents = torch.randn(self.shape, generator=self.generator).to(self.device)
+        text = torch.randn(args.batch, args.text_len, config.caption_channels, generator=self.generator)
+        self.text = text.to(self.device, self.dtype)
+        self.mask = torch.ones(args.batch, args.text_len, dtype=torch.long, device=self.device)
+        self.flops, self.tokens = step_flops_and_tokens(config, self.shape, args.text_len)
+
+    def step(self) -> torch.Tensor:
+        """The trainer's step: noise, flow-matching loss (block-causal with the stage's chunks), backward,
+        optimizer step."""
+        from training.step import forward_loss, noise_latents
+
+        noisy, timesteps, noise, weights = noise_latents(self.stage, self.latents, self.generator, self.dtype)
+        loss = forward_loss(
+            self.engine, self.stage, self.latents, noisy, self.text, self.mask, timesteps, noise, weights
+        )
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss
+
+    def time_steps(self, warmup: int, steps: int) -> tuple[list[float], float, float]:
+        """Seconds of each timed step (after `warmup` untimed ones), of the first step (compile included)
+        and the last loss."""
+        times, first_step_s = [], 0.0
+        for index in range(warmup + steps):
+            if self.use_gpu:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss = self.step()
+            if self.use_gpu:
+                torch.cuda.synchronize()
+            if index == 0:
+                first_step_s = time.perf_counter() - start  # includes torch.compile when on
+            if index >= warmup:
+                times.append(time.perf_counter() - start)
+        return times, first_step_s, float(loss.detach())
+
+    def figures(self, times: list[float]) -> dict[str, object]:
+        from training.metrics import peak_flops
+
+        step_s = statistics.median(times)
+        peak = peak_flops(self.device, self.bf16)
+        return {
+            "step_s_median": step_s,
+            "step_s_min": min(times),
+            "samples_per_s": self.shape[0] / step_s,
+            "tokens_per_s": self.tokens / step_s,
+            "model_tflops_per_step": self.flops / 1e12,
+            "achieved_tflops": self.flops / step_s / 1e12,
+            "mfu": self.flops / step_s / peak if peak else None,
+            "peak_tflops": peak / 1e12 if peak else None,
+            "max_memory_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.use_gpu else None,
+        }
+
+    def profile(self, rows: int) -> str:
+        """One more step under torch.profiler: the top ops by device (or CPU) time, as a table."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.use_gpu else [])
+        with profile(activities=activities) as prof:
+            self.step()
+            if self.use_gpu:
+                torch.cuda.synchronize()
+        sort = "self_cuda_time_total" if self.use_gpu else "self_cpu_time_total"
+        return prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
-    from model import LinearDiT
-    from model.info import latent_shape
-    from training.metrics import peak_flops
-    from training.step import build_engine, forward_loss, noise_latents, step_flops_and_tokens
-
-    use_gpu = torch.cuda.is_available() and not args.cpu
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
-    if use_gpu:
-        torch.cuda.set_device(device)
-        # In a bf16 run the only fp32 matmuls are the linear-attention state contractions (bf16-derived
-        # operands); TF32 rounds their inputs to 10 mantissa bits, finer than the bf16 activations' 7.
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-
-    stage = _stage(args)
-    config = stage.model_config()
-    bf16 = stage.deepspeed.bf16_enabled(use_gpu)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LinearDiT(config)
-    engine = build_engine(stage, model, world_size=1, use_gpu=use_gpu, universal=False)
-
-    shape = (args.batch, *latent_shape(config, args.frames, args.height, args.width))
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(shape, generator=generator).to(device)
-    text = torch.randn(args.batch, args.text_len, config.caption_channels, generator=generator).to(
-        device, dtype
-    )
-    mask = torch.ones(args.batch, args.text_len, dtype=torch.long, device=device)
-    flops, tokens = step_flops_and_tokens(config, shape, args.text_len)
-
-    times = []
-    for step in range(args.warmup + args.steps):
-        if use_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        noisy, timesteps, noise, weights = noise_latents(stage, latents, generator, dtype)
-        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise, weights)
-        engine.backward(loss)
-        engine.step()
-        if use_gpu:
-            torch.cuda.synchronize()
-        if step == 0:
-            first_step_s = time.perf_counter() - start  # includes torch.compile when on
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    step_s = statistics.median(times)
+    bench = Bench(args)
+    times, first_step_s, loss = bench.time_steps(args.warmup, args.steps)
     if args.profile:
-        _profile(stage, engine, latents, text, mask, generator, dtype, args.profile)
-    peak = peak_flops(device, bf16)
+        print(bench.profile(args.profile), file=sys.stderr)
     return {
         "preset": args.preset,
         "frames": args.frames,
         "height": args.height,
         "width": args.width,
         "batch": args.batch,
-        "latent": list(shape[1:]),
-        "tokens_per_sample": tokens / args.batch,
+        "latent": list(bench.shape[1:]),
+        "tokens_per_sample": bench.tokens / args.batch,
+        "chunk_sizes": args.chunk_sizes,
         "zero_stage": args.zero_stage,
-        "bf16": bf16,
+        "bf16": bench.bf16,
         "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_fraction": args.checkpoint_fraction,
         "compile_blocks": args.compile_blocks,
         "compile_memory_budget": args.compile_memory_budget,
+        "fused_attention_backward": args.fused_attention_backward,
+        "fused_adamw": bench.stage.optimizer.fused_enabled(bench.use_gpu),
         "tf32": args.tf32,
         "first_step_s": first_step_s,
-        "device": torch.cuda.get_device_name(device) if use_gpu else "cpu",
-        "step_s_median": step_s,
-        "step_s_min": min(times),
-        "samples_per_s": args.batch / step_s,
-        "tokens_per_s": tokens / step_s,
-        "model_tflops_per_step": flops / 1e12,
-        "achieved_tflops": flops / step_s / 1e12,
-        "mfu": flops / step_s / peak if peak else None,
-        "peak_tflops": peak / 1e12 if peak else None,
-        "max_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if use_gpu else None,
-        "loss": float(loss.detach()),
+        "device": torch.cuda.get_device_name(bench.device) if bench.use_gpu else "cpu",
+        **bench.figures(times),
+        "loss": loss,
         "compiled_graphs": _compiled_graphs(),
     }
 
@@ -161,26 +211,7 @@ def _compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _profile(stage, engine, latents, text, mask, generator, dtype, rows: int) -> None:
-    """One more step under torch.profiler; the top ops by device (or CPU) time go to stderr."""
-    import sys
-
-    from torch.profiler import ProfilerActivity, profile
-
-    from training.step import forward_loss, noise_latents
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if latents.is_cuda else [])
-    with profile(activities=activities) as prof:
-        noisy, timesteps, noise, weights = noise_latents(stage, latents, generator, dtype)
-        engine.backward(forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise, weights))
-        engine.step()
-        if latents.is_cuda:
-            torch.cuda.synchronize()
-    sort = "self_cuda_time_total" if latents.is_cuda else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=rows), file=sys.stderr)
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sana-video-2b-480p")
     parser.add_argument("--frames", type=int, default=81)
@@ -217,7 +248,30 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="Profile one more step; print this many top ops."
     )
-    print(json.dumps(run(parser.parse_args())), flush=True)
+    parser.add_argument(
+        "--chunk-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Block-causal step: latent frames per chunk (per-chunk sigmas, incremental), e.g. 1 10 10.",
+    )
+    parser.add_argument(
+        "--no-fused-attention-backward",
+        dest="fused_attention_backward",
+        action="store_false",
+        help="Train through the PyTorch linear-attention path instead of the fused Triton kernels.",
+    )
+    parser.add_argument(
+        "--fused-adamw",
+        default="auto",
+        type=lambda v: v if v == "auto" else v.lower() == "true",
+        help="torch's fused AdamW: auto (on GPU), true or false.",
+    )
+    return parser
+
+
+def main() -> None:
+    print(json.dumps(run(parser().parse_args())), flush=True)
 
 
 if __name__ == "__main__":

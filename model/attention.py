@@ -65,6 +65,7 @@ class LinearSelfAttention(nn.Module):
         dim = config.hidden_size
         self.heads = config.num_heads
         self.eps = config.linear_attention_eps
+        self.fused_backward = config.fused_attention_backward
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
@@ -83,11 +84,16 @@ class LinearSelfAttention(nn.Module):
         q = torch.relu(self.norm_q(self.to_q(x))).unflatten(-1, (self.heads, -1))
         k = torch.relu(self.norm_k(self.to_k(x))).unflatten(-1, (self.heads, -1))
         v = self.to_v(x).unflatten(-1, (self.heads, -1))
-        if kernels.use_fused(q, k, v):
-            from model.kernels.linear_attention import fused_linear_attention as attend
+        if not kernels.use_fused(q, k, v, self.fused_backward, past is not None):
+            out, state = linear_attention(q, k, v, rope, self.eps, chunk_tokens, past)
+        elif kernels.needs_grad(q, k, v):
+            from model.kernels.linear_attention_training import trainable_linear_attention
+
+            out, state = trainable_linear_attention(q, k, v, rope, self.eps, chunk_tokens)
         else:
-            attend = linear_attention
-        out, state = attend(q, k, v, rope, self.eps, chunk_tokens, past)
+            from model.kernels.linear_attention import fused_linear_attention
+
+            out, state = fused_linear_attention(q, k, v, rope, self.eps, chunk_tokens, past)
         return self.to_out(out.flatten(2).to(x.dtype)), state
 
 

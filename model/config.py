@@ -55,6 +55,9 @@ class LinearDiTConfig:
     # backward (torch._functorch `activation_memory_budget`); below 1 it recomputes the cheapest ops
     # (element-wise passes) instead of a whole block, between no checkpointing (1) and full checkpointing.
     compile_memory_budget: float = 1.0
+    # When gradients are on, take the linear-attention core's fused Triton forward and backward on CUDA
+    # (`model.kernels.linear_attention_training`) instead of the PyTorch path; CPU runs always take the latter.
+    fused_attention_backward: bool = True
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,7 @@
 """The fused linear-attention kernel (model.kernels): the backend switch and fallback on CPU, the kernel itself
-under Triton's CPU interpreter (a subprocess, since the interpreter is chosen at import), and on a GPU the
-fp64 checks at several shapes plus the compiled inference path."""
+under Triton's CPU interpreter (a subprocess, since the interpreter is chosen at import; forward, the fused
+backward and a training step through it), and on a GPU the fp64 checks (forward and gradients) at several
+shapes plus the compiled inference path."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_backend_switch_and_cpu_fallback(backend):
     q = torch.rand(1, 4, 2, 8)
     backend("auto")
     assert not kernels.use_fused(q, q, q)
+    assert not kernels.use_fused(q.requires_grad_(), q, q, backward=True)  # training on the CPU: PyTorch path
     assert kernels.describe_path("cpu", torch.float32).startswith("linear attention: PyTorch path")
     backend("torch")
     assert not kernels.use_fused(q, q, q)
@@ -40,6 +42,30 @@ def test_backend_switch_and_cpu_fallback(backend):
             kernels.use_fused(q, q, q)
     with pytest.raises(ValueError, match="attention backend must be one of auto, torch, fused"):
         backend("cuda")
+
+
+def test_stage_switch_reaches_the_attention_layers():
+    from pydantic import TypeAdapter
+
+    from training.config import StageConfig
+
+    stage = {
+        "name": "s",
+        "data": ["d"],
+        "kind": "image",
+        "buckets": [{"height": 32, "width": 32, "num_frames": 1, "batch_size": 1}],
+        "autoencoder": {"name": "a"},
+        "text_encoder": {"name": "t"},
+        "model": {"preset": "tiny"},
+        "optimizer": {"lr": 1e-4},
+        "steps": 1,
+        "checkpoint": {"every": 1},
+    }
+    on = TypeAdapter(StageConfig).validate_python(stage).model_config()
+    stage["deepspeed"] = {"fused_attention_backward": False}
+    off = TypeAdapter(StageConfig).validate_python(stage).model_config()
+    assert on.fused_attention_backward and not off.fused_attention_backward
+    assert not LinearDiT(off).blocks[0].attn1.fused_backward
 
 
 def test_inference_compile_leaves_a_cpu_run_eager_and_identical():
@@ -86,6 +112,34 @@ _INTERPRETED = textwrap.dedent(
         fused = run()
     for a, b in zip(fused, reference):
         assert ((a - b).norm() / b.norm()).item() < 1e-5
+
+    # The fused backward against fp64: bidirectional and block-causal with an uneven first chunk.
+    grad_cases = [Case(1, (3, 4, 5), 2, 112, chunk_frames=[1, 2]), Case(2, (2, 3, 7), 2, 32)]
+    rows = run_checks(torch.device("cpu"), grad_cases, gradients=True)
+    assert len(rows) == 4 and all(row["pass"] for row in rows), rows
+
+    # Training through it: every parameter's gradient of the tiny model (block-causal) as the PyTorch path's.
+    def grads():
+        model.zero_grad(set_to_none=True)
+        model(latents, text, t, chunk_sizes=[1, 3]).square().mean().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    # Where the fused backward is allowed, and why not elsewhere.
+    x = torch.rand(1, 4, 2, 8, requires_grad=True)
+    assert kernels.use_fused(x, x, x, backward=True)
+    for args, why in (((), "the fused backward is off"), ((True, True), "gradients through a cache state")):
+        try:
+            kernels.use_fused(x, x, x, *args)
+            raise AssertionError("no error")
+        except RuntimeError as error:
+            assert why in str(error), error
+
+    model.train()
+    kernels.set_attention_backend("torch")
+    reference = grads()
+    kernels.set_attention_backend("fused")
+    fused = grads()
+    assert ((fused - reference).norm() / reference.norm()).item() < 1e-5
     print("ok")
     """
 )
@@ -105,7 +159,7 @@ def test_kernel_under_the_triton_interpreter():
 def test_kernel_matches_fp64_on_the_gpu():
     from model.kernels.checks import run_checks
 
-    rows = run_checks(torch.device("cuda"))
+    rows = run_checks(torch.device("cuda")) + run_checks(torch.device("cuda"), gradients=True)
     failed = [row for row in rows if not row["pass"]]
     assert not failed, failed
 

@@ -131,3 +131,36 @@ def test_image_conditioned_first_frame_is_clean_and_out_of_the_loss(single_proce
         seen["grad"][conditioned, :, 1:].abs().min() >= 0 and seen["grad"][conditioned, :, 1:].abs().sum() > 0
     )
     assert seen["grad"][~conditioned, :, 0].abs().sum() > 0
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_unfused_one(single_process_group, tmp_path):
+    """`optimizer.fused` hands torch's fused AdamW to DeepSpeed (auto: on GPU only); torch has it on the CPU
+    too, so the same ZeRO-2 steps can be compared here."""
+    from training.step import forward_loss, noise_latents
+
+    base = load_preset("tiny", variables={"data_root": str(tmp_path)}).stage("image")
+    assert not base.optimizer.fused_enabled(use_gpu=False) and base.optimizer.fused_enabled(use_gpu=True)
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, base.model_config().in_channels, 1, 8, 8, generator=g)
+    text = torch.randn(2, 5, base.model_config().caption_channels, generator=g)
+    weights = []
+    for fused in (False, True):
+        optimizer = base.optimizer.model_copy(
+            update={"fused": fused, "warmup_steps": 0, "weight_decay": 0.01}
+        )
+        stage = base.replace(optimizer=optimizer)
+        torch.manual_seed(0)
+        engine = build_engine(stage, LinearDiT(stage.model_config()), 1, use_gpu=False, universal=False)
+        initial = _weights(engine.module)
+        assert engine.basic_optimizer.defaults.get("fused") is (True if fused else None)
+        for step in range(3):
+            noisy, t, noise, w = noise_latents(
+                stage, latents, torch.Generator().manual_seed(step), torch.float32
+            )
+            engine.backward(forward_loss(engine, stage, latents, noisy, text, None, t, noise, w))
+            engine.step()
+        weights.append(_weights(engine.module))
+    unfused, fused_weights = weights
+    assert any(not torch.equal(unfused[k], initial[k]) for k in unfused)  # the steps moved the weights
+    for key in unfused:
+        torch.testing.assert_close(fused_weights[key], unfused[key], rtol=1e-5, atol=1e-6)

@@ -124,6 +124,9 @@ def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: b
     import deepspeed
 
     config = stage.deepspeed_config(world_size, use_gpu)
+    if stage.optimizer.fused_enabled(use_gpu):
+        # DeepSpeed hands extra params to torch.optim.AdamW (its `torch_adam` path): torch's fused kernel.
+        config["optimizer"]["params"]["fused"] = True
     if universal:
         config["checkpoint"] = {"load_universal": True}
     params = [p for p in model.parameters() if p.requires_grad]

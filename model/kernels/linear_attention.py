@@ -4,12 +4,13 @@ call inside a compiled block.
 
 Modes, as in the PyTorch path: bidirectional (no chunks, no past), block-causal (`chunk_tokens`: chunk c sees
 chunks ≤ c) and cached (`past` state added before the first chunk; the returned state is past + every chunk).
-Forward only: callers fall back to the PyTorch path when gradients are needed (`model.kernels.use_fused`).
+Forward only; training takes `linear_attention_training` (the same forward kernels plus a fused backward).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -50,7 +51,86 @@ def _work_items(
     return _ITEMS[key]
 
 
-def _launch(
+@dataclass(frozen=True)
+class Plan:
+    """How one problem is launched: the work items, the grid, the kernels' shape arguments and meta-parameters
+    (shared by the forward passes and the backward's)."""
+
+    items: torch.Tensor  # int32 (items, 3): (chunk, start, end)
+    chunk_last_item: torch.Tensor
+    grid: tuple[int, int]
+    chunks: int
+    size_class: int
+    meta: dict
+
+
+def plan(q: torch.Tensor, chunk_tokens: tuple[int, ...], fast_bf16: bool, variant: str | None) -> Plan:
+    batch, tokens, heads, dim = q.shape
+    launch = tk.VARIANTS[variant or tk.DEFAULT_VARIANT]
+    items, chunk_last_item = _work_items(chunk_tokens, batch * heads, launch["BLOCK_N"], q.device)
+    if q.dtype == torch.float32:
+        precision = tk.IEEE.value
+    else:
+        precision = (tk.BF16 if fast_bf16 else tk.SPLIT).value
+    block_d = max(16, 1 << (dim - 1).bit_length())  # next power of two
+    return Plan(
+        items,
+        chunk_last_item,
+        (batch * heads, items.shape[0]),
+        len(chunk_tokens),
+        (batch * heads * tokens).bit_length(),
+        {**launch, "BLOCK_D": block_d, "PRECISION": precision},
+    )
+
+
+def same_layout(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The kernels take one set of strides for all of these: unit channel stride, identical strides."""
+    tensors = tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
+    if any(t.stride() != tensors[0].stride() for t in tensors):
+        tensors = tuple(t.contiguous() for t in tensors)
+    return tensors
+
+
+def rope_operands(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return cos.contiguous().float(), sin.contiguous().float()
+
+
+def _state_pass(k, v, cos, sin, launch: Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-chunk (or per-item, PARTIALS) sums Σ v·RoPE(k)ᵀ and Σ k, fp32."""
+    batch, _, heads, dim = k.shape
+    slots = launch.items.shape[0] if launch.meta["PARTIALS"] else launch.chunks
+    kv = torch.zeros(batch, heads, slots, dim, dim, device=k.device, dtype=torch.float32)
+    ksum = torch.zeros(batch, heads, slots, dim, device=k.device, dtype=torch.float32)
+    shape = (heads, dim, dim // 2, slots, launch.size_class)
+    tk.state_kernel[launch.grid](
+        k, v, cos, sin, launch.items, kv, ksum, *k.stride()[:3], *shape, **launch.meta, **tk.STATE_LAUNCH
+    )
+    return kv, ksum
+
+
+def _prefix_states(kv, ksum, launch: Plan, past_kv, past_k) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state each chunk's queries see: the running sum over chunks (plus the cache's past)."""
+    kv, ksum = kv.cumsum(dim=2), ksum.cumsum(dim=2)
+    if launch.meta["PARTIALS"]:  # per-item sums -> running sums at each chunk's last item
+        kv, ksum = kv.index_select(2, launch.chunk_last_item), ksum.index_select(2, launch.chunk_last_item)
+    if past_kv is not None:
+        kv = kv + past_kv.float()[:, :, None]
+        ksum = ksum + past_k.float()[:, :, None]
+    return kv, ksum
+
+
+def _output_pass(q, cos, sin, kv, ksum, eps: float, launch: Plan) -> torch.Tensor:
+    _, _, heads, dim = q.shape
+    out = torch.empty_like(q)
+    shape = (heads, dim, dim // 2, launch.chunks, launch.size_class)
+    tk.output_kernel[launch.grid](
+        q, out, cos, sin, launch.items, kv, ksum, eps, *q.stride()[:3], *out.stride()[:3], *shape,
+        **launch.meta, **tk.OUTPUT_LAUNCH,
+    )  # fmt: skip
+    return out
+
+
+def launch_forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -58,59 +138,18 @@ def _launch(
     sin: torch.Tensor,
     eps: float,
     chunk_tokens: tuple[int, ...],
-    past_kv: torch.Tensor | None,
-    past_k: torch.Tensor | None,
+    past_kv: torch.Tensor | None = None,
+    past_k: torch.Tensor | None = None,
     fast_bf16: bool = False,
     variant: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns out (B, N, heads, d) in q's dtype and the prefix states (B, heads, chunks, d, d) and
     (B, heads, chunks, d) after each chunk, fp32."""
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if k.stride() != v.stride() or q.stride() != k.stride():
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    batch, tokens, heads, dim = q.shape
-    chunks = len(chunk_tokens)
-    cos, sin = cos.contiguous().float(), sin.contiguous().float()
-    launch = tk.VARIANTS[variant or tk.DEFAULT_VARIANT]
-    items, chunk_last_item = _work_items(chunk_tokens, batch * heads, launch["BLOCK_N"], q.device)
-    slots = items.shape[0] if launch["PARTIALS"] else chunks
-    kv = torch.zeros(batch, heads, slots, dim, dim, device=q.device, dtype=torch.float32)
-    ksum = torch.zeros(batch, heads, slots, dim, device=q.device, dtype=torch.float32)
-    out = torch.empty_like(q)
-    block_d = max(16, 1 << (dim - 1).bit_length())  # next power of two
-    if q.dtype == torch.float32:
-        precision = tk.IEEE.value
-    else:
-        precision = (tk.BF16 if fast_bf16 else tk.SPLIT).value
-    grid = (batch * heads, items.shape[0])
-    strides = (q.stride(0), q.stride(1), q.stride(2))
-    shape_args = (heads, dim, dim // 2, chunks, (batch * heads * tokens).bit_length())
-    meta = {**launch, "BLOCK_D": block_d, "PRECISION": precision}
-    state_shape = (heads, dim, dim // 2, slots, shape_args[-1])
-    tk.state_kernel[grid](k, v, cos, sin, items, kv, ksum, *strides, *state_shape, **meta, **tk.STATE_LAUNCH)
-    kv, ksum = kv.cumsum(dim=2), ksum.cumsum(dim=2)
-    if launch["PARTIALS"]:  # per-item sums -> running sums at each chunk's last item
-        kv, ksum = kv.index_select(2, chunk_last_item), ksum.index_select(2, chunk_last_item)
-    if past_kv is not None:
-        kv = kv + past_kv.float()[:, :, None]
-        ksum = ksum + past_k.float()[:, :, None]
-    out_strides = (out.stride(0), out.stride(1), out.stride(2))
-    tk.output_kernel[grid](
-        q,
-        out,
-        cos,
-        sin,
-        items,
-        kv,
-        ksum,
-        eps,
-        *strides,
-        *out_strides,
-        *shape_args,
-        **meta,
-        **tk.OUTPUT_LAUNCH,
-    )
-    return out, kv, ksum
+    q, k, v = same_layout(q, k, v)
+    cos, sin = rope_operands(cos, sin)
+    launch = plan(q, chunk_tokens, fast_bf16, variant)
+    kv, ksum = _prefix_states(*_state_pass(k, v, cos, sin, launch), launch, past_kv, past_k)
+    return _output_pass(q, cos, sin, kv, ksum, eps, launch), kv, ksum
 
 
 @torch.library.custom_op("svp::fused_linear_attention", mutates_args=())
@@ -127,7 +166,9 @@ def _fused_op(
     fast_bf16: bool,
     variant: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, kv, ksum = _launch(q, k, v, cos, sin, eps, tuple(chunk_tokens), past_kv, past_k, fast_bf16, variant)
+    out, kv, ksum = launch_forward(
+        q, k, v, cos, sin, eps, tuple(chunk_tokens), past_kv, past_k, fast_bf16, variant
+    )
     return out, kv[:, :, -1].contiguous(), ksum[:, :, -1].contiguous()
 
 

@@ -92,6 +92,110 @@ def _hi_lo(x):
 
 
 @triton.jit
+def _work_item(items_ptr, item):
+    """(chunk, first token, end token) of a work item of the (items, 3) table."""
+    return tl.load(items_ptr + 3 * item), tl.load(items_ptr + 3 * item + 1), tl.load(items_ptr + 3 * item + 2)
+
+
+@triton.jit
+def _head_offset(bh, H, stride_b, stride_h):
+    return (bh // H).to(tl.int64) * stride_b + (bh % H) * stride_h
+
+
+@triton.jit
+def _rows(head, n0, end, stride_n, BLOCK_N: tl.constexpr):
+    """Token indices of the tile starting at n0, their mask and their row offsets (BLOCK_N, 1)."""
+    rows = n0 + tl.arange(0, BLOCK_N)
+    return rows, rows < end, head + rows[:, None].to(tl.int64) * stride_n
+
+
+@triton.jit
+def _load_rows(ptr, row_offsets, row_mask, offs_d, D):
+    mask = row_mask[:, None] & (offs_d[None, :] < D)
+    return tl.load(ptr + row_offsets + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, row_offsets, row_mask, offs_d, D, value):
+    mask = row_mask[:, None] & (offs_d[None, :] < D)
+    tl.store(ptr + row_offsets + offs_d[None, :], value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotated_pairs(ptr, cos_ptr, sin_ptr, rows, row_mask, row_offsets, offs_p, HALF,
+                   BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, STRIDED: tl.constexpr):  # fmt: skip
+    """A tile's even and odd channels (fp32) and the same pairs rotated by RoPE."""
+    even, odd = _split_pairs(ptr, row_offsets, row_mask, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED)
+    r_even, r_odd = _rotate(even, odd, cos_ptr, sin_ptr, rows, row_mask, offs_p, HALF)
+    return even, odd, r_even, r_odd
+
+
+@triton.jit
+def _normaliser(even, odd, sum_even, sum_odd, eps):
+    """Per token x · Σk + ε over the un-rotated pairs."""
+    return tl.sum(even * sum_even[None, :], axis=1) + tl.sum(odd * sum_odd[None, :], axis=1) + eps
+
+
+@triton.jit
+def _outer_dot(at, b, acc, PRECISION: tl.constexpr):
+    """acc + at·b where at is exact in its dtype (bf16 loaded from memory, or fp32 for IEEE) and b is fp32:
+    SPLIT takes b as bf16 hi + lo (two tensor-core dots), BF16 b rounded (one), IEEE one exact fp32 dot."""
+    if PRECISION == SPLIT:
+        hi, lo = _hi_lo(b)
+        acc = _bf16_dot(at, lo, acc)
+        acc = _bf16_dot(at, hi, acc)
+    elif PRECISION == BF16:
+        acc = _bf16_dot(at, b.to(tl.bfloat16), acc)
+    else:
+        acc = tl.dot(at, b, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _state_pairs(kv_ptr, state, D, offs_d, offs_p, HALF, TRANSPOSED: tl.constexpr):
+    """The even and odd key columns of one (d_v, d_k) fp32 state: (BLOCK_D, BLOCK_P) each, or transposed
+    (BLOCK_P, BLOCK_D): [p, e] = state[e, 2p (+1)]."""
+    pair_mask = offs_p < HALF
+    if TRANSPOSED:
+        offsets = state * D * D + offs_d[None, :] * D + 2 * offs_p[:, None]
+        mask = pair_mask[:, None] & (offs_d[None, :] < D)
+    else:
+        offsets = state * D * D + offs_d[:, None] * D + 2 * offs_p[None, :]
+        mask = (offs_d[:, None] < D) & pair_mask[None, :]
+    even = tl.load(kv_ptr + offsets, mask=mask, other=0.0)
+    return even, tl.load(kv_ptr + offsets + 1, mask=mask, other=0.0)
+
+
+@triton.jit
+def _sum_pairs(ksum_ptr, state, D, offs_p, HALF):
+    """The even and odd channels of one (d_k,) fp32 key sum."""
+    pair_mask = offs_p < HALF
+    even = tl.load(ksum_ptr + state * D + 2 * offs_p, mask=pair_mask, other=0.0)
+    return even, tl.load(ksum_ptr + state * D + 2 * offs_p + 1, mask=pair_mask, other=0.0)
+
+
+@triton.jit
+def _write_state(kv_ptr, ksum_ptr, state, kv_even, kv_odd, sum_even, sum_odd, D, offs_d, offs_p, HALF,
+                 STORE: tl.constexpr):  # fmt: skip
+    """Store (STORE: the slot is the item's own) or atomically add a state and key sum from their pair
+    halves (several items share the slot)."""
+    pair_mask = offs_p < HALF
+    kv_offsets = state * D * D + offs_d[:, None] * D + 2 * offs_p[None, :]
+    kv_mask = (offs_d[:, None] < D) & pair_mask[None, :]
+    k_offsets = state * D + 2 * offs_p
+    if STORE:
+        tl.store(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
+        tl.store(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
+        tl.store(ksum_ptr + k_offsets, sum_even, mask=pair_mask)
+        tl.store(ksum_ptr + k_offsets + 1, sum_odd, mask=pair_mask)
+    else:
+        tl.atomic_add(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
+        tl.atomic_add(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
+        tl.atomic_add(ksum_ptr + k_offsets, sum_even, mask=pair_mask)
+        tl.atomic_add(ksum_ptr + k_offsets + 1, sum_odd, mask=pair_mask)
+
+
+@triton.jit
 def _state_kernel(
     k_ptr,
     v_ptr,
@@ -114,63 +218,30 @@ def _state_kernel(
     STRIDED: tl.constexpr,
     PARTIALS: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    item = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    chunk = tl.load(items_ptr + 3 * item)
-    start = tl.load(items_ptr + 3 * item + 1)
-    end = tl.load(items_ptr + 3 * item + 2)
+    bh, item = tl.program_id(0), tl.program_id(1)
+    chunk, start, end = _work_item(items_ptr, item)
     BLOCK_P: tl.constexpr = BLOCK_D // 2
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_p = tl.arange(0, BLOCK_P)
+    offs_d, offs_p = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_P)
     kv_even = tl.zeros((BLOCK_D, BLOCK_P), dtype=tl.float32)
     kv_odd = tl.zeros((BLOCK_D, BLOCK_P), dtype=tl.float32)
     k_even_sum = tl.zeros((BLOCK_P,), dtype=tl.float32)
     k_odd_sum = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    head = b.to(tl.int64) * stride_b + h * stride_h
+    head = _head_offset(bh, H, stride_b, stride_h)
     for n0 in range(start, end, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        row_mask = rows < end
-        offsets = head + rows[:, None].to(tl.int64) * stride_n + offs_d[None, :]
-        mask = row_mask[:, None] & (offs_d[None, :] < D)
-        row_offsets = head + rows[:, None].to(tl.int64) * stride_n
-        k_even, k_odd = _split_pairs(k_ptr, row_offsets, row_mask, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED)
-        rk_even, rk_odd = _rotate(k_even, k_odd, cos_ptr, sin_ptr, rows, row_mask, offs_p, HALF)
-        v = tl.load(v_ptr + offsets, mask=mask, other=0.0)
-        vt = tl.trans(v)
-        if PRECISION == SPLIT:
-            hi, lo = _hi_lo(rk_even)
-            kv_even = _bf16_dot(vt, lo, kv_even)
-            kv_even = _bf16_dot(vt, hi, kv_even)
-            hi, lo = _hi_lo(rk_odd)
-            kv_odd = _bf16_dot(vt, lo, kv_odd)
-            kv_odd = _bf16_dot(vt, hi, kv_odd)
-        elif PRECISION == BF16:
-            kv_even = _bf16_dot(vt, rk_even.to(tl.bfloat16), kv_even)
-            kv_odd = _bf16_dot(vt, rk_odd.to(tl.bfloat16), kv_odd)
-        else:
-            kv_even = tl.dot(vt, rk_even, kv_even, input_precision="ieee")
-            kv_odd = tl.dot(vt, rk_odd, kv_odd, input_precision="ieee")
+        rows, row_mask, row_offsets = _rows(head, n0, end, stride_n, BLOCK_N)
+        k_even, k_odd, rk_even, rk_odd = _rotated_pairs(
+            k_ptr, cos_ptr, sin_ptr, rows, row_mask, row_offsets, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED
+        )
+        vt = tl.trans(_load_rows(v_ptr, row_offsets, row_mask, offs_d, D))
+        kv_even = _outer_dot(vt, rk_even, kv_even, PRECISION)
+        kv_odd = _outer_dot(vt, rk_odd, kv_odd, PRECISION)
         k_even_sum += tl.sum(k_even, axis=0)
         k_odd_sum += tl.sum(k_odd, axis=0)
     # Atomics add the item's sums into its chunk's slot; PARTIALS stores them into the item's own slot
     # (the host sums them), which trades the atomics for B·heads·items·d² fp32 bytes written and read once.
     state = bh.to(tl.int64) * SLOTS + (item if PARTIALS else chunk)
-    pair_mask = offs_p < HALF
-    kv_offsets = state * D * D + offs_d[:, None] * D + 2 * offs_p[None, :]
-    kv_mask = (offs_d[:, None] < D) & pair_mask[None, :]
-    k_offsets = state * D + 2 * offs_p
-    if PARTIALS:
-        tl.store(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
-        tl.store(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
-        tl.store(ksum_ptr + k_offsets, k_even_sum, mask=pair_mask)
-        tl.store(ksum_ptr + k_offsets + 1, k_odd_sum, mask=pair_mask)
-    else:
-        tl.atomic_add(kv_ptr + kv_offsets, kv_even, mask=kv_mask)
-        tl.atomic_add(kv_ptr + kv_offsets + 1, kv_odd, mask=kv_mask)
-        tl.atomic_add(ksum_ptr + k_offsets, k_even_sum, mask=pair_mask)
-        tl.atomic_add(ksum_ptr + k_offsets + 1, k_odd_sum, mask=pair_mask)
+    _write_state(kv_ptr, ksum_ptr, state, kv_even, kv_odd, k_even_sum, k_odd_sum, D, offs_d, offs_p, HALF,
+                 PARTIALS)  # fmt: skip
 
 
 @triton.jit
@@ -187,6 +258,31 @@ def _split_dot(a, b_hi, b_lo, acc, PRECISION: tl.constexpr):
     else:
         acc = tl.dot(a, b_hi, acc, input_precision="ieee")
     return acc
+
+
+@triton.jit
+def _exact_split_dot(a, b_hi, b_lo, acc, PRECISION: tl.constexpr):
+    """acc + a·b with a exact in its dtype (bf16 from memory, or fp32 for IEEE) and b = b_hi + b_lo."""
+    if PRECISION == SPLIT:
+        acc = _bf16_dot(a, b_lo, acc)
+        acc = _bf16_dot(a, b_hi, acc)
+    elif PRECISION == BF16:
+        acc = _bf16_dot(a, b_hi, acc)
+    else:
+        acc = tl.dot(a, b_hi, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _operand(x, PRECISION: tl.constexpr):
+    """A loop-invariant fp32 operand as (hi, lo) for `_split_dot`/`_exact_split_dot` under PRECISION."""
+    if PRECISION == SPLIT:
+        hi, lo = _hi_lo(x)
+    elif PRECISION == BF16:
+        hi, lo = x.to(tl.bfloat16), x
+    else:
+        hi, lo = x, x
+    return hi, lo
 
 
 @triton.jit
@@ -216,52 +312,29 @@ def _output_kernel(
     STRIDED: tl.constexpr,
     PARTIALS: tl.constexpr,  # unused here: the state kernel's variant flag, passed to both for one launch dict
 ):
-    bh = tl.program_id(0)
-    item = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    chunk = tl.load(items_ptr + 3 * item)
-    start = tl.load(items_ptr + 3 * item + 1)
-    end = tl.load(items_ptr + 3 * item + 2)
+    bh, item = tl.program_id(0), tl.program_id(1)
+    chunk, start, end = _work_item(items_ptr, item)
     BLOCK_P: tl.constexpr = BLOCK_D // 2
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_p = tl.arange(0, BLOCK_P)
-    pair_mask = offs_p < HALF
+    offs_d, offs_p = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_P)
     state = bh.to(tl.int64) * CHUNKS + chunk
     # The chunk's prefix state, transposed: kvt_even[p, e] = Σ v_e·RoPE(k)_{2p}.
-    kvt_offsets = state * D * D + offs_d[None, :] * D + 2 * offs_p[:, None]
-    kvt_mask = pair_mask[:, None] & (offs_d[None, :] < D)
-    kvt_even = tl.load(kv_ptr + kvt_offsets, mask=kvt_mask, other=0.0)
-    kvt_odd = tl.load(kv_ptr + kvt_offsets + 1, mask=kvt_mask, other=0.0)
-    if PRECISION == SPLIT:
-        even_hi, even_lo = _hi_lo(kvt_even)
-        odd_hi, odd_lo = _hi_lo(kvt_odd)
-    elif PRECISION == BF16:
-        even_hi, even_lo = kvt_even.to(tl.bfloat16), kvt_even
-        odd_hi, odd_lo = kvt_odd.to(tl.bfloat16), kvt_odd
-    else:
-        even_hi, even_lo = kvt_even, kvt_even
-        odd_hi, odd_lo = kvt_odd, kvt_odd
-    k_even_sum = tl.load(ksum_ptr + state * D + 2 * offs_p, mask=pair_mask, other=0.0)
-    k_odd_sum = tl.load(ksum_ptr + state * D + 2 * offs_p + 1, mask=pair_mask, other=0.0)
-    head = b.to(tl.int64) * stride_b + h * stride_h
-    out_head = b.to(tl.int64) * out_stride_b + h * out_stride_h
+    kvt_even, kvt_odd = _state_pairs(kv_ptr, state, D, offs_d, offs_p, HALF, True)
+    even_hi, even_lo = _operand(kvt_even, PRECISION)
+    odd_hi, odd_lo = _operand(kvt_odd, PRECISION)
+    k_even_sum, k_odd_sum = _sum_pairs(ksum_ptr, state, D, offs_p, HALF)
+    head = _head_offset(bh, H, stride_b, stride_h)
+    out_head = _head_offset(bh, H, out_stride_b, out_stride_h)
     for n0 in range(start, end, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        row_mask = rows < end
-        mask = row_mask[:, None] & (offs_d[None, :] < D)
-        row_offsets = head + rows[:, None].to(tl.int64) * stride_n
-        q_even, q_odd = _split_pairs(q_ptr, row_offsets, row_mask, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED)
-        rq_even, rq_odd = _rotate(q_even, q_odd, cos_ptr, sin_ptr, rows, row_mask, offs_p, HALF)
+        rows, row_mask, row_offsets = _rows(head, n0, end, stride_n, BLOCK_N)
+        q_even, q_odd, rq_even, rq_odd = _rotated_pairs(
+            q_ptr, cos_ptr, sin_ptr, rows, row_mask, row_offsets, offs_p, HALF, BLOCK_N, BLOCK_P, STRIDED
+        )
         numerator = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         numerator = _split_dot(rq_even, even_hi, even_lo, numerator, PRECISION)
         numerator = _split_dot(rq_odd, odd_hi, odd_lo, numerator, PRECISION)
-        denominator = tl.sum(q_even * k_even_sum[None, :], axis=1) + tl.sum(
-            q_odd * k_odd_sum[None, :], axis=1
-        )
-        out = numerator * (1.0 / (denominator + eps))[:, None]
-        out_offsets = out_head + rows[:, None].to(tl.int64) * out_stride_n + offs_d[None, :]
-        tl.store(o_ptr + out_offsets, out.to(o_ptr.dtype.element_ty), mask=mask)
+        out = numerator * (1.0 / _normaliser(q_even, q_odd, k_even_sum, k_odd_sum, eps))[:, None]
+        _, _, out_offsets = _rows(out_head, n0, end, out_stride_n, BLOCK_N)
+        _store_rows(o_ptr, out_offsets, row_mask, offs_d, D, out)
 
 
 def _tuned(kernel, reset: list[str] | None = None):

@@ -81,6 +81,9 @@ class OptimizerConfig(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
+    # torch's fused AdamW (one multi-tensor kernel per step instead of a loop of element-wise ops); "auto":
+    # on GPU workers. Same update up to rounding.
+    fused: Literal["auto"] | bool = "auto"
 
     @field_validator("betas")
     @classmethod
@@ -88,6 +91,9 @@ class OptimizerConfig(StrictModel):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
         return betas
+
+    def fused_enabled(self, use_gpu: bool) -> bool:
+        return use_gpu if self.fused == "auto" else bool(self.fused)
 
 
 class CheckpointSpec(StrictModel):
@@ -108,6 +114,8 @@ class DeepSpeedSpec(StrictModel):
     # With compile_blocks: share of a non-checkpointed block's activations kept (the compiler recomputes the
     # cheapest ops for the rest).
     compile_memory_budget: float = Field(default=1.0, ge=0.0, le=1.0)
+    # The linear-attention core's fused Triton backward on GPU (the PyTorch path when off; CPU workers always).
+    fused_attention_backward: bool = True
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -224,6 +232,7 @@ class StageConfig:
         overrides.setdefault("checkpoint_fraction", self.deepspeed.checkpoint_fraction)
         overrides.setdefault("compile_blocks", self.deepspeed.compile_blocks)
         overrides.setdefault("compile_memory_budget", self.deepspeed.compile_memory_budget)
+        overrides.setdefault("fused_attention_backward", self.deepspeed.fused_attention_backward)
         return LinearDiTConfig.from_preset(self.model.preset, **overrides)
 
     def deepspeed_config(self, world_size: int, use_gpu: bool) -> dict[str, Any]:

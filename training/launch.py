@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,11 +281,13 @@ def _fit_and_export(
     superseded = supersede_export(export_dir.parent)
     if superseded is not None:
         log.info(f"stage {stage.name}: the superseded export is kept at {superseded}")
+    export_started = time.perf_counter()
     with result.checkpoint.as_directory() as checkpoint_dir:
         extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
         extra["fingerprint"] = inputs.fingerprint
         export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
     write_export_fingerprint(export_dir, inputs)  # last: only now does the export count as finished
+    log.info(f"stage {stage.name}: export built in {time.perf_counter() - export_started:.1f} s")
     return result
 
 

@@ -93,7 +93,9 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         state = TrainState(0, world, stage.deepspeed.zero_stage, mlflow_run_id=job.mlflow_run_id)
         state.stage_fingerprint = stage.fingerprint()
         if point is not None:
+            load_started = time.perf_counter()
             load_checkpoint(engine, point)
+            load_s = time.perf_counter() - load_started
             state = point.state
             if ema is not None and point.ema_file is not None:
                 ema.load(point.ema_file)
@@ -101,7 +103,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 how = "universal checkpoint" if point.universal else "checkpoint"
                 log.info(f"stage {stage.name}: resumed from {how} at step {state.step} on {world} workers")
                 if tracker:
-                    tracker.log_metrics({"train/resumed_from_step": state.step}, state.step)
+                    resumed = {"train/resumed_from_step": state.step, "perf/checkpoint_load_s": load_s}
+                    tracker.log_metrics(resumed, state.step)
     try:
         data = StageData(stage, rank, world, stage.seed)
     except (FileNotFoundError, ValueError) as err:  # missing or unusable data: the same on every retry
@@ -144,6 +147,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
             stats = data_metrics(data.stats)  # every rank takes part (a collective)
             if tracker and stats:
                 tracker.log_metrics(stats, step)
+            save_started = time.perf_counter()
             save_checkpoint(
                 engine,
                 state,
@@ -154,6 +158,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 staging_root=staging_root,
                 before_report=partial(maybe_die, job.fault, rank, step, "save") if job.fault else None,
             )
+            if tracker:  # rank 0's save, Ray's report included (benchmarks/two_gpu_training.py reads it)
+                tracker.log_metrics({"perf/checkpoint_save_s": time.perf_counter() - save_started}, step)
         if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
             sample = render_sample(
                 stage, step_math, engine.module, Path(job.samples_dir) / f"step{step:08d}.mp4"

@@ -18,6 +18,7 @@ from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
 from curation.yaml_files import read_yaml_mapping, validation_message
+from model.errors import UserError
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -61,7 +62,7 @@ class SceneConfig(_Strict):
     @model_validator(mode="after")
     def _lengths(self) -> SceneConfig:
         if self.max_clip_s < self.min_clip_s:
-            raise ValueError(f"max_clip_s ({self.max_clip_s}) must be >= min_clip_s ({self.min_clip_s})")
+            raise UserError(f"max_clip_s ({self.max_clip_s}) must be >= min_clip_s ({self.min_clip_s})")
         return self
 
 
@@ -98,7 +99,7 @@ class RayConfig(_Strict):
     @model_validator(mode="after")
     def _pool(self) -> RayConfig:
         if self.scorer_max_concurrency is not None and self.scorer_max_concurrency < self.scorer_concurrency:
-            raise ValueError("scorer_max_concurrency must be >= scorer_concurrency")
+            raise UserError("scorer_max_concurrency must be >= scorer_concurrency")
         return self
 
 
@@ -144,4 +145,4 @@ def load_config(path: str | os.PathLike | None = None, **overrides: object) -> C
     try:
         return CurationConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(validation_message(err, where)) from None
+        raise UserError(validation_message(err, where)) from None

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from curation.format import THRESHOLDS_FILE, thresholds_digest
 from curation.yaml_files import read_yaml_mapping, validation_message
+from model.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,7 +48,7 @@ class ScoreRange(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> ScoreRange:
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+            raise UserError(f"min ({self.min}) is larger than max ({self.max})")
         return self
 
 
@@ -89,7 +90,7 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ValueError(validation_message(err, path)) from None
+        raise UserError(validation_message(err, path)) from None
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
@@ -149,7 +150,7 @@ def check_score_columns(t: Thresholds, columns: Iterable[str], numeric: Iterable
 
 
 def _missing_score_column(column: str, numeric: Iterable[str]) -> ValueError:
-    return ValueError(
+    return UserError(
         f"thresholds name score column {column!r}, which the clips table lacks "
         f"(numeric columns: {', '.join(sorted(numeric))})"
     )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from model.conditioning import with_clean_first_frame
+from model.errors import UserError
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
 from model.guidance import Field, VelocityFn, guidance_text, guided_field, split_schedule
 
@@ -38,7 +39,7 @@ DEFAULT_DENOISING_STEPS = (1000.0, 960.0, 889.0, 727.0)
 def flow_sigmas(steps: int, shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
     """`steps`+1 descending noise levels: linspace(1, 0) with the flow shift applied (float64, CPU)."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserError(f"steps must be >= 1, got {steps}")
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
 
 
@@ -47,9 +48,9 @@ def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INF
     levels with a final 0 appended, the form every sampler here takes."""
     values = [float(t) for t in timesteps]
     if not values or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in values):
-        raise ValueError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
+        raise UserError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
     if any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise ValueError(f"denoising timesteps must be strictly descending, got {values}")
+        raise UserError(f"denoising timesteps must be strictly descending, got {values}")
     base = torch.tensor([*values, 0.0], dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
     return shift_sigma(base, shift)
 
@@ -57,9 +58,9 @@ def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INF
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
     values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
     if len(values) < 2 or values[-1] != 0.0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise ValueError(f"sigmas must be strictly descending and end at 0, got {values}")
+        raise UserError(f"sigmas must be strictly descending and end at 0, got {values}")
     if values[0] > 1.0:
-        raise ValueError(f"sigmas must lie in [0, 1], got a first value of {values[0]}")
+        raise UserError(f"sigmas must lie in [0, 1], got a first value of {values[0]}")
     return values
 
 
@@ -144,7 +145,7 @@ def run_sampler(
         return dpm_solver_pp_2m_steps(field, noise, values)
     if sampler == "renoise":
         return renoise_steps(field, noise, values, generator)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    raise UserError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
 def sample(
@@ -224,7 +225,7 @@ def autoregressive_segments(num_frames: int, block_frames: int) -> list[tuple[in
     """(start, end) latent-frame spans of the blocks: `block_frames` each, the first also takes the
     remainder (official `_create_autoregressive_segments`: 21 frames in blocks of 10 → [0, 11), [11, 21))."""
     if num_frames < 1 or block_frames < 1:
-        raise ValueError(f"need num_frames >= 1 and block_frames >= 1, got {num_frames}, {block_frames}")
+        raise UserError(f"need num_frames >= 1 and block_frames >= 1, got {num_frames}, {block_frames}")
     count = num_frames // block_frames
     if count == 0:
         return [(0, num_frames)]
@@ -289,7 +290,7 @@ def iter_block_ar_sample(
     if guidance_scale == 1.0:
         cache_text, cache_mask, copies = text, text_mask, 1
     elif negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
+        raise UserError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
     else:
         cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
         copies = 2

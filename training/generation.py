@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.errors import UserError
 from training.checkpoints import EXPORT_STATE_FILE
 
 
@@ -74,7 +75,7 @@ def generate_from_export(
     from model.generate import generate_video, generate_video_to_file, save_video
 
     if seconds <= 0:
-        raise ValueError(f"--seconds must be > 0, got {seconds}")
+        raise UserError(f"--seconds must be > 0, got {seconds}")
     _check_conditioning(image, continue_from, block_frames, height, width)
     model, autoencoder, text_encoder, info = load_export(export_dir, ema, device)
     model.enable_inference_compile(compile)
@@ -139,11 +140,11 @@ def _check_conditioning(image, continue_from, block_frames, height, width) -> No
     if continue_from is None:
         return
     if image is not None:
-        raise ValueError("--continue and --image cannot be combined: a continuation starts from its clip")
+        raise UserError("--continue and --image cannot be combined: a continuation starts from its clip")
     if block_frames is None:
-        raise ValueError("--continue needs --block-frames: the clip is folded into the block-AR cache")
+        raise UserError("--continue needs --block-frames: the clip is folded into the block-AR cache")
     if height is not None or width is not None:
-        raise ValueError("--continue keeps the clip's own size: leave out --height/--width")
+        raise UserError("--continue keeps the clip's own size: leave out --height/--width")
 
 
 def _with_record(path: Path, record: dict) -> Path:
@@ -160,7 +161,7 @@ def _valid_frames(autoencoder: Any, want: int) -> int:
         except ValueError:
             continue
         return frames
-    raise ValueError(f"no valid frame count near {want} for the {autoencoder.name} autoencoder")
+    raise UserError(f"no valid frame count near {want} for the {autoencoder.name} autoencoder")
 
 
 def write_conditioning_samples(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from model.errors import UserError
 from orchestration.commands.options import ADDRESS_HELP
 
 
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if input is None or output is None:
-            raise ValueError(
+            raise UserError(
                 "svp curate needs --input IN and --output OUT (or a subcommand: filter, report, prune)"
             )
         from curation.config import load_config

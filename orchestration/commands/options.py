@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from model.errors import UserError
+
 ADDRESS_HELP = "Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)."
 
 
@@ -11,6 +13,6 @@ def name_value_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ValueError(f"{option} expects NAME=VALUE, got {pair!r}")
+            raise UserError(f"{option} expects NAME=VALUE, got {pair!r}")
         values[name] = value
     return values

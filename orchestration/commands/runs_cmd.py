@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from model.errors import UserError
+
 
 def _client_and_table(runs: Path | None, tracking_uri: str | None, pipeline: str | None):
     from orchestration.dashboard.run_table import client_for, stage_table, tracking_uri_for
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from orchestration.dashboard import run_table as rt
 
         if len(names) < 2:
-            raise ValueError("svp runs compare needs two or more runs or stages")
+            raise UserError("svp runs compare needs two or more runs or stages")
         client, table = _client_and_table(runs, tracking_uri, None)
         rows = rt.resolve(table, names)
         params, lineage = rt.differing_params(client, rows), rt.differing_lineage(client, rows)

@@ -29,6 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from model.errors import UserError
+
 STEP_CURATE, STEP_FILTER = "curate", "filter"
 
 
@@ -60,9 +62,9 @@ class TrainingSection(BaseModel):
     @model_validator(mode="after")
     def _one_form(self) -> TrainingSection:
         if self.preset is None and not self.stages:
-            raise ValueError("give 'preset' or a list of 'stages'")
+            raise UserError("give 'preset' or a list of 'stages'")
         if self.preset is not None and any(not isinstance(s, str) for s in self.stages):
-            raise ValueError("with 'preset', 'stages' lists stage names of the preset")
+            raise UserError("with 'preset', 'stages' lists stage names of the preset")
         return self
 
 
@@ -118,7 +120,7 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
         first = err.errors(include_url=False)[0]
         key = ".".join(str(p) for p in first["loc"]) or "<top>"
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ValueError(f"{path}: {key}: {message}") from None
+        raise UserError(f"{path}: {key}: {message}") from None
     spec._base, spec._source = str(path.resolve().parent), str(path)
     return spec
 
@@ -161,7 +163,7 @@ def training_pipeline(spec: PipelineSpec) -> Any:
     try:
         return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
     except ConfigKeyError as err:
-        raise ValueError(f"{spec.source}: training.{err}") from None
+        raise UserError(f"{spec.source}: training.{err}") from None
 
 
 def reads_curated(spec: PipelineSpec, stage: Any) -> bool:

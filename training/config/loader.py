@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from model.errors import UserError
 from training.config.checks import ConfigKeyError, check_pipeline
 from training.config.schema import PipelineConfig
 
@@ -35,7 +36,7 @@ PRESET_NAMES = ("tiny", "sana-video")
 def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: Any) -> PipelineConfig:
     """A bundled pipeline (`tiny`: CPU scale, `sana-video`: the real four stages)."""
     if name not in PRESET_NAMES:
-        raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise UserError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     path = Path(str(resources.files("training") / "presets" / f"{name}.yaml"))
     return load_pipeline(path, variables=variables, **kwargs)
 
@@ -73,13 +74,13 @@ def load_pipeline(
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "yaml"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{label}: {where}: {problem}") from None
+        raise UserError(f"{label}: {where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
+        raise UserError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
     try:
         return _build(raw, path.parent, label, variables or {}, overrides or {})
     except ConfigKeyError as err:
-        raise ValueError(f"{label}: {err}") from None
+        raise UserError(f"{label}: {err}") from None
 
 
 def _build(

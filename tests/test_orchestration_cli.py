@@ -43,6 +43,8 @@ def test_a_user_error_from_a_library_layer_is_one_line(tmp_path, capsys):
     # model.config raises UserError for an unknown preset; curation's config loader does for a bad key.
     bad = tmp_path / "c.yaml"
     bad.write_text("scenes: {min_clip_s: 2, max_clip_s: 1}\n")
-    assert main(["curate", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    assert (
+        main(["curate", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"svp: error: {bad}: scenes: ") and "\n" not in err and "max_clip_s" in err

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,6 +19,7 @@ from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
 from curation.yaml_files import read_yaml_mapping, validation_message
+from model.dotted_keys import set_dotted
 from model.errors import UserError
 
 VIDEO_EXTENSIONS = (
@@ -129,19 +131,19 @@ class CurationConfig(_Strict):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | os.PathLike | None = None, **overrides: object) -> CurationConfig:
-    """Load a YAML config (or the defaults), then apply dotted overrides such as `scenes.min_clip_s=1.5`
-    given as keyword arguments with `__` for the dots (`scenes__min_clip_s=1.5`)."""
+def load_config(
+    path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None
+) -> CurationConfig:
+    """Load a YAML config (or the defaults), then set dotted keys such as `{"scenes.min_clip_s": 1.5}`
+    (`svp curate --set`, `--min-clip-s`; None values are skipped); an unknown key names the valid ones."""
     data = read_yaml_mapping(path, "curation config") if path is not None else {}
     where = str(path) if path is not None else "config"
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    try:
+        for dotted, value in (overrides or {}).items():
+            if value is not None:
+                set_dotted(data, dotted, value, CurationConfig)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
     try:
         return CurationConfig.model_validate(data)
     except ValidationError as err:

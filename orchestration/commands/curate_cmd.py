@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from model.errors import UserError
-from orchestration.commands.options import ADDRESS_HELP
+from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -58,8 +58,9 @@ def register(app: typer.Typer) -> None:
             "--address",
             help=ADDRESS_HELP,
         ),
+        set_: list[str] = typer.Option(None, "--set", help=f"Curation config: {SET_HELP}"),
     ) -> None:
-        """svp curate --input IN --output OUT [--config FILE] [--min-clip-s S] [--max-clip-s S] [--address ADDR]"""
+        """svp curate --input IN --output OUT [--config FILE] [--set KEY=VALUE] [--address ADDR]"""
         if ctx.invoked_subcommand is not None:
             return
         if input is None or output is None:
@@ -72,12 +73,12 @@ def register(app: typer.Typer) -> None:
         from orchestration.ray_connect import ray_connection
 
         setup_logging()
-        cfg = load_config(
-            config,
-            scenes__min_clip_s=min_clip_s,
-            scenes__max_clip_s=max_clip_s,
-            thresholds_file=str(thresholds) if thresholds else None,
-        )
+        options = {
+            "scenes.min_clip_s": min_clip_s,
+            "scenes.max_clip_s": max_clip_s,
+            "thresholds_file": str(thresholds) if thresholds else None,
+        }
+        cfg = load_config(config, {**options, **config_overrides(set_)})
         request = check_curation(input, output, cfg)  # before Ray starts: a bad request fails in a second
         with ray_connection(address):  # workers' output stays in Ray's log files (setup_logging)
             report = run_curation(input, output, cfg, request=request)
@@ -92,6 +93,11 @@ def register(app: typer.Typer) -> None:
             "--dry-run",
             help="Only print what the thresholds would keep (counts, hours); write nothing.",
         ),
+        set_: list[str] = typer.Option(
+            None,
+            "--set",
+            help="Thresholds key, e.g. scores.aesthetic_score.min=5 (read as YAML). Repeatable.",
+        ),
     ) -> None:
         """Re-apply thresholds to clips.parquet and rewrite shards, without decoding anything for scoring.
 
@@ -100,7 +106,7 @@ def register(app: typer.Typer) -> None:
         from curation.refilter import refilter
         from curation.report import format_report
 
-        report = refilter(out, thresholds, dry_run=dry_run)
+        report = refilter(out, thresholds, dry_run=dry_run, overrides=config_overrides(set_))
         if dry_run:
             typer.echo(f"dry run: {out} is unchanged; these thresholds would give:")
         typer.echo(format_report(report))

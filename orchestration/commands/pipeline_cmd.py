@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from orchestration.commands.options import ADDRESS_HELP, name_value_pairs
+from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides, name_value_pairs
 
 
 def register(app: typer.Typer) -> None:
@@ -16,18 +16,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(pipeline_app, name="pipeline")
     from_opt = typer.Option(None, "--from", help="Rerun this step and every later one, whatever changed.")
     only_opt = typer.Option(None, "--only", help="Consider only this step.")
+    set_opt = typer.Option(None, "--set", help=f"Pipeline file: {SET_HELP} Training keys: training.stages.…")
 
     @pipeline_app.command("plan")
     def plan(
         pipeline: Path = typer.Argument(..., help="The pipeline file."),
         from_step: str = from_opt,
         only: str = only_opt,
+        set_: list[str] = set_opt,
     ) -> None:
         """Print per step: skip / run / rerun and why, without running anything."""
         from orchestration.pipeline.plan import format_plan, plan_pipeline
         from orchestration.pipeline.spec import load_spec
 
-        typer.echo(format_plan(plan_pipeline(load_spec(pipeline), from_step=from_step, only=only)))
+        spec = load_spec(pipeline, config_overrides(set_))
+        typer.echo(format_plan(plan_pipeline(spec, from_step=from_step, only=only)))
 
     @pipeline_app.command("run")
     def run(
@@ -44,13 +47,14 @@ def register(app: typer.Typer) -> None:
             help="Copy the pipeline file's folder under the work dir and run from there (Ray jobs: their "
             "working directory can be removed while they run).",
         ),
+        set_: list[str] = set_opt,
     ) -> None:
         """Run the steps whose fingerprint changed (the driver runs here; see `submit` for a Ray job)."""
         from orchestration.pipeline.run import run_pipeline_file
         from orchestration.pipeline.spec import load_spec, settle_files
         from orchestration.ray_connect import ray_connection
 
-        spec = load_spec(pipeline)
+        spec = load_spec(pipeline, config_overrides(set_))
         if settle:
             spec = settle_files(spec)
         with ray_connection(address, log_to_driver=True):
@@ -81,19 +85,21 @@ def register(app: typer.Typer) -> None:
             False, "--ship-code/--no-ship-code", help="Carry this svp's code to the cluster (py_modules)."
         ),
         job_id: str = typer.Option(None, help="Submission id (default: chosen by Ray)."),
+        set_: list[str] = set_opt,
     ) -> None:
         """Submit `svp pipeline run` as a Ray job; prints the job id and returns."""
         from orchestration.pipeline.jobs import submit as submit_job
         from orchestration.pipeline.plan import check_step
         from orchestration.pipeline.spec import load_spec, training_pipeline
 
-        spec = load_spec(pipeline)
+        spec = load_spec(pipeline, config_overrides(set_))  # checked here, applied again by the job
         names = spec.step_names(training_pipeline(spec).stage_names)
         check_step(from_step, names, "--from")
         check_step(only, names, "--only")
         args = ["--workers", str(workers), "--gpus-per-worker", str(gpus_per_worker)]
         args += ["--from", from_step] if from_step else []
         args += ["--only", only] if only else []
+        args += [arg for pair in set_ or [] for arg in ("--set", pair)]
         job = submit_job(
             spec,
             address,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from orchestration.commands.options import ADDRESS_HELP, name_value_pairs
+from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides, name_value_pairs
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
             help="Checkpoints, exports, MLflow store (default: the YAML's work_dir, else ./svp-work).",
         ),
         var: list[str] = typer.Option(None, "--var", help="Set a ${NAME} variable of the YAML: NAME=VALUE."),
+        set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
         max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
         force: bool = typer.Option(
             False, "--force", help="Retrain the picked stages even when their export is current."
@@ -45,7 +46,9 @@ def register(app: typer.Typer) -> None:
         from training.config import load_pipeline_or_preset
         from training.pipeline import check_pipeline, run_pipeline
 
-        config = load_pipeline_or_preset(pipeline, variables=name_value_pairs(var, "--var"))
+        config = load_pipeline_or_preset(
+            pipeline, variables=name_value_pairs(var, "--var"), overrides=config_overrides(set_)
+        )
         check_pipeline(config, stage or None, workers, work_dir)  # before Ray starts
         with ray_connection(address):
             if ray_log_dir() is not None:  # a local Ray, or the driver's node of a cluster

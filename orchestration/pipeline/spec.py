@@ -77,6 +77,7 @@ class PipelineSpec(_Strict):
     # Where the file is (relative paths are taken from there); set by load_spec.
     _base: str = PrivateAttr(default=".")
     _source: str = PrivateAttr(default="<memory>")
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)  # `--set` keys, already applied
 
     @property
     def base(self) -> str:
@@ -85,6 +86,10 @@ class PipelineSpec(_Strict):
     @property
     def source(self) -> str:
         return self._source
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return self._overrides
 
     def path(self, value: str) -> str:
         """A path of the file, absolute (URIs with a scheme are left as they are)."""
@@ -107,13 +112,20 @@ class PipelineSpec(_Strict):
         return [STEP_CURATE, STEP_FILTER, *stage_names]
 
 
-def load_spec(path: str | os.PathLike) -> PipelineSpec:
+def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineSpec:
+    """Read and validate a pipeline file, with dotted keys set first (`svp pipeline … --set`): keys under
+    `training.stages` and `training.defaults` become `training.overrides` (checked against the training
+    schema when the training section is built), the others are checked here."""
     from curation.yaml_files import read_yaml_mapping
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pipeline file not found: {path}")
     raw = read_yaml_mapping(path, "pipeline file")
+    try:
+        _apply_overrides(raw, overrides or {})
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as err:
@@ -122,7 +134,21 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise UserError(f"{path}: {key}: {message}") from None
     spec._base, spec._source = str(path.resolve().parent), str(path)
+    spec._overrides = dict(overrides or {})
     return spec
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    from model.dotted_keys import set_dotted
+
+    for key, value in overrides.items():
+        training_key = key.removeprefix("training.")
+        routed = key.startswith("training.") and training_key.split(".")[0] in ("stages", "defaults")
+        if routed and isinstance(raw.get("training"), dict):
+            training = raw["training"]
+            training["overrides"] = {**(training.get("overrides") or {}), training_key: value}
+        else:
+            set_dotted(raw, key, value, PipelineSpec)
 
 
 def settle_files(spec: PipelineSpec) -> PipelineSpec:
@@ -138,14 +164,14 @@ def settle_files(spec: PipelineSpec) -> PipelineSpec:
     target = spec.work / spec.name / "pipeline-files" / hashlib.sha256(blob).hexdigest()[:16]
     shutil.copytree(source, target, dirs_exist_ok=True)
     os.chdir(target)
-    return load_spec(target / Path(spec.source).name)
+    return load_spec(target / Path(spec.source).name, spec.overrides)
 
 
 def training_pipeline(spec: PipelineSpec) -> Any:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites)."""
     from training.config import load_preset
-    from training.config.loader import ConfigKeyError, _build
+    from training.config.loader import _build
 
     data = str(spec.curated)
     section = spec.training
@@ -162,7 +188,7 @@ def training_pipeline(spec: PipelineSpec) -> Any:
         raw["defaults"] = section.defaults
     try:
         return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
-    except ConfigKeyError as err:
+    except UserError as err:  # ConfigKeyError, or a bad key of training.overrides
         raise UserError(f"{spec.source}: training.{err}") from None
 
 

@@ -22,11 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from model.dotted_keys import set_dotted
 from model.errors import UserError
 from training.config.checks import ConfigKeyError, check_pipeline
-from training.config.schema import PipelineConfig
+from training.config.schema import PipelineConfig, StageConfig
+
+
+class PipelineFile(BaseModel):
+    """The keys a pipeline YAML may have (what `--set` checks a dotted key against)."""
+
+    name: str
+    work_dir: str | None = None
+    variables: dict[str, str] | None = None
+    defaults: StageConfig | None = None
+    stages: list[StageConfig]
+
 
 _UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -41,16 +53,18 @@ def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: An
     return load_pipeline(path, variables=variables, **kwargs)
 
 
-def load_pipeline_or_preset(name: str, variables: dict[str, str] | None = None) -> PipelineConfig:
+def load_pipeline_or_preset(
+    name: str, variables: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
     """`name` is a pipeline YAML file or, when no such file exists, the name of a bundled preset."""
     if not Path(name).exists() and name in PRESET_NAMES:
-        return load_preset(name, variables=variables)
+        return load_preset(name, variables=variables, overrides=overrides)
     if not Path(name).exists() and Path(name).suffix.lower() not in (".yaml", ".yml"):
         raise FileNotFoundError(
             f"no pipeline file or preset named {name!r} (presets: {', '.join(PRESET_NAMES)}; "
             f"or give a pipeline YAML file)"
         )
-    return load_pipeline(name, variables=variables)
+    return load_pipeline(name, variables=variables, overrides=overrides)
 
 
 def load_pipeline(
@@ -61,8 +75,9 @@ def load_pipeline(
     """Read, resolve and validate a pipeline file.
 
     `overrides` maps dotted keys to values, applied before the defaults are merged: `"defaults.steps"`,
-    `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage).
-    Every error is a ValueError of one line: `FILE: KEY: what is wrong`.
+    `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage); a key the
+    file's schema does not have is an error naming the valid keys (`model.dotted_keys`, as `svp train --set`).
+    Every error is a UserError of one line: `FILE: KEY: what is wrong`.
     """
     path = Path(path)
     label = str(path)
@@ -79,7 +94,7 @@ def load_pipeline(
         raise UserError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
     try:
         return _build(raw, path.parent, label, variables or {}, overrides or {})
-    except ConfigKeyError as err:
+    except UserError as err:  # ConfigKeyError and the overrides' key errors
         raise UserError(f"{label}: {err}") from None
 
 
@@ -91,7 +106,7 @@ def _build(
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         raise ConfigKeyError("stages", "must be a list of stage mappings")
     for key, value in overrides.items():
-        _apply_override(raw, key, value)
+        set_dotted(raw, key, value, PipelineFile)
     file_vars = raw.pop("variables", None) or {}
     if not isinstance(file_vars, dict):
         raise ConfigKeyError("variables", "must be a mapping of name: value")
@@ -172,36 +187,6 @@ def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _apply_override(root: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    if parts[0] != "stages":
-        _set_path(root, parts, value)
-        return
-    if len(parts) < 3:
-        raise ConfigKeyError(dotted, "override a stage key as stages.<name|index|*>.<key>")
-    stages = root["stages"]
-    targets = stages if parts[1] == "*" else [_find_stage(stages, parts[1], dotted)]
-    for stage in targets:
-        _set_path(stage, parts[2:], value)
-
-
-def _find_stage(stages: list[dict[str, Any]], ref: str, dotted: str) -> dict[str, Any]:
-    if ref.isdigit() and int(ref) < len(stages):
-        return stages[int(ref)]
-    for stage in stages:
-        if stage.get("name") == ref:
-            return stage
-    raise ConfigKeyError(dotted, f"no stage {ref!r}")
-
-
-def _set_path(target: dict[str, Any], parts: list[str], value: Any) -> None:
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise ConfigKeyError(".".join(parts), f"{part} is not a mapping")
-    target[parts[-1]] = value
 
 
 def _first_error(err: ValidationError, raw: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, str]:

@@ -56,6 +56,7 @@ def test_misspelt_stage_key_is_named_first(tmp_path, data_root, capsys):
 
 
 def test_missing_variable_and_unknown_preset_say_what_to_type(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SVP_VAR_DATA_ROOT", raising=False)
     monkeypatch.delenv("SVP_DATA_ROOT", raising=False)
     assert main(["train", "tiny", "--work-dir", str(tmp_path / "w")]) == 2
     err = _error(capsys)

@@ -4,8 +4,9 @@ A pipeline file has `name`, optional `work_dir`, optional `variables` (defaults 
 optional `defaults` (deep-merged under every stage; a stage's own values win) and `stages`.
 
 `${data_root}` (or any `${name}`) in a string value is replaced by, in order of precedence: the `variables`
-argument of `load_pipeline`, the environment variable `SVP_<NAME>` (e.g. `SVP_DATA_ROOT`), the file's own
-`variables:` block. Variables are folders: a relative one is taken from the current directory when given as
+argument of `load_pipeline`, the environment variable `SVP_VAR_<NAME>` (e.g. `SVP_VAR_DATA_ROOT`; its own
+prefix, so that another `SVP_*` setting such as `SVP_PEAK_TFLOPS` is never taken for a variable), the file's
+own `variables:` block. Variables are folders: a relative one is taken from the current directory when given as
 an argument or environment variable, and from the YAML file's folder when written in the file. Relative local
 paths in a stage (`data`, `autoencoder.path`, `text_encoder.path`, `init_from.path`) are relative to the YAML
 file's folder. URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
@@ -43,6 +44,7 @@ class PipelineFile(BaseModel):
 _UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PRESET_NAMES = ("tiny", "sana-video")
+VAR_PREFIX = "SVP_VAR_"  # environment variables that give ${name} variables: SVP_VAR_DATA_ROOT
 
 
 def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: Any) -> PipelineConfig:
@@ -141,11 +143,15 @@ def _resolve_stage_paths(stage: dict[str, Any], base: Path) -> None:
 
 def _variable_values(file_vars: dict[str, Any], given: dict[str, str], base: Path) -> dict[str, str]:
     """Known variable values: the file's `variables:` (relative paths taken from the file's folder),
-    overridden by `SVP_<NAME>` environment variables, overridden by the caller's values."""
+    overridden by `SVP_VAR_<NAME>` environment variables, overridden by the caller's values."""
     cwd = Path.cwd()
     values = {str(k): _resolve_local(str(v), base) for k, v in file_vars.items()}
     values.update(
-        {k[4:].lower(): _resolve_local(v, cwd) for k, v in os.environ.items() if k.startswith("SVP_") and v}
+        {
+            k.removeprefix(VAR_PREFIX).lower(): _resolve_local(v, cwd)
+            for k, v in os.environ.items()
+            if k.startswith(VAR_PREFIX) and v
+        }
     )
     values.update({k: _resolve_local(str(v), cwd) for k, v in given.items()})
     return values
@@ -157,11 +163,7 @@ def _substitute(value: Any, values: dict[str, str], key: str) -> Any:
         def replace(match: re.Match[str]) -> str:
             name = match[1]
             if name not in values:
-                raise ConfigKeyError(
-                    key or "<top>",
-                    f"undefined variable ${{{name}}}: give it with --var {name}=PATH (or set "
-                    f"SVP_{name.upper()}, or define it under 'variables:')",
-                )
+                raise ConfigKeyError(key or "<top>", _undefined_variable(name))
             return values[name]
 
         return _VAR.sub(replace, value)
@@ -170,6 +172,19 @@ def _substitute(value: Any, values: dict[str, str], key: str) -> Any:
     if isinstance(value, list):
         return [_substitute(v, values, f"{key}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+def _undefined_variable(name: str) -> str:
+    old = f"SVP_{name.upper()}"  # the variables' environment names before they had their own prefix
+    if os.environ.get(old):
+        return (
+            f"undefined variable ${{{name}}}: {old} is set, but variables are read from "
+            f"{VAR_PREFIX}{name.upper()} now (rename it, or give --var {name}=PATH)"
+        )
+    return (
+        f"undefined variable ${{{name}}}: give it with --var {name}=PATH (or set "
+        f"{VAR_PREFIX}{name.upper()}, or define it under 'variables:')"
+    )
 
 
 def _resolve_local(value: str, base: Path) -> str:

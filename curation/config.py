@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -19,6 +20,7 @@ from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
 from curation.yaml_files import read_yaml_mapping, validation_message
+from model.config_paths import resolve_config_paths
 from model.dotted_keys import set_dotted
 from model.errors import UserError
 
@@ -131,6 +133,16 @@ class CurationConfig(_Strict):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Paths a curation config may name, relative to the config file (`model.config_paths`).
+CONFIG_PATH_KEYS = (
+    "thresholds_file",
+    "aesthetic.mlp_checkpoint",
+    "aesthetic.clip_checkpoint",
+    "caption.clip_checkpoint",
+    "caption.vlm_path",
+)
+
+
 def load_config(
     path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None
 ) -> CurationConfig:
@@ -138,6 +150,8 @@ def load_config(
     (`svp curate --set`, `--min-clip-s`; None values are skipped); an unknown key names the valid ones."""
     data = read_yaml_mapping(path, "curation config") if path is not None else {}
     where = str(path) if path is not None else "config"
+    if path is not None:
+        resolve_config_paths(data, CONFIG_PATH_KEYS, Path(path).resolve().parent)
     try:
         for dotted, value in (overrides or {}).items():
             if value is not None:

@@ -15,7 +15,9 @@ def test_defaults_and_overrides():
     assert cfg.scenes.min_clip_s == 1.5
     assert cfg.scoring_fingerprint() != load_config(None).scoring_fingerprint()
     # Shard settings are applied after scoring: they must not invalidate finished sources.
-    assert load_config(None, {"shards.fps": 8}).scoring_fingerprint() == load_config(None).scoring_fingerprint()
+    assert (
+        load_config(None, {"shards.fps": 8}).scoring_fingerprint() == load_config(None).scoring_fingerprint()
+    )
 
 
 def test_file_values_are_read(tmp_path):
@@ -91,3 +93,16 @@ def test_set_values_are_yaml_scalars_and_reach_the_thresholds(tmp_path):
     assert t.scores["motion_score"].max == 9.0 and t.scores["aesthetic_score"].min == 4.5
     with pytest.raises(UserError, match=r"t\.yaml: scores\.aesthetic_score\.mn: unknown key 'mn'.*max, min"):
         load_thresholds(path, {"scores.aesthetic_score.mn": 1})
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = folder / "c.yaml"
+    path.write_text("thresholds_file: t.yaml\naesthetic: {mlp_checkpoint: w/mlp.pt, clip_checkpoint: /abs/c.pt}\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/c.yaml", {"caption.clip_checkpoint": "given.pt"})
+    assert cfg.thresholds_file == str(folder / "t.yaml")
+    assert cfg.aesthetic.mlp_checkpoint == folder / "w" / "mlp.pt"
+    assert str(cfg.aesthetic.clip_checkpoint) == "/abs/c.pt"
+    assert str(cfg.caption.clip_checkpoint) == "given.pt"  # the command line's own: from the current directory

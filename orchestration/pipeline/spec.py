@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from model.config_paths import resolve_config_path
 from model.errors import UserError
 
 STEP_CURATE, STEP_FILTER = "curate", "filter"
@@ -93,10 +94,7 @@ class PipelineSpec(_Strict):
 
     def path(self, value: str) -> str:
         """A path of the file, absolute (URIs with a scheme are left as they are)."""
-        if "://" in value:
-            return value
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (Path(self.base) / path).resolve())
+        return resolve_config_path(value, self.base)
 
     @property
     def work(self) -> Path:

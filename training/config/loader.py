@@ -8,7 +8,7 @@ argument of `load_pipeline`, the environment variable `SVP_VAR_<NAME>` (e.g. `SV
 prefix, so that another `SVP_*` setting such as `SVP_PEAK_TFLOPS` is never taken for a variable), the file's
 own `variables:` block. Variables are folders: a relative one is taken from the current directory when given as
 an argument or environment variable, and from the YAML file's folder when written in the file. Relative local
-paths in a stage (`data`, `autoencoder.path`, `text_encoder.path`, `init_from.path`) are relative to the YAML
+paths in a stage (`data`, `autoencoder.path`, `text_encoder.path`, `init_from.path`) and `work_dir` are relative to the YAML
 file's folder. URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from model.config_paths import resolve_config_path, resolve_config_paths
 from model.dotted_keys import set_dotted
 from model.errors import UserError
 from training.config.checks import ConfigKeyError, check_pipeline
@@ -120,7 +121,8 @@ def _build(
     raw = _substitute(raw, values, "")
     raw["stages"] = [_merge(defaults, stage) for stage in raw["stages"]]
     for stage in raw["stages"]:
-        _resolve_stage_paths(stage, base)
+        resolve_config_paths(stage, STAGE_PATH_KEYS, base)
+    resolve_config_paths(raw, ("work_dir",), base)
 
     try:
         pipeline = PipelineConfig.model_validate(raw)
@@ -131,29 +133,23 @@ def _build(
     return pipeline
 
 
-def _resolve_stage_paths(stage: dict[str, Any], base: Path) -> None:
-    """Relative local paths in a stage are relative to the YAML's folder (Ray workers run elsewhere)."""
-    if isinstance(stage.get("data"), list):
-        stage["data"] = [_resolve_local(d, base) if isinstance(d, str) else d for d in stage["data"]]
-    for section in ("autoencoder", "text_encoder", "init_from"):
-        spec = stage.get(section)
-        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
-            spec["path"] = _resolve_local(spec["path"], base)
+# Paths a stage may name, relative to the YAML that names them (`model.config_paths`).
+STAGE_PATH_KEYS = ("data.*", "autoencoder.path", "text_encoder.path", "init_from.path")
 
 
 def _variable_values(file_vars: dict[str, Any], given: dict[str, str], base: Path) -> dict[str, str]:
     """Known variable values: the file's `variables:` (relative paths taken from the file's folder),
     overridden by `SVP_VAR_<NAME>` environment variables, overridden by the caller's values."""
     cwd = Path.cwd()
-    values = {str(k): _resolve_local(str(v), base) for k, v in file_vars.items()}
+    values = {str(k): resolve_config_path(str(v), base) for k, v in file_vars.items()}
     values.update(
         {
-            k.removeprefix(VAR_PREFIX).lower(): _resolve_local(v, cwd)
+            k.removeprefix(VAR_PREFIX).lower(): resolve_config_path(v, cwd)
             for k, v in os.environ.items()
             if k.startswith(VAR_PREFIX) and v
         }
     )
-    values.update({k: _resolve_local(str(v), cwd) for k, v in given.items()})
+    values.update({k: resolve_config_path(str(v), cwd) for k, v in given.items()})
     return values
 
 
@@ -185,13 +181,6 @@ def _undefined_variable(name: str) -> str:
         f"undefined variable ${{{name}}}: give it with --var {name}=PATH (or set "
         f"{VAR_PREFIX}{name.upper()}, or define it under 'variables:')"
     )
-
-
-def _resolve_local(value: str, base: Path) -> str:
-    if "://" in value:
-        return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:

@@ -205,8 +205,15 @@ def iter_video_blocks(
         numerics=numerics,
         image=image,
     )
+    with _precision(model, precision):
+        for pixels in autoencoder.decode_blocks(_latent_blocks(model, start, block_frames)):
+            yield video_to_uint8(pixels[0])
+
+
+def _latent_blocks(model: LinearDiT, start: _Start, block_frames: int) -> Iterator[torch.Tensor]:
+    """The clean latents of each block, as the block-autoregressive sampler finishes them."""
     frames, lat_h, lat_w = start.grid
-    latent_blocks = iter_block_ar_sample(
+    blocks = iter_block_ar_sample(
         model,
         start.text,
         start.text_mask,
@@ -220,9 +227,7 @@ def iter_video_blocks(
         first_frame=start.first_frame,
         **start.guidance,
     )
-    with _precision(model, precision):
-        for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
-            yield video_to_uint8(pixels[0])
+    return (clean for _, _, clean in blocks)
 
 
 @torch.no_grad()

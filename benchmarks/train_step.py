@@ -20,6 +20,7 @@ import os
 import socket
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -67,12 +68,8 @@ def _stage(args: argparse.Namespace):
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    from model import LinearDiT
-    from model.info import latent_shape
-    from training.metrics import peak_flops
-    from training.step import build_engine, forward_loss, noise_latents, step_flops_and_tokens
-
+def _single_process_device(args: argparse.Namespace) -> tuple[bool, torch.device]:
+    """(use_gpu, device) for a one-process DeepSpeed run: its rank variables, and TF32 as asked."""
     use_gpu = torch.cuda.is_available() and not args.cpu
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -85,6 +82,42 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         # In a bf16 run the only fp32 matmuls are the linear-attention state contractions (bf16-derived
         # operands); TF32 rounds their inputs to 10 mantissa bits, finer than the bf16 activations' 7.
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    return use_gpu, device
+
+
+def _timed_steps(
+    args: argparse.Namespace, stage: Any, engine: Any, batch: tuple, use_gpu: bool
+) -> tuple[list[float], float, torch.Tensor]:
+    """Wall time of each measured step (after `args.warmup`), of the first step (torch.compile included
+    when on) and the last loss."""
+    from training.step import forward_loss, noise_latents
+
+    latents, text, mask, generator, dtype = batch
+    times = []
+    for step in range(args.warmup + args.steps):
+        if use_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        noisy, timesteps, noise, weights = noise_latents(stage, latents, generator, dtype)
+        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise, weights)
+        engine.backward(loss)
+        engine.step()
+        if use_gpu:
+            torch.cuda.synchronize()
+        if step == 0:
+            first_step_s = time.perf_counter() - start
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return times, first_step_s, loss
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    from model import LinearDiT
+    from model.info import latent_shape
+    from training.metrics import peak_flops
+    from training.step import build_engine, step_flops_and_tokens
+
+    use_gpu, device = _single_process_device(args)
 
     stage = _stage(args)
     config = stage.model_config()
@@ -104,21 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     mask = torch.ones(args.batch, args.text_len, dtype=torch.long, device=device)
     flops, tokens = step_flops_and_tokens(config, shape, args.text_len)
 
-    times = []
-    for step in range(args.warmup + args.steps):
-        if use_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        noisy, timesteps, noise, weights = noise_latents(stage, latents, generator, dtype)
-        loss = forward_loss(engine, stage, latents, noisy, text, mask, timesteps, noise, weights)
-        engine.backward(loss)
-        engine.step()
-        if use_gpu:
-            torch.cuda.synchronize()
-        if step == 0:
-            first_step_s = time.perf_counter() - start  # includes torch.compile when on
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+    batch = (latents, text, mask, generator, dtype)
+    times, first_step_s, loss = _timed_steps(args, stage, engine, batch, use_gpu)
     step_s = statistics.median(times)
     if args.profile:
         _profile(stage, engine, latents, text, mask, generator, dtype, args.profile)

@@ -99,10 +99,14 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     folder = tmp_path / "configs"
     folder.mkdir()
     path = folder / "c.yaml"
-    path.write_text("thresholds_file: t.yaml\naesthetic: {mlp_checkpoint: w/mlp.pt, clip_checkpoint: /abs/c.pt}\n")
+    path.write_text(
+        "thresholds_file: t.yaml\naesthetic: {mlp_checkpoint: w/mlp.pt, clip_checkpoint: /abs/c.pt}\n"
+    )
     monkeypatch.chdir(tmp_path)
     cfg = load_config("configs/c.yaml", {"caption.clip_checkpoint": "given.pt"})
     assert cfg.thresholds_file == str(folder / "t.yaml")
     assert cfg.aesthetic.mlp_checkpoint == folder / "w" / "mlp.pt"
     assert str(cfg.aesthetic.clip_checkpoint) == "/abs/c.pt"
-    assert str(cfg.caption.clip_checkpoint) == "given.pt"  # the command line's own: from the current directory
+    assert (
+        str(cfg.caption.clip_checkpoint) == "given.pt"
+    )  # the command line's own: from the current directory

@@ -115,7 +115,9 @@ def test_relative_weight_paths_follow_the_yaml(tmp_path):
     assert stage.init_from.path == str(tmp_path / "exports" / "previous")
     assert stage.text_encoder.path == str(tmp_path / "weights" / "gemma")
     data["work_dir"] = "runs"
-    assert load_pipeline(write(tmp_path, data), variables={"data_root": "/d"}).work_dir == str(tmp_path / "runs")
+    assert load_pipeline(write(tmp_path, data), variables={"data_root": "/d"}).work_dir == str(
+        tmp_path / "runs"
+    )
 
 
 def test_overrides_by_name_index_and_wildcard(tmp_path):

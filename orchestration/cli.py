@@ -69,11 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     with watch_sigint():
         try:
             code = _dispatch(argv)
-        except Exception:
+        except Exception as err:
             # After a Ctrl-C, whatever a library raised instead (a dead worker's error) is the abort, not a bug.
             if not sigint_received():
-                _report_bug()
-                return 1
+                return _report_traceback(err)
             code = ABORTED
         except BaseException:  # SystemExit (Ray Train's sys.exit(0) on Ctrl-C), KeyboardInterrupt
             if not sigint_received():
@@ -109,12 +108,16 @@ def _dispatch(argv: list[str] | None) -> int:
     return code if isinstance(code, int) else 0
 
 
-def _report_bug() -> None:
-    """The traceback of an unexpected exception, then the line that says it is a bug."""
+def _report_traceback(err: Exception) -> int:
+    """The traceback of an exception that reached the top: a user error's under `--debug` (exit 2), else a
+    bug's, followed by the line that says it is one (exit 1)."""
     import traceback
 
     traceback.print_exc()
+    if isinstance(err, USER_ERRORS):
+        return 2
     print(BUG_NOTE, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

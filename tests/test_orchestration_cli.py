@@ -48,3 +48,10 @@ def test_a_user_error_from_a_library_layer_is_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"svp: error: {bad}: scenes: ") and "\n" not in err and "max_clip_s" in err
+
+
+def test_debug_shows_a_user_errors_traceback_without_calling_it_a_bug(capsys):
+    assert main(["--debug", "model", "info", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "UserError: unknown model preset" in err
+    assert "this is a bug" not in err

@@ -127,19 +127,8 @@ def transcode_all(spans: dict[str, list[tuple[int, int, float, float]]], shard: 
     return n
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=20.0, help="approximate length of each video")
-    ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--height", type=int, default=720)
-    ap.add_argument("--fps", type=float, default=24.0)
-    ap.add_argument("--grain", type=float, default=6.0, help="film grain (noise std) for a realistic bitrate")
-    ap.add_argument("--work", type=Path, default=None, help="corpus folder (kept and reused)")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    args = ap.parse_args()
-    cv2.setNumThreads(1)
-
+def _corpus(args: argparse.Namespace) -> tuple[list[Path], float, int]:
+    """The synthetic corpus (made once per size and reused): its mp4 paths, hours of video and bits."""
     work = (
         args.work
         or Path(tempfile.gettempdir())
@@ -153,13 +142,30 @@ def main() -> None:
             shots_per_video=(shots, shots), broken=False, grain=args.grain,
         )  # fmt: skip
     paths = sorted((work / VIDEOS_DIR).glob("*.mp4"))
-    cfg = CurationConfig()
     hours = 0.0
     bits = sum(p.stat().st_size for p in paths) * 8
     for p in paths:
         with av.open(str(p)) as c:
             s = c.streams.video[0]
             hours += float(s.duration * s.time_base) / 3600.0
+    return paths, hours, bits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=20.0, help="approximate length of each video")
+    ap.add_argument("--width", type=int, default=1280)
+    ap.add_argument("--height", type=int, default=720)
+    ap.add_argument("--fps", type=float, default=24.0)
+    ap.add_argument("--grain", type=float, default=6.0, help="film grain (noise std) for a realistic bitrate")
+    ap.add_argument("--work", type=Path, default=None, help="corpus folder (kept and reused)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+
+    paths, hours, bits = _corpus(args)
+    cfg = CurationConfig()
 
     rows = {}
     cpu, wall, frames = _cpu(lambda: plain_decode(paths))

@@ -35,7 +35,7 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sana-video-2b-480p")
     parser.add_argument("--frames", type=int, default=81)
@@ -46,7 +46,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -94,11 +98,16 @@ def main() -> None:
             "cache_bytes": cache.nbytes(),
         }
     )
+    _emit(results, args.out)
+
+
+def _emit(results: list[dict], out: Path | None) -> None:
+    """One JSON line per result on stdout, appended to `out` too when given."""
     for row in results:
         line = json.dumps(row)
         print(line)
-        if args.out is not None:
-            with args.out.open("a") as handle:
+        if out is not None:
+            with out.open("a") as handle:
                 handle.write(line + "\n")
 
 

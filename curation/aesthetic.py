@@ -25,6 +25,7 @@ from curation.clip_model import (
     load_weights,
     resolve_device,
 )
+from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,12 @@ def load_aesthetic_mlp(path: str | Path) -> AestheticMLP:
     """The MLP from a `.pth`/`.safetensors` state dict; its input size is read from `layers.0.weight`."""
     state = load_weights(path)
     if "layers.0.weight" not in state:
-        raise ValueError(f"{path}: not an aesthetic MLP state dict (no 'layers.0.weight')")
+        raise UserError(f"{path}: not an aesthetic MLP state dict (no 'layers.0.weight')")
     mlp = AestheticMLP(int(state["layers.0.weight"].shape[1]))
     try:
         mlp.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: aesthetic MLP weights do not fit the predictor layout: {err}") from None
+        raise UserError(f"{path}: aesthetic MLP weights do not fit the predictor layout: {err}") from None
     return mlp.eval()
 
 
@@ -91,13 +92,13 @@ class AestheticScorer:
     def __init__(self, config: AestheticConfig):
         reason = availability(config)
         if reason:
-            raise ValueError(reason)
+            raise UserError(reason)
         self.config = config
         self.encoder = load_clip(config)
         self.mlp = load_aesthetic_mlp(config.mlp_checkpoint).to(resolve_device(config.device))
         clip_dim = self.encoder.embed_dim
         if clip_dim != self.mlp.input_size:
-            raise ValueError(
+            raise UserError(
                 f"aesthetic.mlp_checkpoint expects {self.mlp.input_size}-d embeddings but "
                 f"aesthetic.clip_model gives {clip_dim}-d"
             )

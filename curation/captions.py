@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, model_validator
 
 from curation.clip_model import ClipModelSettings, embed_frame_sets, frames_of_batch, load_clip
+from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,14 @@ class CaptionConfig(ClipModelSettings):
     @model_validator(mode="after")
     def _check(self) -> CaptionConfig:
         if self.backend == "vlm" and self.vlm_path is None:
-            raise ValueError("vlm_path is required when backend is 'vlm'")
+            raise UserError("vlm_path is required when backend is 'vlm'")
         if self.min_words > self.max_words:
-            raise ValueError(f"min_words ({self.min_words}) is larger than max_words ({self.max_words})")
+            raise UserError(f"min_words ({self.min_words}) is larger than max_words ({self.max_words})")
         for pattern in self.refusal_patterns:
             try:
                 re.compile(pattern)
             except re.error as err:
-                raise ValueError(f"refusal_patterns: bad regular expression {pattern!r}: {err}") from None
+                raise UserError(f"refusal_patterns: bad regular expression {pattern!r}: {err}") from None
         return self
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from model.errors import UserError
+
 DEFAULT_CLIP_MODEL = "ViT-L-14-quickgelu"
 
 
@@ -55,7 +57,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+        raise UserError(f"{path}: expected a state dict, got {type(state).__name__}")
     return state
 
 
@@ -75,7 +77,7 @@ def _architecture_name(clip_model: str) -> str:
         cfg = json.loads(path.read_text())
         cfg = cfg.get("model_cfg", cfg)
         if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise ValueError(f"{path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+            raise UserError(f"{path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
         # open_clip's registry is keyed by file stem: register a copy under a name no built-in uses.
         digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
         name = f"svp-local-{digest}"
@@ -85,7 +87,7 @@ def _architecture_name(clip_model: str) -> str:
             open_clip.add_model_config(target)
         return name
     if open_clip.get_model_config(clip_model) is None:
-        raise ValueError(
+        raise UserError(
             f"unknown open_clip architecture {clip_model!r}: use a built-in name such as "
             f"{DEFAULT_CLIP_MODEL!r} or a path to a model config .json"
         )
@@ -145,7 +147,7 @@ class ClipEncoder:
 def load_clip(settings: ClipModelSettings) -> ClipEncoder:
     """Build the open_clip model of `settings` from its local checkpoint (cached per process)."""
     if settings.clip_checkpoint is None:
-        raise ValueError("no CLIP checkpoint configured (clip_checkpoint)")
+        raise UserError("no CLIP checkpoint configured (clip_checkpoint)")
     return _load_clip_cached(
         settings.clip_model, str(settings.clip_checkpoint), settings.device, settings.embed_batch_size
     )

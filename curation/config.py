@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -18,6 +20,9 @@ from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
 from curation.yaml_files import read_yaml_mapping, validation_message
+from model.config_paths import resolve_config_paths
+from model.dotted_keys import set_dotted
+from model.errors import UserError
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -61,7 +66,7 @@ class SceneConfig(_Strict):
     @model_validator(mode="after")
     def _lengths(self) -> SceneConfig:
         if self.max_clip_s < self.min_clip_s:
-            raise ValueError(f"max_clip_s ({self.max_clip_s}) must be >= min_clip_s ({self.min_clip_s})")
+            raise UserError(f"max_clip_s ({self.max_clip_s}) must be >= min_clip_s ({self.min_clip_s})")
         return self
 
 
@@ -98,7 +103,7 @@ class RayConfig(_Strict):
     @model_validator(mode="after")
     def _pool(self) -> RayConfig:
         if self.scorer_max_concurrency is not None and self.scorer_max_concurrency < self.scorer_concurrency:
-            raise ValueError("scorer_max_concurrency must be >= scorer_concurrency")
+            raise UserError("scorer_max_concurrency must be >= scorer_concurrency")
         return self
 
 
@@ -128,20 +133,32 @@ class CurationConfig(_Strict):
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(path: str | os.PathLike | None = None, **overrides: object) -> CurationConfig:
-    """Load a YAML config (or the defaults), then apply dotted overrides such as `scenes.min_clip_s=1.5`
-    given as keyword arguments with `__` for the dots (`scenes__min_clip_s=1.5`)."""
+# Paths a curation config may name, relative to the config file (`model.config_paths`).
+CONFIG_PATH_KEYS = (
+    "thresholds_file",
+    "aesthetic.mlp_checkpoint",
+    "aesthetic.clip_checkpoint",
+    "caption.clip_checkpoint",
+    "caption.vlm_path",
+)
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None
+) -> CurationConfig:
+    """Load a YAML config (or the defaults), then set dotted keys such as `{"scenes.min_clip_s": 1.5}`
+    (`svp curate --set`, `--min-clip-s`; None values are skipped); an unknown key names the valid ones."""
     data = read_yaml_mapping(path, "curation config") if path is not None else {}
     where = str(path) if path is not None else "config"
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    if path is not None:
+        resolve_config_paths(data, CONFIG_PATH_KEYS, Path(path).resolve().parent)
+    try:
+        for dotted, value in (overrides or {}).items():
+            if value is not None:
+                set_dotted(data, dotted, value, CurationConfig)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
     try:
         return CurationConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(validation_message(err, where)) from None
+        raise UserError(validation_message(err, where)) from None

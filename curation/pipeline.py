@@ -49,6 +49,7 @@ from curation.thresholds import (
 )
 from curation.thumbs import write_thumbs
 from curation.worker import SourceLedger, process_source
+from model.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ def check_curation(
     check_score_columns(thresholds, known, known)
     listing = list_sources(input, cfg.extensions, exclude=str(out))
     if not listing:
-        raise ValueError(f"no videos found in {input} (extensions: {', '.join(cfg.extensions)})")
+        raise UserError(f"no videos found in {input} (extensions: {', '.join(cfg.extensions)})")
     return CurationRequest(cfg, out, thresholds, listing, _scorer_stages(cfg))
 
 

@@ -52,6 +52,7 @@ def refilter(
     shard_config: ShardConfig | None = None,
     use_ray: bool | None = None,
     dry_run: bool = False,
+    overrides: dict | None = None,
 ) -> dict:
     """Re-apply thresholds to `OUT/clips.parquet`; rewrite it, `thresholds.yaml`, the shards, the index and
     the report. Shards are written with `shard_config`, else the settings the last run used. With `dry_run`,
@@ -60,7 +61,7 @@ def refilter(
     for name in (CLIPS_FILE, SOURCES_FILE):
         if not (out / name).is_file():
             raise FileNotFoundError(f"{out} has no {name}: run `svp curate` into it first")
-    thresholds = load_thresholds(thresholds_path)
+    thresholds = load_thresholds(thresholds_path, overrides)  # what is recorded: the file with its --set keys
     sources = read_table(out / SOURCES_FILE)
     clips = read_table(out / CLIPS_FILE).drop(columns=["kept", "filtered_by"], errors="ignore")
     clips = apply_thresholds(clips, thresholds)

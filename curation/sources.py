@@ -22,6 +22,8 @@ from typing import BinaryIO
 import fsspec
 import pandas as pd
 
+from model.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -139,7 +141,7 @@ def _from_manifest(manifest: str) -> list[SourceEntry]:
             else pd.read_csv(f, dtype=str, keep_default_na=False)
         )
     if "uri" not in table.columns:
-        raise ValueError(
+        raise UserError(
             f"{manifest}: a manifest needs a 'uri' column (found: {', '.join(map(str, table.columns))})"
         )
     base = posixpath.dirname(path)
@@ -147,7 +149,7 @@ def _from_manifest(manifest: str) -> list[SourceEntry]:
     for n, row in enumerate(table.itertuples(index=False), start=2):
         uri = str(row.uri or "").strip()
         if not uri:
-            raise ValueError(f"{manifest}: row {n} has an empty uri")
+            raise UserError(f"{manifest}: row {n} has an empty uri")
         caption = getattr(row, "caption", None) if "caption" in table.columns else None
         caption = (
             str(caption).strip()
@@ -191,7 +193,7 @@ def read_sidecar(uri: str) -> str | None:
         try:
             data = json.loads(raw)
         except json.JSONDecodeError:
-            raise ValueError(f"caption sidecar {uri} is not valid JSON") from None
+            raise UserError(f"caption sidecar {uri} is not valid JSON") from None
         raw = next(
             (str(data[k]) for k in ("caption", "text", "prompt") if isinstance(data, dict) and data.get(k)),
             "",

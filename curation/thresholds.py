@@ -19,9 +19,9 @@ drops a clip; the report says how many clips each filter could not judge.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from curation.format import THRESHOLDS_FILE, thresholds_digest
 from curation.yaml_files import read_yaml_mapping, validation_message
+from model.dotted_keys import set_dotted
+from model.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,7 +49,7 @@ class ScoreRange(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> ScoreRange:
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+            raise UserError(f"min ({self.min}) is larger than max ({self.max})")
         return self
 
 
@@ -83,17 +85,23 @@ def default_thresholds() -> Thresholds:
     return Thresholds(scores={"aesthetic_score": ScoreRange(min=4.5)})
 
 
-def load_yaml_model(path: str | Path, model: type[M]) -> M:
-    """Load a YAML file into a pydantic model; any problem is a one-line ValueError/FileNotFoundError."""
+def load_yaml_model(path: str | Path, model: type[M], overrides: Mapping[str, Any] | None = None) -> M:
+    """Load a YAML file into a pydantic model, with dotted keys set first (`--set`, `model.dotted_keys`);
+    any problem is a one-line UserError/FileNotFoundError."""
     data = read_yaml_mapping(path)
+    try:
+        for dotted, value in (overrides or {}).items():
+            set_dotted(data, dotted, value, model)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ValueError(validation_message(err, path)) from None
+        raise UserError(validation_message(err, path)) from None
 
 
-def load_thresholds(path: str | Path) -> Thresholds:
-    return load_yaml_model(path, Thresholds)
+def load_thresholds(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Thresholds:
+    return load_yaml_model(path, Thresholds, overrides)
 
 
 def dump_thresholds(t: Thresholds) -> str:
@@ -149,7 +157,7 @@ def check_score_columns(t: Thresholds, columns: Iterable[str], numeric: Iterable
 
 
 def _missing_score_column(column: str, numeric: Iterable[str]) -> ValueError:
-    return ValueError(
+    return UserError(
         f"thresholds name score column {column!r}, which the clips table lacks "
         f"(numeric columns: {', '.join(sorted(numeric))})"
     )

@@ -14,6 +14,7 @@ import fnmatch
 import math
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import cv2
 import ray
@@ -87,6 +88,34 @@ def _caption(entry: SourceEntry) -> tuple[str | None, str]:
     return None, "none"
 
 
+def _clip_row(
+    clip: Any, uri: str, source_id: str, probe: Any, caption: tuple[str | None, str], cfg: CurationConfig
+) -> dict:
+    """The record of one clip of a source: its span, the source's facts, frames for the scorers, a thumbnail
+    (from frames already decoded), the caption and where it came from, and the motion scores."""
+    row = {
+        "clip_id": make_clip_id(source_id, clip.start_frame, clip.end_frame),
+        "source_id": source_id,
+        "uri": uri,
+        "start_frame": clip.start_frame,
+        "end_frame": clip.end_frame,
+        "start_s": clip.start_s,
+        "end_s": clip.end_s,
+        "fps": probe.fps,
+        "width": probe.width,
+        "height": probe.height,
+        "frames": clip.frames,
+        THUMB_COLUMN: thumbnail_jpeg(clip.frames),
+        "caption": caption[0],
+        "caption_source": caption[1],
+        "motion_score": _nan(clip.motion_score),
+        "motion_peak": _nan(clip.motion_peak),
+    }
+    if cfg.motion.codec_mvs:
+        row["motion_mv_score"] = _nan(clip.motion_mv_score)
+    return row
+
+
 def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
     """Ray Data flat_map function: one input row (a `SourceEntry`) → its clip records."""
     cv2.setNumThreads(1)  # one task per CPU: OpenCV must not spread over cores Ray gave to others
@@ -121,27 +150,7 @@ def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
             n = 0
             for clip in decoder.clips():
                 n += 1
-                row = {
-                    "clip_id": make_clip_id(source_id, clip.start_frame, clip.end_frame),
-                    "source_id": source_id,
-                    "uri": entry.uri,
-                    "start_frame": clip.start_frame,
-                    "end_frame": clip.end_frame,
-                    "start_s": clip.start_s,
-                    "end_s": clip.end_s,
-                    "fps": probe.fps,
-                    "width": probe.width,
-                    "height": probe.height,
-                    "frames": clip.frames,
-                    THUMB_COLUMN: thumbnail_jpeg(clip.frames),  # from frames already decoded
-                    "caption": caption,
-                    "caption_source": caption_source,
-                    "motion_score": _nan(clip.motion_score),
-                    "motion_peak": _nan(clip.motion_peak),
-                }
-                if cfg.motion.codec_mvs:
-                    row["motion_mv_score"] = _nan(clip.motion_mv_score)
-                yield row
+                yield _clip_row(clip, entry.uri, source_id, probe, (caption, caption_source), cfg)
         trimmed, short = ClipPlan.for_fps(cfg.scenes, decoder.fps).lost_frames(
             decoder.cuts, decoder.frames_decoded
         )

@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from model.errors import UserError
+
 
 def read_yaml_mapping(path: str | os.PathLike, what: str = "file") -> dict:
     """The top-level mapping of a YAML file ({} for an empty file); any problem is one line."""
@@ -22,11 +24,11 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "file") -> dict:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}: invalid YAML{where}") from None
+        raise UserError(f"{path}: invalid YAML{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 

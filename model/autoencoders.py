@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from model.errors import UserError
+
 
 class VideoAutoencoder(ABC):
     """The autoencoder interface the trainer and the generator use."""
@@ -36,13 +38,13 @@ class VideoAutoencoder(ABC):
         t = self.stride[0]
         if self.causal:
             if num_frames < 1 or (num_frames - 1) % t:
-                raise ValueError(
+                raise UserError(
                     f"{self.name} autoencoder needs 1 + {t}·k frames (e.g. {1 + t * max(1, num_frames // t)}), "
                     f"got {num_frames}"
                 )
             return 1 + (num_frames - 1) // t
         if num_frames < 1 or num_frames % t:
-            raise ValueError(f"{self.name} autoencoder needs a multiple of {t} frames, got {num_frames}")
+            raise UserError(f"{self.name} autoencoder needs a multiple of {t} frames, got {num_frames}")
         return num_frames // t
 
     def pixel_frames(self, latent_frames: int) -> int:
@@ -102,7 +104,7 @@ class SpaceToDepthAutoencoder(VideoAutoencoder):
     def __init__(self, stride: tuple[int, int, int] = (1, 4, 4)):
         stride = tuple(int(s) for s in stride)
         if len(stride) != 3 or any(s < 1 for s in stride):
-            raise ValueError(f"space_to_depth stride must be three positive ints (t, h, w), got {stride}")
+            raise UserError(f"space_to_depth stride must be three positive ints (t, h, w), got {stride}")
         self.stride = stride
         self.latent_channels = 3 * stride[0] * stride[1] * stride[2]
         self.name = "space_to_depth"
@@ -127,7 +129,7 @@ class SpaceToDepthAutoencoder(VideoAutoencoder):
 def _vae_folder(path: str | os.PathLike | None, name: str) -> tuple[Path, str | None]:
     """The folder holding the VAE's config.json, and the diffusers `subfolder` inside it if any."""
     if path is None:
-        raise ValueError(f"the {name} autoencoder needs path=<local folder with the diffusers VAE>")
+        raise UserError(f"the {name} autoencoder needs path=<local folder with the diffusers VAE>")
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{name} autoencoder folder not found: {folder}")
@@ -211,7 +213,7 @@ class DiffusersVideoAutoencoder(VideoAutoencoder):
 
         vae = self.vae
         if getattr(vae, "use_tiling", False):
-            raise ValueError("block-wise decode of the wan2.1 VAE does not support spatial tiling")
+            raise UserError("block-wise decode of the wan2.1 VAE does not support spatial tiling")
         feat_cache = [None] * vae._cached_conv_counts["decoder"]
         first = True
         for block in blocks:
@@ -237,7 +239,7 @@ def _load_wan(path, device, dtype) -> DiffusersVideoAutoencoder:
     t, s = cfg.scale_factor_temporal or 4, cfg.scale_factor_spatial or 8
     mean, std = torch.tensor(cfg.latents_mean), torch.tensor(cfg.latents_std)
     if mean.numel() != cfg.z_dim or std.numel() != cfg.z_dim:
-        raise ValueError(f"{folder}: latents_mean/latents_std must have z_dim={cfg.z_dim} entries")
+        raise UserError(f"{folder}: latents_mean/latents_std must have z_dim={cfg.z_dim} entries")
     return DiffusersVideoAutoencoder("wan2.1", vae, (t, s, s), mean, std)
 
 
@@ -286,12 +288,12 @@ def build_autoencoder(
     from the local folder `path`."""
     if name == "space_to_depth":
         if path is not None:
-            raise ValueError("the space_to_depth autoencoder has no weights; do not pass a path")
+            raise UserError("the space_to_depth autoencoder has no weights; do not pass a path")
         return SpaceToDepthAutoencoder(**options)
     if options:
-        raise ValueError(f"unknown options for the {name} autoencoder: {sorted(options)}")
+        raise UserError(f"unknown options for the {name} autoencoder: {sorted(options)}")
     if name == "wan2.1":
         return _load_wan(path, device, dtype)
     if name == "ltx2":
         return _load_ltx2(path, device, dtype)
-    raise ValueError(f"unknown autoencoder {name!r}; choose one of {AUTOENCODERS}")
+    raise UserError(f"unknown autoencoder {name!r}; choose one of {AUTOENCODERS}")

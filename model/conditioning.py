@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from model.errors import UserError
+
 if TYPE_CHECKING:
     import PIL.Image
 
@@ -34,7 +36,7 @@ def open_image(image: PIL.Image.Image | str | os.PathLike) -> PIL.Image.Image:
             opened.load()
             return opened.copy()
     except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+        raise UserError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
 
 
 def image_pixels(image: PIL.Image.Image | str | os.PathLike, height: int, width: int) -> torch.Tensor:

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.errors import UserError
+
 # Switch a preset to the official SANA code's numerics instead of diffusers'.
 OFFICIAL_NUMERICS: dict[str, Any] = {
     "linear_attention_eps": 1e-8,
@@ -64,20 +66,20 @@ class LinearDiTConfig:
         self.patch_size = tuple(int(p) for p in self.patch_size)
         self.vae_stride = tuple(int(s) for s in self.vae_stride)
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
-            raise ValueError(f"patch_size must be three positive ints (t, h, w), got {self.patch_size}")
+            raise UserError(f"patch_size must be three positive ints (t, h, w), got {self.patch_size}")
         if len(self.vae_stride) != 3 or min(self.vae_stride) < 1:
-            raise ValueError(f"vae_stride must be three positive ints (t, h, w), got {self.vae_stride}")
+            raise UserError(f"vae_stride must be three positive ints (t, h, w), got {self.vae_stride}")
         if self.head_dim % 2 or self.head_dim < 6:
-            raise ValueError(f"head_dim must be even and >= 6 for the t/h/w RoPE split, got {self.head_dim}")
+            raise UserError(f"head_dim must be even and >= 6 for the t/h/w RoPE split, got {self.head_dim}")
         if not 0.0 <= self.checkpoint_fraction <= 1.0:
-            raise ValueError(f"checkpoint_fraction must be in [0, 1], got {self.checkpoint_fraction}")
+            raise UserError(f"checkpoint_fraction must be in [0, 1], got {self.checkpoint_fraction}")
         if not 0.0 <= self.compile_memory_budget <= 1.0:
-            raise ValueError(f"compile_memory_budget must be in [0, 1], got {self.compile_memory_budget}")
+            raise UserError(f"compile_memory_budget must be in [0, 1], got {self.compile_memory_budget}")
         if self.temporal_kernel_size % 2 != 1:
-            raise ValueError(f"temporal_kernel_size must be odd, got {self.temporal_kernel_size}")
+            raise UserError(f"temporal_kernel_size must be odd, got {self.temporal_kernel_size}")
         for name in ("in_channels", "out_channels", "num_heads", "depth", "cross_attention_heads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def hidden_size(self) -> int:
@@ -114,13 +116,13 @@ class LinearDiTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown LinearDiTConfig keys: {', '.join(unknown)}")
+            raise UserError(f"unknown LinearDiTConfig keys: {', '.join(unknown)}")
         return cls(**data)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> LinearDiTConfig:
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         values = dict(PRESETS[name], name=name)
         values.update(overrides)
         return cls.from_dict(values)

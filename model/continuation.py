@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from model.autoencoders import VideoAutoencoder
+from model.errors import UserError
 from model.generate import _precision, _start, video_to_uint8
 from model.linear_dit import LinearDiT
 from model.samplers import autoregressive_segments, iter_block_ar_sample
@@ -32,16 +33,14 @@ def read_clip(path: str | os.PathLike, autoencoder: VideoAutoencoder) -> np.ndar
     try:
         frames = read_frames(path)
     except (ValueError, OSError) as err:
-        raise ValueError(f"cannot read video {path}: {type(err).__name__}: {err}") from None
+        raise UserError(f"cannot read video {path}: {type(err).__name__}: {err}") from None
     for kept in range(len(frames), 0, -1):
         try:
             autoencoder.latent_frames(kept)
         except ValueError:
             continue
         return frames[:kept]
-    raise ValueError(
-        f"video {path} has too few frames ({len(frames)}) for the {autoencoder.name} autoencoder"
-    )
+    raise UserError(f"video {path} has too few frames ({len(frames)}) for the {autoencoder.name} autoencoder")
 
 
 def clip_latents(autoencoder: VideoAutoencoder, frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -54,7 +53,7 @@ def new_latent_frames(autoencoder: VideoAutoencoder, num_frames: int, block_fram
     """Latent frames that cover `num_frames` new pixel frames; fewer than one block is a ValueError."""
     count = math.ceil(num_frames / autoencoder.stride[0])
     if count < block_frames:
-        raise ValueError(
+        raise UserError(
             f"a continuation of {num_frames} frames is {count} latent frames, shorter than one block of "
             f"{block_frames}: ask for at least {block_frames * autoencoder.stride[0]} frames"
         )

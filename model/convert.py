@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from model.config import PRESETS, LinearDiTConfig
+from model.errors import UserError
 from model.linear_dit import LinearDiT
 from model.pretrained import model_from_state_dict
 
@@ -98,7 +99,7 @@ def config_from_diffusers(diffusers_config: dict[str, Any], **overrides: Any) ->
     }
     for name, (wanted, got) in unsupported.items():
         if got != wanted:
-            raise ValueError(f"diffusers config {name}={got!r} is not supported (need {wanted!r})")
+            raise UserError(f"diffusers config {name}={got!r} is not supported (need {wanted!r})")
     patch = tuple(cfg["patch_size"])
     values = {
         "in_channels": cfg["in_channels"],
@@ -209,7 +210,7 @@ def _unwrap(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
             checkpoint = checkpoint[wrapper]
             break
     if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path}: not a state dict of tensors (after unwrapping state_dict/model)")
+        raise UserError(f"{path}: not a state dict of tensors (after unwrapping state_dict/model)")
     return checkpoint
 
 

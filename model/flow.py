@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from model.errors import UserError
+
 NUM_TRAIN_TIMESTEPS = 1000
 CHUNK_STRATEGIES = ("uniform", "incremental")
 
@@ -54,7 +56,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float
 def shift_sigma(sigma: torch.Tensor | float, shift: float) -> torch.Tensor | float:
     """The flow shift σ' = sσ / (1 + (s−1)σ); s = 1 is the identity, s > 1 spends more time at high noise."""
     if shift <= 0:
-        raise ValueError(f"flow shift must be > 0, got {shift}")
+        raise UserError(f"flow shift must be > 0, got {shift}")
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
@@ -104,9 +106,9 @@ def sample_chunk_sigmas(
     """
     sizes = [int(n) for n in chunk_sizes]
     if not sizes or any(n <= 0 for n in sizes):
-        raise ValueError(f"chunk_sizes must be positive frame counts, got {list(chunk_sizes)}")
+        raise UserError(f"chunk_sizes must be positive frame counts, got {list(chunk_sizes)}")
     if strategy not in CHUNK_STRATEGIES:
-        raise ValueError(f"chunk sampling strategy must be one of {CHUNK_STRATEGIES}, got {strategy!r}")
+        raise UserError(f"chunk sampling strategy must be one of {CHUNK_STRATEGIES}, got {strategy!r}")
     num_chunks = len(sizes)
     if strategy == "uniform":
         u = _logit_normal((batch, num_chunks), generator, mean, std)

@@ -24,6 +24,7 @@ import torch
 from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.conditioning import encode_image, with_clean_first_frame
+from model.errors import UserError
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,
@@ -46,7 +47,7 @@ PRECISIONS = ("native", "fp8")
 def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextManager:
     """The context the sampler runs in for `precision`; logs which inference path generation takes."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     param = next(model.parameters())
     log.info("%s; matmuls: %s", kernels.describe_path(param.device, param.dtype), precision)
     if precision == "native":
@@ -59,12 +60,12 @@ def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextMa
 def _check_compatible(model: LinearDiT, autoencoder: VideoAutoencoder, text_encoder: TextEncoder) -> None:
     cfg = model.config
     if autoencoder.latent_channels != cfg.in_channels:
-        raise ValueError(
+        raise UserError(
             f"autoencoder {autoencoder.name} gives {autoencoder.latent_channels} latent channels but the model "
             f"takes {cfg.in_channels}"
         )
     if text_encoder.caption_channels != cfg.caption_channels:
-        raise ValueError(
+        raise UserError(
             f"text encoder {text_encoder.name} gives {text_encoder.caption_channels} channels but the model "
             f"takes caption_channels={cfg.caption_channels}"
         )
@@ -80,7 +81,7 @@ def latent_grid(
     pt, ph, pw = model.config.patch_size
     if frames % pt or lat_h % ph or lat_w % pw:
         st, sh, sw = autoencoder.stride
-        raise ValueError(
+        raise UserError(
             f"{num_frames}×{height}×{width} gives latents {frames}×{lat_h}×{lat_w}, not divisible by the model's "
             f"patch {pt}×{ph}×{pw}: height/width must be multiples of {sh * ph}/{sw * pw}"
         )
@@ -204,8 +205,15 @@ def iter_video_blocks(
         numerics=numerics,
         image=image,
     )
+    with _precision(model, precision):
+        for pixels in autoencoder.decode_blocks(_latent_blocks(model, start, block_frames)):
+            yield video_to_uint8(pixels[0])
+
+
+def _latent_blocks(model: LinearDiT, start: _Start, block_frames: int) -> Iterator[torch.Tensor]:
+    """The clean latents of each block, as the block-autoregressive sampler finishes them."""
     frames, lat_h, lat_w = start.grid
-    latent_blocks = iter_block_ar_sample(
+    blocks = iter_block_ar_sample(
         model,
         start.text,
         start.text_mask,
@@ -219,9 +227,7 @@ def iter_video_blocks(
         first_frame=start.first_frame,
         **start.guidance,
     )
-    with _precision(model, precision):
-        for pixels in autoencoder.decode_blocks(clean for _, _, clean in latent_blocks):
-            yield video_to_uint8(pixels[0])
+    return (clean for _, _, clean in blocks)
 
 
 @torch.no_grad()
@@ -344,7 +350,7 @@ def generate_video_to_file(
 def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 16.0) -> Path:
     """Write frames (T, H, W, 3) uint8 as an H.264 mp4 (even H and W) and return the path."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(
+        raise UserError(
             f"frames must be a (T, H, W, 3) uint8 tensor, got {frames.dtype} {tuple(frames.shape)}"
         )
     return write_mp4(frames.cpu().numpy(), path, fps)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model.errors import UserError
 from model.flow import sigma_to_timestep
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def guided_field(
     if guidance_scale == 1.0:
         return lambda x, sigma: fn(x, timesteps_for(x, sigma), text, text_mask)
     if negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
+        raise UserError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
     both_text, both_mask = guidance_text(text, text_mask, negative_text, negative_mask)
 
     def field(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 from model.config import LinearDiTConfig
 from model.embeddings import TIMESTEP_FEATURES
+from model.errors import UserError
 from model.linear_dit import LinearDiT
 
 
@@ -30,14 +31,14 @@ def latent_shape(
     st, sh, sw = vae_stride or config.vae_stride
     pt, ph, pw = config.patch_size
     if frames < 1 or (frames - 1) % st:
-        raise ValueError(f"frames={frames} must be 1 + a multiple of the VAE's temporal stride {st}")
+        raise UserError(f"frames={frames} must be 1 + a multiple of the VAE's temporal stride {st}")
     if height % (sh * ph) or width % (sw * pw):
-        raise ValueError(
+        raise UserError(
             f"height×width {height}x{width} must be multiples of VAE stride × patch {sh * ph}x{sw * pw}"
         )
     latent_frames = 1 + (frames - 1) // st
     if latent_frames % pt:
-        raise ValueError(f"{latent_frames} latent frames not divisible by the temporal patch {pt}")
+        raise UserError(f"{latent_frames} latent frames not divisible by the temporal patch {pt}")
     return (config.in_channels, latent_frames, height // sh, width // sw)
 
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import LinearDiTConfig
+from model.errors import UserError
 from model.linear_dit import LinearDiT
 
 CONFIG_FILE = "config.json"
@@ -31,12 +32,12 @@ def model_from_state_dict(
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing:
-        raise ValueError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
+        raise UserError(f"{source}: missing key {missing[0]} ({len(missing)} missing)")
     if unexpected:
-        raise ValueError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
+        raise UserError(f"{source}: unexpected key {unexpected[0]} ({len(unexpected)} unexpected)")
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ValueError(
+            raise UserError(
                 f"{source}: key {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
             )
     model.load_state_dict(state_dict, strict=True, assign=True)
@@ -59,7 +60,7 @@ def load_config(folder: str | Path) -> LinearDiTConfig:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise UserError(f"{path}: not valid JSON ({err})") from err
     return LinearDiTConfig.from_dict(data)
 
 

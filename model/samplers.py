@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from model.conditioning import with_clean_first_frame
+from model.errors import UserError
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
 from model.guidance import Field, VelocityFn, guidance_text, guided_field, split_schedule
 
@@ -38,7 +40,7 @@ DEFAULT_DENOISING_STEPS = (1000.0, 960.0, 889.0, 727.0)
 def flow_sigmas(steps: int, shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
     """`steps`+1 descending noise levels: linspace(1, 0) with the flow shift applied (float64, CPU)."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserError(f"steps must be >= 1, got {steps}")
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
 
 
@@ -47,9 +49,9 @@ def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INF
     levels with a final 0 appended, the form every sampler here takes."""
     values = [float(t) for t in timesteps]
     if not values or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in values):
-        raise ValueError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
+        raise UserError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
     if any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise ValueError(f"denoising timesteps must be strictly descending, got {values}")
+        raise UserError(f"denoising timesteps must be strictly descending, got {values}")
     base = torch.tensor([*values, 0.0], dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
     return shift_sigma(base, shift)
 
@@ -57,9 +59,9 @@ def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INF
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:
     values = [float(s) for s in torch.as_tensor(sigmas).flatten()]
     if len(values) < 2 or values[-1] != 0.0 or any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise ValueError(f"sigmas must be strictly descending and end at 0, got {values}")
+        raise UserError(f"sigmas must be strictly descending and end at 0, got {values}")
     if values[0] > 1.0:
-        raise ValueError(f"sigmas must lie in [0, 1], got a first value of {values[0]}")
+        raise UserError(f"sigmas must lie in [0, 1], got a first value of {values[0]}")
     return values
 
 
@@ -144,7 +146,7 @@ def run_sampler(
         return dpm_solver_pp_2m_steps(field, noise, values)
     if sampler == "renoise":
         return renoise_steps(field, noise, values, generator)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    raise UserError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
 
 def sample(
@@ -224,7 +226,7 @@ def autoregressive_segments(num_frames: int, block_frames: int) -> list[tuple[in
     """(start, end) latent-frame spans of the blocks: `block_frames` each, the first also takes the
     remainder (official `_create_autoregressive_segments`: 21 frames in blocks of 10 → [0, 11), [11, 21))."""
     if num_frames < 1 or block_frames < 1:
-        raise ValueError(f"need num_frames >= 1 and block_frames >= 1, got {num_frames}, {block_frames}")
+        raise UserError(f"need num_frames >= 1 and block_frames >= 1, got {num_frames}, {block_frames}")
     count = num_frames // block_frames
     if count == 0:
         return [(0, num_frames)]
@@ -273,59 +275,95 @@ def iter_block_ar_sample(
     folded into the cache (`fold_into_cache`, no denoising) and `num_latent_frames` new frames follow,
     yielded with absolute spans from F0.
     """
-    cfg = model.config
     param = next(model.parameters())
-    batch, (height, width) = text.shape[0], latent_hw
-    shape = (batch, cfg.in_channels, num_latent_frames, height, width)
-    if noise is None:
-        noise_device = generator.device if generator is not None else param.device
-        noise = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
-    elif tuple(noise.shape) != shape:
-        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-    noise = noise.to(param.device, torch.float32)
+    batch = text.shape[0]
+    shape = (batch, model.config.in_channels, num_latent_frames, *latent_hw)
+    noise = _initial_noise(shape, noise, generator, param.device)
     sigmas, timesteps = split_schedule(sigmas)
     schedule = sigmas if sigmas is not None else block_schedule(steps, denoising_steps, shift)
-
-    if guidance_scale == 1.0:
-        cache_text, cache_mask, copies = text, text_mask, 1
-    elif negative_text is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
-    else:
-        cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
-        copies = 2
+    cache_text, cache_mask, copies = _cache_text(
+        text, text_mask, guidance_scale, negative_text, negative_mask
+    )
     cache = model.new_cache(batch * copies, latent_hw=latent_hw, device=param.device)
     offset = 0
     if context is not None:
         fold_into_cache(model, context, cache_text, cache_mask, cache, block_frames)
         offset = context.shape[2]
-
+    guidance = {
+        "guidance_scale": guidance_scale,
+        "negative_text": negative_text,
+        "negative_mask": negative_mask,
+        "timesteps": timesteps,
+    }
     for start, end in autoregressive_segments(num_latent_frames, block_frames):
-        block_noise = noise[:, :, start:end]
-        start, end = start + offset, end + offset
-        velocity = model_velocity(model, cache, start)
-        conditioned = first_frame is not None and start == 0
-        if conditioned:
+        start_at, end_at = start + offset, end + offset
+        first = None
+        if first_frame is not None and start_at == 0:
             first = first_frame.to(param.device, torch.float32).expand(batch, -1, -1, -1, -1)
+        velocity = model_velocity(model, cache, start_at)
+        block = _BlockDenoiser(velocity, text, text_mask, guidance, sampler, schedule, generator)
+        clean = block.denoise(noise[:, :, start:end], first)
+        clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
+        model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start_at, text_mask=cache_mask)
+        yield start_at, end_at, clean
+
+
+def _initial_noise(
+    shape: tuple[int, ...],
+    noise: torch.Tensor | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """The noise of every block, drawn at once (fp32, on the generator's device) unless given."""
+    if noise is None:
+        noise_device = generator.device if generator is not None else device
+        noise = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    return noise.to(device, torch.float32)
+
+
+def _cache_text(
+    text: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    guidance_scale: float,
+    negative_text: torch.Tensor | None,
+    negative_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The text the cache is built with and how many copies of the batch it holds: the prompt alone, or
+    with guidance the prompt and the negative text side by side (2 copies)."""
+    if guidance_scale == 1.0:
+        return text, text_mask, 1
+    if negative_text is None:
+        raise UserError(f"guidance_scale={guidance_scale} needs negative (or empty-prompt) text embeddings")
+    cache_text, cache_mask = guidance_text(text, text_mask, negative_text, negative_mask)
+    return cache_text, cache_mask, 2
+
+
+@dataclass
+class _BlockDenoiser:
+    """Denoising one block of the block-autoregressive sampler against the cache the velocity reads."""
+
+    velocity: VelocityFn
+    text: torch.Tensor
+    text_mask: torch.Tensor | None
+    guidance: dict
+    sampler: str
+    schedule: torch.Tensor
+    generator: torch.Generator | None
+
+    def denoise(self, block_noise: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
+        """Clean latents of the block; with `first` (an encoded image) it is the block's clean first frame."""
+        velocity = self.velocity
+        if first is not None:
             velocity, block_noise = with_clean_first_frame(velocity, first), block_noise[:, :, 1:]
-        field = guided_field(
-            velocity,
-            text,
-            text_mask,
-            guidance_scale=guidance_scale,
-            negative_text=negative_text,
-            negative_mask=negative_mask,
-            timesteps=timesteps,
-        )
+        field = guided_field(velocity, self.text, self.text_mask, **self.guidance)
         clean = (
-            run_sampler(sampler, field, block_noise, schedule, generator)
+            run_sampler(self.sampler, field, block_noise, self.schedule, self.generator)
             if block_noise.shape[2]
             else block_noise
         )
-        if conditioned:
-            clean = torch.cat([first, clean], dim=2)
-        clean_batch = clean.repeat(copies, 1, 1, 1, 1).to(param.dtype)
-        model.update_cache(clean_batch, cache_text.to(param.dtype), cache, start, text_mask=cache_mask)
-        yield start, end, clean
+        return torch.cat([first, clean], dim=2) if first is not None else clean
 
 
 @torch.no_grad()

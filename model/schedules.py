@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.errors import UserError
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
 
 NUMERICS = ("diffusers", "official")
@@ -41,7 +42,7 @@ class Schedule:
 
 def check_numerics(numerics: str) -> str:
     if numerics not in NUMERICS:
-        raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+        raise UserError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
     return numerics
 
 
@@ -90,7 +91,7 @@ def inference_schedule(
     from model.samplers import flow_sigmas, sigmas_from_timesteps
 
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UserError(f"steps must be >= 1, got {steps}")
     if denoising_steps is not None:
         return official_schedule(sigmas_from_timesteps(denoising_steps, shift))
     if check_numerics(numerics) == "official" or sampler == "renoise":

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.errors import UserError
+
 # diffusers' SanaVideoPipeline default (video-oriented) complex human instruction, joined with "\n".
 COMPLEX_HUMAN_INSTRUCTION = (
     "Given a user prompt, generate an 'Enhanced prompt' that provides detailed visual descriptions suitable for video generation. Evaluate the level of detail in the user prompt:",
@@ -95,7 +97,7 @@ class HashedTextEncoder(TextEncoder):
 
     def __init__(self, channels: int = 64, max_length: int = DEFAULT_MAX_LENGTH):
         if channels < 1 or max_length < 1:
-            raise ValueError(
+            raise UserError(
                 f"hashed text encoder needs channels >= 1 and max_length >= 1, got {channels}, {max_length}"
             )
         self.caption_channels = int(channels)
@@ -126,7 +128,7 @@ def _hf_folders(path: str | os.PathLike | None) -> tuple[Path, str | None, str |
     """(root, model subfolder, tokenizer subfolder): a model folder itself, or a diffusers pipeline folder
     with text_encoder/ and tokenizer/."""
     if path is None:
-        raise ValueError(
+        raise UserError(
             "the gemma2 text encoder needs path=<local folder with the Gemma-2 model and tokenizer>"
         )
     root = Path(path).expanduser()
@@ -164,7 +166,7 @@ class Gemma2TextEncoder(TextEncoder):
         self.device = torch.device(device)
         self.caption_channels = int(model.config.hidden_size)
         if max_length < 2:
-            raise ValueError(f"gemma2 max_length must be >= 2, got {max_length}")
+            raise UserError(f"gemma2 max_length must be >= 2, got {max_length}")
         self.max_length = int(max_length)
         self.instruction = "\n".join(instruction)
 
@@ -205,8 +207,8 @@ def build_text_encoder(
     loads from the local folder `path` and takes `max_length` and `instruction`."""
     if name == "hashed":
         if path is not None:
-            raise ValueError("the hashed text encoder has no weights; do not pass a path")
+            raise UserError("the hashed text encoder has no weights; do not pass a path")
         return HashedTextEncoder(**options)
     if name == "gemma2":
         return Gemma2TextEncoder(path, device=device, dtype=dtype, **options)
-    raise ValueError(f"unknown text encoder {name!r}; choose one of {TEXT_ENCODERS}")
+    raise UserError(f"unknown text encoder {name!r}; choose one of {TEXT_ENCODERS}")

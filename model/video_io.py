@@ -17,6 +17,8 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from model.errors import UserError
+
 
 class Mp4Writer:
     """Incremental H.264 mp4 encoder: `append` frames as they come, `close` (or leave the `with`) to finish.
@@ -52,7 +54,7 @@ class Mp4Writer:
 
     def _open_stream(self, height: int, width: int) -> None:
         if height % 2 or width % 2:
-            raise ValueError(f"H.264 needs even frame sizes, got {height}×{width}")
+            raise UserError(f"H.264 needs even frame sizes, got {height}×{width}")
         stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # mbtree=0: x264's macroblock-tree lookahead reads uninitialised memory, so with it on the same

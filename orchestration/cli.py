@@ -1,7 +1,9 @@
 """The `svp` command line: parse, validate, call one function of a package.
 
 Each command group lives in its own module (`orchestration/commands/`); this file only assembles them and
-turns user errors into one line (`svp: error: …`, exit status 2) unless `--debug` is given. A Ctrl-C exits
+turns user errors (`model.errors.UserError`, a missing file or folder) into one line (`svp: error: …`, exit
+status 2) unless `--debug` is given. Any other exception is a bug in svp: it keeps its traceback, followed by
+a line saying so and how to report it (exit status 1). A Ctrl-C exits
 130 with `svp: aborted` (`orchestration.aborts`); what finished before it stays recorded, and the same command
 resumes.
 """
@@ -12,6 +14,7 @@ import sys
 
 import typer
 
+from model.errors import UserError
 from orchestration.aborts import sigint_received, watch_sigint
 from orchestration.commands import register_all
 
@@ -28,8 +31,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Errors that mean "the user asked for something wrong", as opposed to a bug in svp.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+# Errors that mean "the user asked for something wrong", as opposed to a bug in svp. A missing file or
+# folder is almost always a path the user gave (the loaders check theirs and say which option named it).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError)
+BUG_NOTE = (
+    "svp: this is a bug in svp, not in your input: please report it to the svp maintainers (the project's "
+    "issue tracker) with the traceback above, the command and `svp --version`"
+)
 
 _state = {"debug": False}
 ABORTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
@@ -61,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     with watch_sigint():
         try:
             code = _dispatch(argv)
-        except BaseException:
-            # After a Ctrl-C, whatever a library raised instead (Ray Train's sys.exit(0), a dead worker's
-            # error) is the abort, not a bug.
+        except Exception as err:
+            # After a Ctrl-C, whatever a library raised instead (a dead worker's error) is the abort, not a bug.
+            if not sigint_received():
+                return _report_traceback(err)
+            code = ABORTED
+        except BaseException:  # SystemExit (Ray Train's sys.exit(0) on Ctrl-C), KeyboardInterrupt
             if not sigint_received():
                 raise
             code = ABORTED
@@ -82,8 +93,7 @@ def _dispatch(argv: list[str] | None) -> int:
             return ABORTED
         if _state["debug"]:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"svp: error: {message}", file=sys.stderr)
+        print(f"svp: error: {err}", file=sys.stderr)
         return 2
     except typer.Exit as exit_:
         return exit_.exit_code
@@ -96,6 +106,18 @@ def _dispatch(argv: list[str] | None) -> int:
         print(f"svp: error: {err.format_message()}{hint}", file=sys.stderr)
         return err.exit_code
     return code if isinstance(code, int) else 0
+
+
+def _report_traceback(err: Exception) -> int:
+    """The traceback of an exception that reached the top: a user error's under `--debug` (exit 2), else a
+    bug's, followed by the line that says it is one (exit 1)."""
+    import traceback
+
+    traceback.print_exc()
+    if isinstance(err, USER_ERRORS):
+        return 2
+    print(BUG_NOTE, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from model.errors import UserError
+
 LOCAL = "local"
 
 
@@ -70,11 +72,11 @@ def connect(address: str | None = None, **init_kwargs: Any) -> bool:
         ray.init(address=target, **init_kwargs)
     except Exception as err:
         if _is_auth_failure(err):
-            raise ValueError(_auth_message(target)) from None
+            raise UserError(_auth_message(target)) from None
         if isinstance(err, ConnectionError | TimeoutError) or "connect" in str(err).lower():
             # A GCS that refuses the token only says so in the core's log lines, not in the exception.
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
+            raise UserError(
                 f"cannot connect to the Ray cluster at {target} ({first}): check the address; if the cluster "
                 "uses token authentication, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or "
                 "RAY_AUTH_TOKEN_PATH)"

@@ -56,6 +56,7 @@ def test_misspelt_stage_key_is_named_first(tmp_path, data_root, capsys):
 
 
 def test_missing_variable_and_unknown_preset_say_what_to_type(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SVP_VAR_DATA_ROOT", raising=False)
     monkeypatch.delenv("SVP_DATA_ROOT", raising=False)
     assert main(["train", "tiny", "--work-dir", str(tmp_path / "w")]) == 2
     err = _error(capsys)
@@ -106,4 +107,16 @@ def test_zero3_is_refused_with_the_file_and_key(tmp_path, capsys):
     assert main(argv) == 2
     err = _error(capsys)
     assert err.startswith(f"{pipeline}: stages[0].deepspeed.zero_stage: ZeRO-3 is not supported yet"), err
+    assert not (tmp_path / "w").exists()
+
+
+def test_set_overrides_a_stage_key_and_rejects_an_unknown_one(tmp_path, capsys):
+    data = str(tmp_path / "nowhere")
+    argv = ["train", "tiny", "--var", f"data_root={data}", "--work-dir", str(tmp_path / "w")]
+    assert main([*argv, "--set", "stages.video.optimizer.lr=3e-3"]) == 2  # the data check, after the --set
+    assert "optimizer" not in _error(capsys)
+    assert main([*argv, "--set", "stages.vdeo.steps=2"]) == 2
+    assert "stages has no item 'vdeo' (give an index, a name or *: image, video" in _error(capsys)
+    assert main([*argv, "--set", "stages.1.optimizr.lr=1"]) == 2
+    assert "unknown key 'optimizr' (did you mean 'optimizer'?); keys of stages.1:" in _error(capsys)
     assert not (tmp_path / "w").exists()

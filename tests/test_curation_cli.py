@@ -161,6 +161,10 @@ def test_filter_history_dry_run_kept_transcodes_and_prune(curated, tmp_path, mon
     printed = capsys.readouterr().out
     assert printed.startswith("dry run:") and re.search(rf"motion_score\.min\s*│\s*{drops}\s*│", printed)
     assert _tree(out) == files  # nothing written
+    # The same thresholds as `every` plus one key from the command line.
+    argv = ["curate", "filter", str(out), "--thresholds", str(every), "--dry-run"]
+    assert main([*argv, "--set", f"scores.motion_score.min={cut!r}"]) == 0
+    assert re.search(rf"motion_score\.min\s*│\s*{drops}\s*│", capsys.readouterr().out)
 
     assert main(["curate", "filter", str(out), "--thresholds", str(strict)]) == 0
     cache = out / "shards" / ".transcoded"

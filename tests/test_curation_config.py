@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 
 from curation.config import CurationConfig, load_config
+from model.errors import UserError
 from orchestration.cli import main
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, scenes__min_clip_s=1.5)
+    cfg = load_config(None, {"scenes.min_clip_s": 1.5})
     assert isinstance(cfg, CurationConfig)
     assert cfg.scenes.min_clip_s == 1.5
     assert cfg.scoring_fingerprint() != load_config(None).scoring_fingerprint()
     # Shard settings are applied after scoring: they must not invalidate finished sources.
-    assert load_config(None, shards__fps=8).scoring_fingerprint() == load_config(None).scoring_fingerprint()
+    assert (
+        load_config(None, {"shards.fps": 8}).scoring_fingerprint() == load_config(None).scoring_fingerprint()
+    )
 
 
 def test_file_values_are_read(tmp_path):
@@ -58,3 +61,52 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
 def test_missing_config_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="curation config not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_dotted_overrides_set_keys_and_name_the_valid_ones(tmp_path, capsys):
+    assert load_config(None, {"motion.short_side": 64, "scenes.min_clip_s": 0.5}).scenes.min_clip_s == 0.5
+    with pytest.raises(UserError, match=r"config: scenes\.min_clip: unknown key 'min_clip' \(did you mean"):
+        load_config(None, {"scenes.min_clip": 1})
+    argv = ["curate", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "motoin.x=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("svp: error: config: motoin.x: unknown key 'motoin' (did you mean 'motion'?)"), err
+    assert "\n" not in err and "scenes" in err and not (tmp_path / "o").exists()
+
+
+def test_set_values_are_yaml_scalars_and_reach_the_thresholds(tmp_path):
+    from curation.thresholds import load_thresholds
+    from model.dotted_keys import parse_value
+
+    assert [parse_value(v) for v in ("3e-3", "2", "true", "null", "[1, 2]", "'3'", "abc")] == [
+        0.003,
+        2,
+        True,
+        None,
+        [1, 2],
+        "3",
+        "abc",
+    ]
+    path = tmp_path / "t.yaml"
+    path.write_text("scores:\n  aesthetic_score: {min: 4.5}\n")
+    t = load_thresholds(path, {"scores.motion_score.max": 9.0, "caption.require_caption": False})
+    assert t.scores["motion_score"].max == 9.0 and t.scores["aesthetic_score"].min == 4.5
+    with pytest.raises(UserError, match=r"t\.yaml: scores\.aesthetic_score\.mn: unknown key 'mn'.*max, min"):
+        load_thresholds(path, {"scores.aesthetic_score.mn": 1})
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = folder / "c.yaml"
+    path.write_text(
+        "thresholds_file: t.yaml\naesthetic: {mlp_checkpoint: w/mlp.pt, clip_checkpoint: /abs/c.pt}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("configs/c.yaml", {"caption.clip_checkpoint": "given.pt"})
+    assert cfg.thresholds_file == str(folder / "t.yaml")
+    assert cfg.aesthetic.mlp_checkpoint == folder / "w" / "mlp.pt"
+    assert str(cfg.aesthetic.clip_checkpoint) == "/abs/c.pt"
+    assert (
+        str(cfg.caption.clip_checkpoint) == "given.pt"
+    )  # the command line's own: from the current directory

@@ -27,3 +27,31 @@ def test_version_and_help_exit_0(capsys):
     assert capsys.readouterr().out.startswith("svp ")
     assert main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
+
+
+def test_a_corrupt_internal_file_is_a_bug_with_its_traceback(tmp_path, capsys):
+    # report.json is written by svp itself: a JSON decoding error there is not the user's input, so it must
+    # not be hidden behind one `svp: error:` line (it used to be, as every ValueError was).
+    (tmp_path / "report.json").write_text('{"sources": ')
+    assert main(["curate", "report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "JSONDecodeError" in err
+    assert err.strip().splitlines()[-1].startswith("svp: this is a bug in svp") and "svp: error:" not in err
+
+
+def test_a_user_error_from_a_library_layer_is_one_line(tmp_path, capsys):
+    # model.config raises UserError for an unknown preset; curation's config loader does for a bad key.
+    bad = tmp_path / "c.yaml"
+    bad.write_text("scenes: {min_clip_s: 2, max_clip_s: 1}\n")
+    assert (
+        main(["curate", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"svp: error: {bad}: scenes: ") and "\n" not in err and "max_clip_s" in err
+
+
+def test_debug_shows_a_user_errors_traceback_without_calling_it_a_bug(capsys):
+    assert main(["--debug", "model", "info", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "UserError: unknown model preset" in err
+    assert "this is a bug" not in err

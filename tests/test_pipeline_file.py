@@ -74,6 +74,13 @@ def test_plan_says_what_each_change_reruns(finished_pipeline, capsys):
         write_pipeline(finished_pipeline)
     assert [plan[s][0] for s in STEPS] == ["skip", "skip", "skip", "rerun"]
     assert "optimizer.lr 0.001 -> 0.0005" in plan["video"][1]
+    # The same change from the command line: --set, with no edited file.
+    lr = "training.stages.video.optimizer.lr=5e-4"
+    assert main(["pipeline", "plan", str(path), "--set", lr]) == 0
+    assert "optimizer.lr 0.001 -> 0.0005" in capsys.readouterr().out
+    assert main(["pipeline", "plan", str(path), "--set", "training.stages.video.optimizer.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown key 'lrr' (did you mean 'lr'?)" in err and "warmup_steps" in err, err
 
     # --from reruns from a step onward whatever the fingerprints say; --only picks one step.
     plan = actions(path, from_step="filter")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from model.errors import UserError
 from training.config import latent_frames, load_pipeline, load_preset
 
 BASE = {
@@ -81,14 +82,30 @@ def test_environment_variable_and_file_variables(tmp_path, monkeypatch):
     data["variables"] = {"data_root": "rel"}
     path = write(tmp_path, data)
     assert load_pipeline(path).stages[1].data[0] == str(tmp_path / "rel" / "clips")
-    monkeypatch.setenv("SVP_DATA_ROOT", "/env")
+    monkeypatch.setenv("SVP_VAR_DATA_ROOT", "/env")
     assert load_pipeline(path).stages[1].data[0] == "/env/clips"
     assert load_pipeline(path, variables={"data_root": "/arg"}).stages[1].data[0] == "/arg/clips"
     # Relative values from the caller or the environment are taken from the current directory.
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setenv("SVP_DATA_ROOT", "here")
+    monkeypatch.setenv("SVP_VAR_DATA_ROOT", "here")
     assert load_pipeline(path).stages[1].data[0] == str(tmp_path / "cwd" / "here" / "clips")
+
+
+def test_only_svp_var_environment_variables_are_variables(tmp_path, monkeypatch):
+    # Another SVP_* setting is not a variable; the variables' old names get a message saying the new one.
+    path = write(tmp_path, edited())
+    monkeypatch.delenv("SVP_VAR_DATA_ROOT", raising=False)
+    monkeypatch.setenv("SVP_PEAK_TFLOPS", "100")
+    monkeypatch.setenv("SVP_DATA_ROOT", "/old")
+    with pytest.raises(
+        UserError, match="SVP_DATA_ROOT is set, but variables are read from SVP_VAR_DATA_ROOT now"
+    ):
+        load_pipeline(path)
+    data = edited()
+    data["stages"][1]["data"] = ["${peak_tflops}/clips"]
+    with pytest.raises(UserError, match=r"undefined variable \$\{peak_tflops\}"):
+        load_pipeline(write(tmp_path, data))
 
 
 def test_relative_weight_paths_follow_the_yaml(tmp_path):
@@ -97,6 +114,10 @@ def test_relative_weight_paths_follow_the_yaml(tmp_path):
     stage = load_pipeline(write(tmp_path, data), variables={"data_root": "/d"}).stages[1]
     assert stage.init_from.path == str(tmp_path / "exports" / "previous")
     assert stage.text_encoder.path == str(tmp_path / "weights" / "gemma")
+    data["work_dir"] = "runs"
+    assert load_pipeline(write(tmp_path, data), variables={"data_root": "/d"}).work_dir == str(
+        tmp_path / "runs"
+    )
 
 
 def test_overrides_by_name_index_and_wildcard(tmp_path):

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curation.format import CAPTION_MEMBER, VIDEO_MEMBER
+from model.errors import UserError
 from training.buckets import DataPosition, EpochPlan, PlannedBatch, assign_buckets, rank_batches
 from training.config import BucketConfig, StageConfig
 from training.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
@@ -148,7 +149,7 @@ class StageData:
             frames.append(table.assign(shard_id=table["shard"].map(ids)))
         table = pd.concat(frames, ignore_index=True)
         if table.empty:
-            raise ValueError(f"stage {self.stage.name!r}: the index of {', '.join(self.stage.data)} is empty")
+            raise UserError(f"stage {self.stage.name!r}: the index of {', '.join(self.stage.data)} is empty")
         self.shard_uris = shard_uris
         self.shard_id = table["shard_id"].to_numpy(np.int64)
         self.keys = table["key"].astype(str).to_numpy(object)
@@ -172,11 +173,9 @@ class StageData:
         if position is None:
             return 0, 0, 0
         if position.seed != self.seed:
-            raise ValueError(
-                f"data position was saved with seed {position.seed}, this stage uses {self.seed}"
-            )
+            raise UserError(f"data position was saved with seed {position.seed}, this stage uses {self.seed}")
         if position.dataset and position.dataset != self._fingerprint:
-            raise ValueError(
+            raise UserError(
                 f"stage {self.stage.name!r}: the data changed since this position was saved (dataset "
                 f"fingerprint {position.dataset}, now {self._fingerprint}); exact resume is impossible"
             )

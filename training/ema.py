@@ -18,15 +18,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.errors import UserError
+
 
 class EMA:
     """fp32 CPU moving average of a module's trainable parameters."""
 
     def __init__(self, module: torch.nn.Module, decay: float, update_every: int = 1) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema.decay: must be in (0, 1), got {decay}")
+            raise UserError(f"ema.decay: must be in (0, 1), got {decay}")
         if update_every < 1:
-            raise ValueError(f"ema.update_every: must be >= 1, got {update_every}")
+            raise UserError(f"ema.update_every: must be >= 1, got {update_every}")
         self.decay = decay
         self.update_every = update_every
         self.shadow = {name: p.detach().to("cpu", torch.float32, copy=True) for name, p in _trainable(module)}

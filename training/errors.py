@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from ray.train import UserCallback
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
+from model.errors import UserError
 
-class NonRetryableError(ValueError):
+
+class NonRetryableError(UserError):
     """Training cannot succeed by retrying; the message says what to change.
 
-    A ValueError so that `svp` prints it as one line (`svp: error: …`) and exits 2.
+    A UserError so that `svp` prints it as one line (`svp: error: …`) and exits 2.
     """
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.errors import UserError
 from training.checkpoints import EXPORT_STATE_FILE
 
 
@@ -68,13 +69,8 @@ def generate_from_export(
     On CUDA the fused linear-attention kernel is used and, with `compile`, every block runs compiled
     (`LinearDiT.enable_inference_compile`; a CPU run stays eager); `precision="fp8"` runs the large matmuls
     in float8. The record beside the video says which path was taken (`inference`)."""
-    import torch
-
-    from model import kernels
-    from model.generate import generate_video, generate_video_to_file, save_video
-
     if seconds <= 0:
-        raise ValueError(f"--seconds must be > 0, got {seconds}")
+        raise UserError(f"--seconds must be > 0, got {seconds}")
     _check_conditioning(image, continue_from, block_frames, height, width)
     model, autoencoder, text_encoder, info = load_export(export_dir, ema, device)
     model.enable_inference_compile(compile)
@@ -86,39 +82,70 @@ def generate_from_export(
         "numerics": numerics,
         "precision": precision,
     }
-    dtype = next(model.parameters()).dtype
-    compiled = compile and torch.device(device).type == "cuda"
-    inference = f"{kernels.describe_path(device, dtype)}; matmuls: {precision}; compiled: {compiled}"
     record = {
         "export": str(Path(export_dir).resolve()),
         "prompt": prompt,
         "fps": fps,
-        "inference": inference,
+        "inference": _inference_path(model, device, precision, compile),
         **options,
     }
+    loaded = (model, autoencoder, text_encoder)
+    frames = max(1, round(seconds * fps))
     if continue_from is not None:
-        from model.continuation import continue_video_to_file
-
-        frames = max(1, round(seconds * fps))
-        path, conditioning = continue_video_to_file(
-            model,
-            autoencoder,
-            text_encoder,
-            prompt,
-            continue_from,
-            out,
-            fps=fps,
-            num_frames=frames,
-            block_frames=block_frames,
-            **options,
-        )
-        return _with_record(path, {**record, "block_frames": block_frames, **conditioning})
+        return _continue_clip(loaded, prompt, continue_from, out, fps, frames, block_frames, options, record)
     options |= {
-        "num_frames": _valid_frames(autoencoder, max(1, round(seconds * fps))),
+        "num_frames": _valid_frames(autoencoder, frames),
         "height": height or info["height"],
         "width": width or info["width"],
         "image": image,
     }
+    return _generate_new(loaded, prompt, out, fps, block_frames, options, record)
+
+
+def _inference_path(model: Any, device: str, precision: str, compile: bool) -> str:
+    """What the record says about how the video was computed (kernel, matmul precision, compiled)."""
+    import torch
+
+    from model import kernels
+
+    dtype = next(model.parameters()).dtype
+    compiled = compile and torch.device(device).type == "cuda"
+    return f"{kernels.describe_path(device, dtype)}; matmuls: {precision}; compiled: {compiled}"
+
+
+def _continue_clip(
+    loaded: tuple,
+    prompt: str,
+    clip: str | Path,
+    out: str | Path,
+    fps: float,
+    frames: int,
+    block_frames: int,
+    options: dict,
+    record: dict,
+) -> Path:
+    """`frames` new frames after the clip `clip`, written after it into `out`."""
+    from model.continuation import continue_video_to_file
+
+    path, conditioning = continue_video_to_file(
+        *loaded, prompt, clip, out, fps=fps, num_frames=frames, block_frames=block_frames, **options
+    )
+    return _with_record(path, {**record, "block_frames": block_frames, **conditioning})
+
+
+def _generate_new(
+    loaded: tuple,
+    prompt: str,
+    out: str | Path,
+    fps: float,
+    block_frames: int | None,
+    options: dict,
+    record: dict,
+) -> Path:
+    """A new video from the prompt (and `options["image"]`, when given), written to `out`."""
+    from model.generate import generate_video, generate_video_to_file, save_video
+
+    image = options["image"]
     if image is not None:
         from model.conditioning import image_digest, open_image
 
@@ -127,11 +154,9 @@ def generate_from_export(
     record |= {k: options[k] for k in ("num_frames", "height", "width")} | {"block_frames": block_frames}
     if block_frames is not None:
         # Block by block into the mp4: memory stays bounded however many seconds are asked for.
-        path = generate_video_to_file(
-            model, autoencoder, text_encoder, prompt, out, fps=fps, block_frames=block_frames, **options
-        )
+        path = generate_video_to_file(*loaded, prompt, out, fps=fps, block_frames=block_frames, **options)
     else:
-        path = save_video(generate_video(model, autoencoder, text_encoder, prompt, **options), out, fps=fps)
+        path = save_video(generate_video(*loaded, prompt, **options), out, fps=fps)
     return _with_record(path, record)
 
 
@@ -139,11 +164,11 @@ def _check_conditioning(image, continue_from, block_frames, height, width) -> No
     if continue_from is None:
         return
     if image is not None:
-        raise ValueError("--continue and --image cannot be combined: a continuation starts from its clip")
+        raise UserError("--continue and --image cannot be combined: a continuation starts from its clip")
     if block_frames is None:
-        raise ValueError("--continue needs --block-frames: the clip is folded into the block-AR cache")
+        raise UserError("--continue needs --block-frames: the clip is folded into the block-AR cache")
     if height is not None or width is not None:
-        raise ValueError("--continue keeps the clip's own size: leave out --height/--width")
+        raise UserError("--continue keeps the clip's own size: leave out --height/--width")
 
 
 def _with_record(path: Path, record: dict) -> Path:
@@ -160,7 +185,7 @@ def _valid_frames(autoencoder: Any, want: int) -> int:
         except ValueError:
             continue
         return frames
-    raise ValueError(f"no valid frame count near {want} for the {autoencoder.name} autoencoder")
+    raise UserError(f"no valid frame count near {want} for the {autoencoder.name} autoencoder")
 
 
 def write_conditioning_samples(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.errors import UserError
 from training.checkpoints import (
     clear_staging,
     convert_to_universal,
@@ -178,7 +179,7 @@ def run_stage(
     if isinstance(stage, str):
         stage = pipeline.stage(stage)
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise UserError(f"--workers must be >= 1, got {workers}")
     work_dir = resolve_work_dir(pipeline, work_dir)
     export_dir = export_dir_of(work_dir, pipeline, stage.name)
     stage_index = pipeline.stage_names.index(stage.name)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.errors import UserError
 from training.checkpoints import export_complete
 from training.launch import export_dir_of, resolve_init_from
 
@@ -21,7 +22,7 @@ def check_before_training(pipeline: Any, selected: Sequence[Any], work_dir: Path
     from training.data import StageData
 
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise UserError(f"--workers must be >= 1, got {workers}")
     running: set[str] = set()
     for stage in selected:
         if export_complete(export_dir_of(work_dir, pipeline, stage.name)):

@@ -7,126 +7,132 @@ from pathlib import Path
 
 import typer
 
-from orchestration.commands.options import ADDRESS_HELP
+from model.errors import UserError
+from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("synth")
-    def synth(
-        out: Path = typer.Argument(
-            ..., help="Folder to write: OUT/videos/ (inputs) and OUT/ground_truth.json."
-        ),
-        videos: int = typer.Option(6, "--videos", help="Number of good videos (broken files are added)."),
-        seed: int = typer.Option(0, help="Random seed; the corpus is deterministic from it."),
-        no_broken: bool = typer.Option(False, "--no-broken", help="Do not add the broken files."),
-        scene: str = typer.Option(
-            "texture",
-            help="texture (smooth random textures) or shapes (a moving shape on a flat background).",
-        ),
-    ) -> None:
-        """Write a synthetic video corpus with known cuts, motion, captions and broken files."""
-        from curation.synth import VIDEOS_DIR, make_corpus
-
-        truth = make_corpus(out, videos, seed=seed, broken=not no_broken, scene=scene)
-        typer.echo(
-            f"wrote {len(truth.videos)} videos and {len(truth.broken)} broken files to {out / VIDEOS_DIR}; "
-            f"ground truth in {out / 'ground_truth.json'}"
-        )
-
+    app.command("synth")(synth)
     curate_app = typer.Typer(
         help="Curate raw videos into scored clips and WebDataset shards (a Ray Data job).",
         invoke_without_command=True,
     )
     app.add_typer(curate_app, name="curate")
+    curate_app.callback()(curate)
+    curate_app.command("filter")(filter_)
+    curate_app.command("prune")(prune)
+    curate_app.command("report")(report)
 
-    @curate_app.callback()
-    def curate(
-        ctx: typer.Context,
-        input: str = typer.Option(
-            None, "--input", help="Folder, glob, fsspec URI (s3://, gs://) or manifest."
-        ),
-        output: Path = typer.Option(
-            None, "--output", help="Output folder (rerun the same command to resume)."
-        ),
-        config: Path = typer.Option(None, "--config", help="Curation config YAML."),
-        min_clip_s: float = typer.Option(None, "--min-clip-s", help="Shortest clip, seconds."),
-        max_clip_s: float = typer.Option(None, "--max-clip-s", help="Longest clip, seconds."),
-        thresholds: Path = typer.Option(None, "--thresholds", help="Thresholds YAML (default: built in)."),
-        address: str = typer.Option(
-            None,
-            "--address",
-            help=ADDRESS_HELP,
-        ),
-    ) -> None:
-        """svp curate --input IN --output OUT [--config FILE] [--min-clip-s S] [--max-clip-s S] [--address ADDR]"""
-        if ctx.invoked_subcommand is not None:
-            return
-        if input is None or output is None:
-            raise ValueError(
-                "svp curate needs --input IN and --output OUT (or a subcommand: filter, report, prune)"
-            )
-        from curation.config import load_config
-        from curation.pipeline import check_curation, run_curation
-        from orchestration.console import setup_logging
-        from orchestration.ray_connect import ray_connection
 
-        setup_logging()
-        cfg = load_config(
-            config,
-            scenes__min_clip_s=min_clip_s,
-            scenes__max_clip_s=max_clip_s,
-            thresholds_file=str(thresholds) if thresholds else None,
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write: OUT/videos/ (inputs) and OUT/ground_truth.json."),
+    videos: int = typer.Option(6, "--videos", help="Number of good videos (broken files are added)."),
+    seed: int = typer.Option(0, help="Random seed; the corpus is deterministic from it."),
+    no_broken: bool = typer.Option(False, "--no-broken", help="Do not add the broken files."),
+    scene: str = typer.Option(
+        "texture",
+        help="texture (smooth random textures) or shapes (a moving shape on a flat background).",
+    ),
+) -> None:
+    """Write a synthetic video corpus with known cuts, motion, captions and broken files."""
+    from curation.synth import VIDEOS_DIR, make_corpus
+
+    truth = make_corpus(out, videos, seed=seed, broken=not no_broken, scene=scene)
+    typer.echo(
+        f"wrote {len(truth.videos)} videos and {len(truth.broken)} broken files to {out / VIDEOS_DIR}; "
+        f"ground truth in {out / 'ground_truth.json'}"
+    )
+
+
+def curate(
+    ctx: typer.Context,
+    input: str = typer.Option(None, "--input", help="Folder, glob, fsspec URI (s3://, gs://) or manifest."),
+    output: Path = typer.Option(None, "--output", help="Output folder (rerun the same command to resume)."),
+    config: Path = typer.Option(None, "--config", help="Curation config YAML."),
+    min_clip_s: float = typer.Option(None, "--min-clip-s", help="Shortest clip, seconds."),
+    max_clip_s: float = typer.Option(None, "--max-clip-s", help="Longest clip, seconds."),
+    thresholds: Path = typer.Option(None, "--thresholds", help="Thresholds YAML (default: built in)."),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help=ADDRESS_HELP,
+    ),
+    set_: list[str] = typer.Option(None, "--set", help=f"Curation config: {SET_HELP}"),
+) -> None:
+    """svp curate --input IN --output OUT [--config FILE] [--set KEY=VALUE] [--address ADDR]"""
+    if ctx.invoked_subcommand is not None:
+        return
+    if input is None or output is None:
+        raise UserError(
+            "svp curate needs --input IN and --output OUT (or a subcommand: filter, report, prune)"
         )
-        request = check_curation(input, output, cfg)  # before Ray starts: a bad request fails in a second
-        with ray_connection(address):  # workers' output stays in Ray's log files (setup_logging)
-            report = run_curation(input, output, cfg, request=request)
-        _print_report(output, report, limit=20)
+    from curation.config import load_config
+    from curation.pipeline import check_curation, run_curation
+    from orchestration.console import setup_logging
+    from orchestration.ray_connect import ray_connection
 
-    @curate_app.command("filter")
-    def filter_(
-        out: Path = typer.Argument(..., help="A curation output folder."),
-        thresholds: Path = typer.Option(..., "--thresholds", help="New thresholds YAML."),
-        dry_run: bool = typer.Option(
-            False,
-            "--dry-run",
-            help="Only print what the thresholds would keep (counts, hours); write nothing.",
-        ),
-    ) -> None:
-        """Re-apply thresholds to clips.parquet and rewrite shards, without decoding anything for scoring.
+    setup_logging()
+    options = {
+        "scenes.min_clip_s": min_clip_s,
+        "scenes.max_clip_s": max_clip_s,
+        "thresholds_file": str(thresholds) if thresholds else None,
+    }
+    cfg = load_config(config, {**options, **config_overrides(set_)})
+    request = check_curation(input, output, cfg)  # before Ray starts: a bad request fails in a second
+    with ray_connection(address):  # workers' output stays in Ray's log files (setup_logging)
+        report = run_curation(input, output, cfg, request=request)
+    _print_report(output, report, limit=20)
 
-        The thresholds replaced stay in OUT/thresholds-history/<hash>.yaml; dropped clips keep their transcodes
-        (svp curate prune OUT removes them)."""
-        from curation.refilter import refilter
-        from curation.report import format_report
 
-        report = refilter(out, thresholds, dry_run=dry_run)
-        if dry_run:
-            typer.echo(f"dry run: {out} is unchanged; these thresholds would give:")
-        typer.echo(format_report(report))
+def filter_(
+    out: Path = typer.Argument(..., help="A curation output folder."),
+    thresholds: Path = typer.Option(..., "--thresholds", help="New thresholds YAML."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Only print what the thresholds would keep (counts, hours); write nothing.",
+    ),
+    set_: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Thresholds key, e.g. scores.aesthetic_score.min=5 (read as YAML). Repeatable.",
+    ),
+) -> None:
+    """Re-apply thresholds to clips.parquet and rewrite shards, without decoding anything for scoring.
 
-    @curate_app.command("prune")
-    def prune(out: Path = typer.Argument(..., help="A curation output folder.")) -> None:
-        """Delete the transcodes of clips the thresholds drop (kept so that re-filtering decodes nothing)."""
-        from curation.refilter import prune_transcodes
+    The thresholds replaced stay in OUT/thresholds-history/<hash>.yaml; dropped clips keep their transcodes
+    (svp curate prune OUT removes them)."""
+    from curation.refilter import refilter
+    from curation.report import format_report
 
-        files, size = prune_transcodes(out)
-        typer.echo(f"removed {files} transcoded clips ({size / 1e6:.1f} MB) that no shard holds")
+    report = refilter(out, thresholds, dry_run=dry_run, overrides=config_overrides(set_))
+    if dry_run:
+        typer.echo(f"dry run: {out} is unchanged; these thresholds would give:")
+    typer.echo(format_report(report))
 
-    @curate_app.command("report")
-    def report(
-        out: Path = typer.Argument(..., help="A curation output folder."),
-        as_json: bool = typer.Option(False, "--json", help="Print the raw report.json."),
-        limit: int = typer.Option(20, "--limit", help="Rejected and failed files to list by name."),
-    ) -> None:
-        """Print the report of a curation run as tables (times as h:mm:ss), with the rejected files."""
-        path = out / "report.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no report.json in {out}: run svp curate --output {out} first")
-        data = json.loads(path.read_text())
-        if as_json:
-            typer.echo(json.dumps(data, indent=2))
-        else:
-            _print_report(out, data, limit)
+
+def prune(out: Path = typer.Argument(..., help="A curation output folder.")) -> None:
+    """Delete the transcodes of clips the thresholds drop (kept so that re-filtering decodes nothing)."""
+    from curation.refilter import prune_transcodes
+
+    files, size = prune_transcodes(out)
+    typer.echo(f"removed {files} transcoded clips ({size / 1e6:.1f} MB) that no shard holds")
+
+
+def report(
+    out: Path = typer.Argument(..., help="A curation output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw report.json."),
+    limit: int = typer.Option(20, "--limit", help="Rejected and failed files to list by name."),
+) -> None:
+    """Print the report of a curation run as tables (times as h:mm:ss), with the rejected files."""
+    path = out / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report.json in {out}: run svp curate --output {out} first")
+    data = json.loads(path.read_text())
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        _print_report(out, data, limit)
 
 
 def _print_report(out: Path, report: dict, limit: int) -> None:

@@ -1,6 +1,10 @@
-"""Option pieces shared by several commands: NAME=VALUE lists and the Ray address."""
+"""Option pieces shared by several commands: NAME=VALUE lists, `--set KEY=VALUE` and the Ray address."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from model.errors import UserError
 
 ADDRESS_HELP = "Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)."
 
@@ -11,6 +15,19 @@ def name_value_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise ValueError(f"{option} expects NAME=VALUE, got {pair!r}")
+            raise UserError(f"{option} expects NAME=VALUE, got {pair!r}")
         values[name] = value
     return values
+
+
+SET_HELP = (
+    "Set a config key by dotted path, e.g. stages.video.optimizer.lr=3e-3 (a stage by name or index); "
+    "the value is read as YAML. Repeatable."
+)
+
+
+def config_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`--set` pairs as {dotted key: value}, each value read as a YAML scalar (`3e-3`, `true`, `[1, 2]`)."""
+    from model.dotted_keys import parse_value
+
+    return {key: parse_value(value) for key, value in name_value_pairs(pairs, "--set").items()}

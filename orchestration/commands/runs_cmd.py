@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from model.errors import UserError
+
 
 def _client_and_table(runs: Path | None, tracking_uri: str | None, pipeline: str | None):
     from orchestration.dashboard.run_table import client_for, stage_table, tracking_uri_for
@@ -15,65 +17,65 @@ def _client_and_table(runs: Path | None, tracking_uri: str | None, pipeline: str
     return client, stage_table(client, pipeline)
 
 
+RUNS_OPT = typer.Option(None, "--runs", help="Work dir whose mlflow.db to read.")
+URI_OPT = typer.Option(None, "--tracking-uri", help="MLflow store or server (default MLFLOW_TRACKING_URI).")
+
+
 def register(app: typer.Typer) -> None:
     runs_app = typer.Typer(help="List and compare training runs (the MLflow store the trainer writes).")
     app.add_typer(runs_app, name="runs")
-    runs_opt = typer.Option(None, "--runs", help="Work dir whose mlflow.db to read.")
-    uri_opt = typer.Option(
-        None, "--tracking-uri", help="MLflow store or server (default MLFLOW_TRACKING_URI)."
-    )
+    runs_app.command("list")(list_)
+    runs_app.command("compare")(compare)
 
-    @runs_app.command("list")
-    def list_(
-        pipeline: str = typer.Option(None, "--pipeline", help="Only this pipeline's runs."),
-        runs: Path = runs_opt,
-        tracking_uri: str = uri_opt,
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    ) -> None:
-        """One line per stage run: status, steps, final and best loss, throughput, MFU, wall time, lineage."""
-        _, table = _client_and_table(runs, tracking_uri, pipeline)
-        if as_json:
-            typer.echo(table.to_json(orient="records", indent=2))
-        else:
-            typer.echo(
-                table.drop(columns=["pipeline_run"]).to_string(index=False, float_format="{:.4g}".format)
-            )
 
-    @runs_app.command("compare")
-    def compare(
-        names: list[str] = typer.Argument(..., help="Two or more run ids (or prefixes) or stage names."),
-        metric: str = typer.Option("train/loss", "--metric", help="Metric to overlay."),
-        plot: Path = typer.Option(None, "--plot", help="Write the overlaid curves to this PNG."),
-        runs: Path = runs_opt,
-        tracking_uri: str = uri_opt,
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    ) -> None:
-        """What differs between runs: params, lineage, final metrics; optionally a plot of `--metric`."""
-        from orchestration.dashboard import run_table as rt
+def list_(
+    pipeline: str = typer.Option(None, "--pipeline", help="Only this pipeline's runs."),
+    runs: Path = RUNS_OPT,
+    tracking_uri: str = URI_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """One line per stage run: status, steps, final and best loss, throughput, MFU, wall time, lineage."""
+    _, table = _client_and_table(runs, tracking_uri, pipeline)
+    if as_json:
+        typer.echo(table.to_json(orient="records", indent=2))
+    else:
+        typer.echo(table.drop(columns=["pipeline_run"]).to_string(index=False, float_format="{:.4g}".format))
 
-        if len(names) < 2:
-            raise ValueError("svp runs compare needs two or more runs or stages")
-        client, table = _client_and_table(runs, tracking_uri, None)
-        rows = rt.resolve(table, names)
-        params, lineage = rt.differing_params(client, rows), rt.differing_lineage(client, rows)
-        perf = rt.perf_table(client, rows)
-        curves = rt.metric_curves(client, rows, metric)
-        if plot is not None:
-            rt.plot_curves(curves, metric, plot)
-        if as_json:
-            payload = {
-                "runs": rows.to_dict("records"),
-                "params": params.to_dict(orient="index"),
-                "lineage": lineage.to_dict(orient="index"),
-                "perf": perf.to_dict(orient="index"),
-                metric: {k: v.to_dict("list") for k, v in curves.items()},
-            }
-            typer.echo(json.dumps(payload, indent=2, default=str))
-            return
-        show = rows[["stage", "run_id", "status", "steps", "final_loss", "best_loss", "wall_s"]]
-        typer.echo(show.to_string(index=False, float_format="{:.4g}".format))
-        typer.echo("\nparams that differ:\n" + (params.to_string() if len(params) else "  (none)"))
-        typer.echo("\nlineage that differs:\n" + (lineage.to_string() if len(lineage) else "  (none)"))
-        typer.echo("\nperf (last value):\n" + perf.to_string(float_format="{:.4g}".format))
-        if plot is not None:
-            typer.echo(f"\nplot: {plot}")
+
+def compare(
+    names: list[str] = typer.Argument(..., help="Two or more run ids (or prefixes) or stage names."),
+    metric: str = typer.Option("train/loss", "--metric", help="Metric to overlay."),
+    plot: Path = typer.Option(None, "--plot", help="Write the overlaid curves to this PNG."),
+    runs: Path = RUNS_OPT,
+    tracking_uri: str = URI_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """What differs between runs: params, lineage, final metrics; optionally a plot of `--metric`."""
+    from orchestration.dashboard import run_table as rt
+
+    if len(names) < 2:
+        raise UserError("svp runs compare needs two or more runs or stages")
+    client, table = _client_and_table(runs, tracking_uri, None)
+    rows = rt.resolve(table, names)
+    params, lineage = rt.differing_params(client, rows), rt.differing_lineage(client, rows)
+    perf = rt.perf_table(client, rows)
+    curves = rt.metric_curves(client, rows, metric)
+    if plot is not None:
+        rt.plot_curves(curves, metric, plot)
+    if as_json:
+        payload = {
+            "runs": rows.to_dict("records"),
+            "params": params.to_dict(orient="index"),
+            "lineage": lineage.to_dict(orient="index"),
+            "perf": perf.to_dict(orient="index"),
+            metric: {k: v.to_dict("list") for k, v in curves.items()},
+        }
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    show = rows[["stage", "run_id", "status", "steps", "final_loss", "best_loss", "wall_s"]]
+    typer.echo(show.to_string(index=False, float_format="{:.4g}".format))
+    typer.echo("\nparams that differ:\n" + (params.to_string() if len(params) else "  (none)"))
+    typer.echo("\nlineage that differs:\n" + (lineage.to_string() if len(lineage) else "  (none)"))
+    typer.echo("\nperf (last value):\n" + perf.to_string(float_format="{:.4g}".format))
+    if plot is not None:
+        typer.echo(f"\nplot: {plot}")

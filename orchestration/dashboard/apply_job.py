@@ -17,18 +17,19 @@ from pathlib import Path
 
 from curation.format import THRESHOLDS_FILE
 from curation.thresholds import Thresholds, load_thresholds, write_thresholds
+from model.errors import UserError
 
 
 def save_thresholds(out_dir: Path, target: str, t: Thresholds, overwrite: bool) -> Path:
     """Write `t` as YAML to `target` (relative paths are inside `out_dir`); one-line errors otherwise."""
     if not target.strip():
-        raise ValueError("give a file name to save the thresholds to")
+        raise UserError("give a file name to save the thresholds to")
     path = Path(target).expanduser()
     path = path if path.is_absolute() else Path(out_dir) / path
     if path.suffix not in (".yaml", ".yml"):
-        raise ValueError(f"{path}: thresholds files end in .yaml")
+        raise UserError(f"{path}: thresholds files end in .yaml")
     if path.resolve() == (Path(out_dir) / THRESHOLDS_FILE).resolve():
-        raise ValueError(f"{path} is what the folder was filtered with; only Apply rewrites it")
+        raise UserError(f"{path} is what the folder was filtered with; only Apply rewrites it")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; tick 'overwrite' to replace it")
     write_thresholds(path, t)

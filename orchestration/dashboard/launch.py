@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model.errors import UserError
+
 CONFIG_ENV = "SVP_DASHBOARD_CONFIG"
 APP_FILE = Path(__file__).with_name("app.py")
 
@@ -61,7 +63,7 @@ def run_dashboard(
 
         uri = tracking_uri_for(runs, tracking_uri)
     if not 0 < port < 65536:
-        raise ValueError(f"--port {port} is not a TCP port")
+        raise UserError(f"--port {port} is not a TCP port")
     print(f"svp dashboard: http://{host}:{port}  (Ctrl-C stops it)", flush=True)
     env = {**os.environ, **config_env(curation, uri), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     proc = subprocess.Popen(streamlit_command(host, port), env=env)  # noqa: S603 - argv list, no shell

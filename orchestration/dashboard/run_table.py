@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from model.errors import UserError
+
 # Tag names from the writer itself, so the reader cannot drift from it.
 from training.tracking import (
     PARENT_TAG,
@@ -57,7 +59,7 @@ def tracking_uri_for(runs: str | os.PathLike | None, tracking_uri: str | None) -
         return f"sqlite:///{db.resolve()}"
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise ValueError("say which runs: --runs WORK_DIR or --tracking-uri URI (or set MLFLOW_TRACKING_URI)")
+        raise UserError("say which runs: --runs WORK_DIR or --tracking-uri URI (or set MLFLOW_TRACKING_URI)")
     return uri
 
 
@@ -76,7 +78,7 @@ def _all_runs(client, pipeline: str | None) -> list:
     ids = [e.experiment_id for e in experiments if pipeline is None or e.name == pipeline]
     if pipeline is not None and not ids:
         names = ", ".join(sorted(e.name for e in experiments)) or "none"
-        raise ValueError(f"no pipeline named {pipeline!r} in the store (pipelines: {names})")
+        raise UserError(f"no pipeline named {pipeline!r} in the store (pipelines: {names})")
     return list(client.search_runs(ids, max_results=50000)) if ids else []
 
 
@@ -110,7 +112,7 @@ def stage_table(client, pipeline: str | None = None) -> pd.DataFrame:
     parents = {r.info.run_id: r for r in runs if r.data.tags.get(TAG_STAGE) == "-"}
     stages = [r for r in runs if r.data.tags.get(TAG_STAGE, "-") != "-"]
     if not stages:
-        raise ValueError("the store has no training runs yet: run `svp train` (or `svp demo`) first")
+        raise UserError("the store has no training runs yet: run `svp train` (or `svp demo`) first")
     rows = [_stage_row(client, r, parents) for r in stages]
     order = {r.info.run_id: (-r.info.start_time, r.data.tags.get("svp.stage_index", "")) for r in stages}
     rows.sort(key=lambda row: order[row["run_id"]])
@@ -129,7 +131,7 @@ def resolve(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         if len(by_stage):
             picked.append(by_stage.iloc[0])
             continue
-        raise ValueError(
+        raise UserError(
             f"no run or stage {name!r} in the store (stages: {', '.join(sorted(set(table['stage'])))})"
         )
     return pd.DataFrame(picked).reset_index(drop=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from model.errors import UserError
 from orchestration.pipeline.spec import PipelineSpec
 
 JOB_FILE = "pipeline.yaml"
@@ -36,7 +37,7 @@ def client(address: str | None) -> Any:
         where = address or "RAY_API_SERVER_ADDRESS/RAY_ADDRESS"
         if "auth" in text.lower() or "401" in text:
             text += " (token auth: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN)"
-        raise ValueError(f"cannot reach the Ray job server at {where}: {text}") from None
+        raise UserError(f"cannot reach the Ray job server at {where}: {text}") from None
 
 
 def _job_files(spec: PipelineSpec, folder: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from model.errors import UserError
 from orchestration.pipeline.spec import (
     STEP_CURATE,
     STEP_FILTER,
@@ -36,7 +37,7 @@ class StepPlan:
 
 def check_step(name: str | None, names: list[str], option: str) -> None:
     if name is not None and name not in names:
-        raise ValueError(f"{option} {name!r}: no such step; steps: {', '.join(names)}")
+        raise UserError(f"{option} {name!r}: no such step; steps: {', '.join(names)}")
 
 
 def decide_curation_step(spec: PipelineSpec, step: str, inputs: Any, forced: bool) -> StepPlan:

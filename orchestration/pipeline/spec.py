@@ -29,6 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from model.config_paths import resolve_config_path
+from model.errors import UserError
+
 STEP_CURATE, STEP_FILTER = "curate", "filter"
 
 
@@ -60,9 +63,9 @@ class TrainingSection(BaseModel):
     @model_validator(mode="after")
     def _one_form(self) -> TrainingSection:
         if self.preset is None and not self.stages:
-            raise ValueError("give 'preset' or a list of 'stages'")
+            raise UserError("give 'preset' or a list of 'stages'")
         if self.preset is not None and any(not isinstance(s, str) for s in self.stages):
-            raise ValueError("with 'preset', 'stages' lists stage names of the preset")
+            raise UserError("with 'preset', 'stages' lists stage names of the preset")
         return self
 
 
@@ -75,6 +78,7 @@ class PipelineSpec(_Strict):
     # Where the file is (relative paths are taken from there); set by load_spec.
     _base: str = PrivateAttr(default=".")
     _source: str = PrivateAttr(default="<memory>")
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)  # `--set` keys, already applied
 
     @property
     def base(self) -> str:
@@ -84,12 +88,13 @@ class PipelineSpec(_Strict):
     def source(self) -> str:
         return self._source
 
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return self._overrides
+
     def path(self, value: str) -> str:
         """A path of the file, absolute (URIs with a scheme are left as they are)."""
-        if "://" in value:
-            return value
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else (Path(self.base) / path).resolve())
+        return resolve_config_path(value, self.base)
 
     @property
     def work(self) -> Path:
@@ -105,7 +110,10 @@ class PipelineSpec(_Strict):
         return [STEP_CURATE, STEP_FILTER, *stage_names]
 
 
-def load_spec(path: str | os.PathLike) -> PipelineSpec:
+def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineSpec:
+    """Read and validate a pipeline file, with dotted keys set first (`svp pipeline … --set`): keys under
+    `training.stages` and `training.defaults` become `training.overrides` (checked against the training
+    schema when the training section is built), the others are checked here."""
     from curation.yaml_files import read_yaml_mapping
 
     path = Path(path)
@@ -113,14 +121,32 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
         raise FileNotFoundError(f"pipeline file not found: {path}")
     raw = read_yaml_mapping(path, "pipeline file")
     try:
+        _apply_overrides(raw, overrides or {})
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         key = ".".join(str(p) for p in first["loc"]) or "<top>"
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ValueError(f"{path}: {key}: {message}") from None
+        raise UserError(f"{path}: {key}: {message}") from None
     spec._base, spec._source = str(path.resolve().parent), str(path)
+    spec._overrides = dict(overrides or {})
     return spec
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    from model.dotted_keys import set_dotted
+
+    for key, value in overrides.items():
+        training_key = key.removeprefix("training.")
+        routed = key.startswith("training.") and training_key.split(".")[0] in ("stages", "defaults")
+        if routed and isinstance(raw.get("training"), dict):
+            training = raw["training"]
+            training["overrides"] = {**(training.get("overrides") or {}), training_key: value}
+        else:
+            set_dotted(raw, key, value, PipelineSpec)
 
 
 def settle_files(spec: PipelineSpec) -> PipelineSpec:
@@ -136,14 +162,14 @@ def settle_files(spec: PipelineSpec) -> PipelineSpec:
     target = spec.work / spec.name / "pipeline-files" / hashlib.sha256(blob).hexdigest()[:16]
     shutil.copytree(source, target, dirs_exist_ok=True)
     os.chdir(target)
-    return load_spec(target / Path(spec.source).name)
+    return load_spec(target / Path(spec.source).name, spec.overrides)
 
 
 def training_pipeline(spec: PipelineSpec) -> Any:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites)."""
     from training.config import load_preset
-    from training.config.loader import ConfigKeyError, _build
+    from training.config.loader import _build
 
     data = str(spec.curated)
     section = spec.training
@@ -160,8 +186,8 @@ def training_pipeline(spec: PipelineSpec) -> Any:
         raw["defaults"] = section.defaults
     try:
         return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
-    except ConfigKeyError as err:
-        raise ValueError(f"{spec.source}: training.{err}") from None
+    except UserError as err:  # ConfigKeyError, or a bad key of training.overrides
+        raise UserError(f"{spec.source}: training.{err}") from None
 
 
 def reads_curated(spec: PipelineSpec, stage: Any) -> bool:

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from model.errors import UserError
 from training.config.schema import PipelineConfig, StageConfig
 
 
-class ConfigKeyError(ValueError):
+class ConfigKeyError(UserError):
     """A bad value at a dotted key; the loader prefixes the file name."""
 
     def __init__(self, key: str, message: str) -> None:
@@ -31,7 +32,7 @@ def latent_frames(num_frames: int, vae_stride_t: int) -> int:
     if vae_stride_t == 1:
         return num_frames
     if (num_frames - 1) % vae_stride_t:
-        raise ValueError(
+        raise UserError(
             f"{num_frames} frames do not fit a causal autoencoder of temporal stride {vae_stride_t} "
             f"(need 1 + k·{vae_stride_t})"
         )

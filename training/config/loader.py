@@ -4,10 +4,11 @@ A pipeline file has `name`, optional `work_dir`, optional `variables` (defaults 
 optional `defaults` (deep-merged under every stage; a stage's own values win) and `stages`.
 
 `${data_root}` (or any `${name}`) in a string value is replaced by, in order of precedence: the `variables`
-argument of `load_pipeline`, the environment variable `SVP_<NAME>` (e.g. `SVP_DATA_ROOT`), the file's own
-`variables:` block. Variables are folders: a relative one is taken from the current directory when given as
+argument of `load_pipeline`, the environment variable `SVP_VAR_<NAME>` (e.g. `SVP_VAR_DATA_ROOT`; its own
+prefix, so that another `SVP_*` setting such as `SVP_PEAK_TFLOPS` is never taken for a variable), the file's
+own `variables:` block. Variables are folders: a relative one is taken from the current directory when given as
 an argument or environment variable, and from the YAML file's folder when written in the file. Relative local
-paths in a stage (`data`, `autoencoder.path`, `text_encoder.path`, `init_from.path`) are relative to the YAML
+paths in a stage (`data`, `autoencoder.path`, `text_encoder.path`, `init_from.path`) and `work_dir` are relative to the YAML
 file's folder. URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
 """
 
@@ -22,34 +23,51 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from model.config_paths import resolve_config_path, resolve_config_paths
+from model.dotted_keys import set_dotted
+from model.errors import UserError
 from training.config.checks import ConfigKeyError, check_pipeline
-from training.config.schema import PipelineConfig
+from training.config.schema import PipelineConfig, StageConfig
+
+
+class PipelineFile(BaseModel):
+    """The keys a pipeline YAML may have (what `--set` checks a dotted key against)."""
+
+    name: str
+    work_dir: str | None = None
+    variables: dict[str, str] | None = None
+    defaults: StageConfig | None = None
+    stages: list[StageConfig]
+
 
 _UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PRESET_NAMES = ("tiny", "sana-video")
+VAR_PREFIX = "SVP_VAR_"  # environment variables that give ${name} variables: SVP_VAR_DATA_ROOT
 
 
 def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: Any) -> PipelineConfig:
     """A bundled pipeline (`tiny`: CPU scale, `sana-video`: the real four stages)."""
     if name not in PRESET_NAMES:
-        raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
+        raise UserError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     path = Path(str(resources.files("training") / "presets" / f"{name}.yaml"))
     return load_pipeline(path, variables=variables, **kwargs)
 
 
-def load_pipeline_or_preset(name: str, variables: dict[str, str] | None = None) -> PipelineConfig:
+def load_pipeline_or_preset(
+    name: str, variables: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
     """`name` is a pipeline YAML file or, when no such file exists, the name of a bundled preset."""
     if not Path(name).exists() and name in PRESET_NAMES:
-        return load_preset(name, variables=variables)
+        return load_preset(name, variables=variables, overrides=overrides)
     if not Path(name).exists() and Path(name).suffix.lower() not in (".yaml", ".yml"):
         raise FileNotFoundError(
             f"no pipeline file or preset named {name!r} (presets: {', '.join(PRESET_NAMES)}; "
             f"or give a pipeline YAML file)"
         )
-    return load_pipeline(name, variables=variables)
+    return load_pipeline(name, variables=variables, overrides=overrides)
 
 
 def load_pipeline(
@@ -60,8 +78,9 @@ def load_pipeline(
     """Read, resolve and validate a pipeline file.
 
     `overrides` maps dotted keys to values, applied before the defaults are merged: `"defaults.steps"`,
-    `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage).
-    Every error is a ValueError of one line: `FILE: KEY: what is wrong`.
+    `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage); a key the
+    file's schema does not have is an error naming the valid keys (`model.dotted_keys`, as `svp train --set`).
+    Every error is a UserError of one line: `FILE: KEY: what is wrong`.
     """
     path = Path(path)
     label = str(path)
@@ -73,13 +92,13 @@ def load_pipeline(
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "yaml"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{label}: {where}: {problem}") from None
+        raise UserError(f"{label}: {where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
+        raise UserError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
     try:
         return _build(raw, path.parent, label, variables or {}, overrides or {})
-    except ConfigKeyError as err:
-        raise ValueError(f"{label}: {err}") from None
+    except UserError as err:  # ConfigKeyError and the overrides' key errors
+        raise UserError(f"{label}: {err}") from None
 
 
 def _build(
@@ -90,7 +109,7 @@ def _build(
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         raise ConfigKeyError("stages", "must be a list of stage mappings")
     for key, value in overrides.items():
-        _apply_override(raw, key, value)
+        set_dotted(raw, key, value, PipelineFile)
     file_vars = raw.pop("variables", None) or {}
     if not isinstance(file_vars, dict):
         raise ConfigKeyError("variables", "must be a mapping of name: value")
@@ -102,7 +121,8 @@ def _build(
     raw = _substitute(raw, values, "")
     raw["stages"] = [_merge(defaults, stage) for stage in raw["stages"]]
     for stage in raw["stages"]:
-        _resolve_stage_paths(stage, base)
+        resolve_config_paths(stage, STAGE_PATH_KEYS, base)
+    resolve_config_paths(raw, ("work_dir",), base)
 
     try:
         pipeline = PipelineConfig.model_validate(raw)
@@ -113,25 +133,23 @@ def _build(
     return pipeline
 
 
-def _resolve_stage_paths(stage: dict[str, Any], base: Path) -> None:
-    """Relative local paths in a stage are relative to the YAML's folder (Ray workers run elsewhere)."""
-    if isinstance(stage.get("data"), list):
-        stage["data"] = [_resolve_local(d, base) if isinstance(d, str) else d for d in stage["data"]]
-    for section in ("autoencoder", "text_encoder", "init_from"):
-        spec = stage.get(section)
-        if isinstance(spec, dict) and isinstance(spec.get("path"), str):
-            spec["path"] = _resolve_local(spec["path"], base)
+# Paths a stage may name, relative to the YAML that names them (`model.config_paths`).
+STAGE_PATH_KEYS = ("data.*", "autoencoder.path", "text_encoder.path", "init_from.path")
 
 
 def _variable_values(file_vars: dict[str, Any], given: dict[str, str], base: Path) -> dict[str, str]:
     """Known variable values: the file's `variables:` (relative paths taken from the file's folder),
-    overridden by `SVP_<NAME>` environment variables, overridden by the caller's values."""
+    overridden by `SVP_VAR_<NAME>` environment variables, overridden by the caller's values."""
     cwd = Path.cwd()
-    values = {str(k): _resolve_local(str(v), base) for k, v in file_vars.items()}
+    values = {str(k): resolve_config_path(str(v), base) for k, v in file_vars.items()}
     values.update(
-        {k[4:].lower(): _resolve_local(v, cwd) for k, v in os.environ.items() if k.startswith("SVP_") and v}
+        {
+            k.removeprefix(VAR_PREFIX).lower(): resolve_config_path(v, cwd)
+            for k, v in os.environ.items()
+            if k.startswith(VAR_PREFIX) and v
+        }
     )
-    values.update({k: _resolve_local(str(v), cwd) for k, v in given.items()})
+    values.update({k: resolve_config_path(str(v), cwd) for k, v in given.items()})
     return values
 
 
@@ -141,11 +159,7 @@ def _substitute(value: Any, values: dict[str, str], key: str) -> Any:
         def replace(match: re.Match[str]) -> str:
             name = match[1]
             if name not in values:
-                raise ConfigKeyError(
-                    key or "<top>",
-                    f"undefined variable ${{{name}}}: give it with --var {name}=PATH (or set "
-                    f"SVP_{name.upper()}, or define it under 'variables:')",
-                )
+                raise ConfigKeyError(key or "<top>", _undefined_variable(name))
             return values[name]
 
         return _VAR.sub(replace, value)
@@ -156,11 +170,17 @@ def _substitute(value: Any, values: dict[str, str], key: str) -> Any:
     return value
 
 
-def _resolve_local(value: str, base: Path) -> str:
-    if "://" in value:
-        return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base / path).resolve())
+def _undefined_variable(name: str) -> str:
+    old = f"SVP_{name.upper()}"  # the variables' environment names before they had their own prefix
+    if os.environ.get(old):
+        return (
+            f"undefined variable ${{{name}}}: {old} is set, but variables are read from "
+            f"{VAR_PREFIX}{name.upper()} now (rename it, or give --var {name}=PATH)"
+        )
+    return (
+        f"undefined variable ${{{name}}}: give it with --var {name}=PATH (or set "
+        f"{VAR_PREFIX}{name.upper()}, or define it under 'variables:')"
+    )
 
 
 def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
@@ -171,36 +191,6 @@ def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _apply_override(root: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    if parts[0] != "stages":
-        _set_path(root, parts, value)
-        return
-    if len(parts) < 3:
-        raise ConfigKeyError(dotted, "override a stage key as stages.<name|index|*>.<key>")
-    stages = root["stages"]
-    targets = stages if parts[1] == "*" else [_find_stage(stages, parts[1], dotted)]
-    for stage in targets:
-        _set_path(stage, parts[2:], value)
-
-
-def _find_stage(stages: list[dict[str, Any]], ref: str, dotted: str) -> dict[str, Any]:
-    if ref.isdigit() and int(ref) < len(stages):
-        return stages[int(ref)]
-    for stage in stages:
-        if stage.get("name") == ref:
-            return stage
-    raise ConfigKeyError(dotted, f"no stage {ref!r}")
-
-
-def _set_path(target: dict[str, Any], parts: list[str], value: Any) -> None:
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise ConfigKeyError(".".join(parts), f"{part} is not a mapping")
-    target[parts[-1]] = value
 
 
 def _first_error(err: ValidationError, raw: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, str]:

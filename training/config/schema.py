@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, fie
 from pydantic.dataclasses import dataclass
 
 from curation.format import Bucket, validate_key
+from model.errors import UserError
 
 
 def _safe_name(name: str) -> str:
     try:
         return validate_key(name)
     except ValueError:
-        raise ValueError(f"{name!r} must be 1-128 characters from [A-Za-z0-9_-]") from None
+        raise UserError(f"{name!r} must be 1-128 characters from [A-Za-z0-9_-]") from None
 
 
 class StrictModel(BaseModel):
@@ -89,7 +90,7 @@ class OptimizerConfig(StrictModel):
     @classmethod
     def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+            raise UserError(f"each beta must be in [0, 1), got {list(betas)}")
         return betas
 
     def fused_enabled(self, use_gpu: bool) -> bool:
@@ -123,7 +124,7 @@ class DeepSpeedSpec(StrictModel):
         # Checked here so a bad value gives one message instead of one per member of the union.
         if value == "auto" or isinstance(value, bool):
             return value
-        raise ValueError(f"must be 'auto', true or false, got {value!r}")
+        raise UserError(f"must be 'auto', true or false, got {value!r}")
 
     def bf16_enabled(self, use_gpu: bool) -> bool:
         return use_gpu if self.bf16 == "auto" else bool(self.bf16)
@@ -141,7 +142,7 @@ class InitFromSpec(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> InitFromSpec:
         if (self.stage is None) == (self.path is None):
-            raise ValueError("give exactly one of 'stage' or 'path'")
+            raise UserError("give exactly one of 'stage' or 'path'")
         return self
 
 
@@ -199,14 +200,14 @@ class StageConfig:
     @classmethod
     def _positive_chunks(cls, chunks: list[int] | None) -> list[int] | None:
         if chunks is not None and (not chunks or min(chunks) < 1):
-            raise ValueError(f"must be a non-empty list of positive latent-frame counts, got {chunks}")
+            raise UserError(f"must be a non-empty list of positive latent-frame counts, got {chunks}")
         return chunks
 
     @model_validator(mode="after")
     def _image_condition_needs_video(self) -> StageConfig:
         # One-frame samples would have nothing left to train on.
         if self.image_condition_prob > 0 and self.kind == "image":
-            raise ValueError(
+            raise UserError(
                 "image_condition_prob needs a video stage (kind: video), this stage is kind: image"
             )
         return self
@@ -217,7 +218,7 @@ class StageConfig:
         names = [b.name for b in buckets]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"duplicate bucket {', '.join(duplicates)}")
+            raise UserError(f"duplicate bucket {', '.join(duplicates)}")
         return buckets
 
     # ---- derived views used by the training loop -------------------------------------------------------
@@ -244,7 +245,7 @@ class StageConfig:
         use (and cannot be on a CPU-only machine).
         """
         if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
+            raise UserError(f"world_size must be >= 1, got {world_size}")
         opt = self.optimizer
         micro = max(b.batch_size for b in self.buckets)
         config: dict[str, Any] = {
@@ -330,7 +331,7 @@ class PipelineConfig(StrictModel):
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise ValueError(f"{self._source}: no stage named {name!r}; stages: {', '.join(self.stage_names)}")
+        raise UserError(f"{self._source}: no stage named {name!r}; stages: {', '.join(self.stage_names)}")
 
     @property
     def source(self) -> str:

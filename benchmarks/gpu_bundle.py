@@ -78,8 +78,10 @@ TARGET_ENV = {
 }
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34)] + ["manylinux2014_x86_64"]
 BUILT_FROM_SDIST = {"deepspeed"}
-# Left out of the tars: Java jars, RLlib, test suites (none is imported by a training or curation run).
-DROP = re.compile(r"^(ray/jars|ray/rllib|[^/]+/tests?)(/|$)")
+# Left out of the tars: Java jars, RLlib, test suites, diffusers' pipelines (16 MB; svp loads only its
+# autoencoder models: `from diffusers import AutoencoderKLWan` works without them). None is imported by a
+# training or curation run.
+DROP = re.compile(r"^(ray/jars|ray/rllib|diffusers/pipelines|[^/]+/tests?)(/|$)")
 # A wheel tag the GPU machine's pip accepts: CPython 3.12 (or abi3 from 3.x, or pure), manylinux x86-64.
 GOOD_TAG = re.compile(r"-(py3|py2\.py3|cp3\d+)-(none|abi3|cp312)-(any|(manylinux\w*x86_64\.?)+)\.whl$")
 
@@ -209,7 +211,7 @@ def check_tar_layout(out: Path, packages: dict[str, str]) -> None:
     for tar_path in out.glob("*.tar.xz"):
         with tarfile.open(tar_path) as tar:
             tops |= {m.name.removeprefix("./").split("/")[0] for m in tar.getmembers()}
-    infos = {norm(t.rsplit("-", 1)[0]) for t in tops if t.endswith(".dist-info")}
+    infos = {norm(t.split("-", 1)[0]) for t in tops if t.endswith(".dist-info")}
     missing = sorted(set(packages) - infos)
     if missing:
         raise SystemExit(f"gpu_bundle: no dist-info for {', '.join(missing)} in {out}")

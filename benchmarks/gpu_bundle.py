@@ -78,8 +78,10 @@ TARGET_ENV = {
 }
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34)] + ["manylinux2014_x86_64"]
 BUILT_FROM_SDIST = {"deepspeed"}
-# Left out of the tars: Java jars, RLlib, test suites (none is imported by a training or curation run).
-DROP = re.compile(r"^(ray/jars|ray/rllib|[^/]+/tests?)(/|$)")
+# Left out of the tars: Java jars, RLlib, test suites, diffusers' pipelines (16 MB; svp loads only its
+# autoencoder models: `from diffusers import AutoencoderKLWan` works without them). None is imported by a
+# training or curation run.
+DROP = re.compile(r"^(ray/jars|ray/rllib|diffusers/pipelines|[^/]+/tests?)(/|$)")
 # A wheel tag the GPU machine's pip accepts: CPython 3.12 (or abi3 from 3.x, or pure), manylinux x86-64.
 GOOD_TAG = re.compile(r"-(py3|py2\.py3|cp3\d+)-(none|abi3|cp312)-(any|(manylinux\w*x86_64\.?)+)\.whl$")
 
@@ -171,8 +173,11 @@ def _is_elf(path: Path) -> bool:
         return f.read(4) == b"\x7fELF"
 
 
-def pack(staging: Path, out: Path) -> dict[str, int]:
-    """ray.tar.xz (ray + its dist-info), av.tar.xz (av, av.libs, dist-info), site.tar.xz (the rest)."""
+def pack(staging: Path, out: Path, prebuilt: Path | None = None) -> dict[str, int]:
+    """ray.tar.xz (ray + its dist-info), av.tar.xz (av, av.libs, dist-info), site.tar.xz (the rest).
+
+    `prebuilt`: a folder with ray.tar.xz / av.tar.xz packed the same way earlier (xz of them takes minutes).
+    """
     out.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[Path]] = {"ray": [], "av": [], "site": []}
     for entry in sorted(staging.iterdir()):
@@ -181,6 +186,10 @@ def pack(staging: Path, out: Path) -> dict[str, int]:
     sizes = {}
     for group, entries in groups.items():
         target = out / f"{group}.tar.xz"
+        if prebuilt is not None and (prebuilt / target.name).is_file() and group != "site":
+            shutil.copyfile(prebuilt / target.name, target)
+            sizes[target.name] = target.stat().st_size
+            continue
         with tarfile.open(target, "w:xz", preset=9) as tar:
             for entry in entries:
                 tar.add(entry, arcname=entry.name, filter=_keep)
@@ -201,8 +210,8 @@ def check_tar_layout(out: Path, packages: dict[str, str]) -> None:
     tops = set()
     for tar_path in out.glob("*.tar.xz"):
         with tarfile.open(tar_path) as tar:
-            tops |= {m.name.split("/")[0] for m in tar.getmembers()}
-    infos = {norm(t.rsplit("-", 1)[0]) for t in tops if t.endswith(".dist-info")}
+            tops |= {m.name.removeprefix("./").split("/")[0] for m in tar.getmembers()}
+    infos = {norm(t.split("-", 1)[0]) for t in tops if t.endswith(".dist-info")}
     missing = sorted(set(packages) - infos)
     if missing:
         raise SystemExit(f"gpu_bundle: no dist-info for {', '.join(missing)} in {out}")
@@ -213,6 +222,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(".gpu"))
     p.add_argument("--cache", type=Path, default=Path("/tmp/svp-gpu-wheels"), help="downloaded/built wheels")
     p.add_argument("--max-mib", type=float, default=55.0, help="fail when .gpu/ is larger")
+    p.add_argument("--prebuilt", type=Path, default=None, help="take ray.tar.xz / av.tar.xz from here")
     args = p.parse_args()
     packages = closure()
     print(f"carried ({len(packages)}): {' '.join(f'{n}=={v}' for n, v in packages.items())}", flush=True)
@@ -221,7 +231,7 @@ def main() -> None:
     stage(wheels, staging)
     if args.out.exists():
         shutil.rmtree(args.out)
-    sizes = pack(staging, args.out)
+    sizes = pack(staging, args.out, args.prebuilt)
     check_tar_layout(args.out, packages)
     (args.out / "packages.txt").write_text("".join(f"{n}=={v}\n" for n, v in packages.items()))
     total = sum(sizes.values()) / 2**20

@@ -14,7 +14,8 @@ Parts (`--parts`, default all, in this order):
   timing variants in the same process (one model build): PyTorch attention + torch AdamW (today's step), each
   of the fused attention backward and fused AdamW alone, both, both block-causal (per-chunk sigmas), and both
   with `--best-fraction`/`--best-budget` (less recompute) bidirectional and block-causal. A variant that runs
-  out of memory is reported as such.
+  out of memory is reported as such; one that would end past `--budget-s` (default 450 s from the start, so
+  that the whole run stays within ~8 min) is skipped and says so.
 - profile: a torch.profiler table of one step of the fastest variant that ran (OUT/profile.txt).
 
 Writes OUT/results.json (every row) and OUT/summary.md (the tables), and prints the summary. Imports only
@@ -177,6 +178,21 @@ def _run_variant(bench: train_step.Bench, variant: Variant, args: argparse.Names
     return {**row, "first_step_s": first_step_s, "loss": loss, **bench.figures(times)}
 
 
+def _run_variants(bench: train_step.Bench, args: argparse.Namespace) -> list[dict]:
+    """The chosen variants in order; one that would likely end past `--budget-s` (counted from the start of
+    the run; estimate: the slowest variant so far) is skipped and says so, leaving time for the profile."""
+    rows, slowest = [], 0.0
+    for index in args.variants:
+        variant = VARIANTS[index]
+        if time.monotonic() - args.started + slowest > args.budget_s:
+            rows.append({**asdict(variant), "error": f"skipped: --budget-s {args.budget_s:.0f} s"})
+            continue
+        start = time.monotonic()
+        rows.append(_run_variant(bench, variant, args))
+        slowest = max(slowest, time.monotonic() - start)
+    return rows
+
+
 def _bench_args(args: argparse.Namespace) -> argparse.Namespace:
     size = ["--frames", "5", "--height", "32", "--width", "32", "--text-len", "8"] if args.toy else []
     return train_step.parser().parse_args(
@@ -248,6 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--profile-rows", type=int, default=40)
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="Skip step variants that would end past this (seconds)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="Eager blocks (no compile_blocks).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
     parser.add_argument("--toy", action="store_true", help="Toy sizes (tiny preset; the CPU test).")
@@ -289,7 +308,7 @@ def run_parts(args: argparse.Namespace, grid: tuple[int, int, int]) -> dict:
     parts = {
         "checks": lambda: checks(device, args.toy),
         "attention": lambda: attention(args, LinearDiTConfig.from_preset(args.preset), grid, device),
-        "step": lambda: [_run_variant(bench, VARIANTS[index], args) for index in args.variants],
+        "step": lambda: _run_variants(bench, args),
         "profile": lambda: _profile_fastest(bench, results, args),
     }
     for name, part in parts.items():
@@ -307,6 +326,7 @@ def run_parts(args: argparse.Namespace, grid: tuple[int, int, int]) -> dict:
 
 def main() -> None:
     args = _parser().parse_args()
+    args.started = time.monotonic()
     if args.toy:
         args.preset = "tiny"
     grid = _token_grid(args)

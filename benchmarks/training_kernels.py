@@ -30,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -171,10 +172,12 @@ def _run_variant(bench: train_step.Bench, variant: Variant, args: argparse.Names
         torch.cuda.reset_peak_memory_stats()
     try:
         times, first_step_s, loss = bench.time_steps(args.warmup, args.steps)
-    except torch.OutOfMemoryError:
+    except Exception as error:  # out of memory, or a kernel that fails here: report it, time the others
         bench.engine.optimizer.zero_grad()
-        torch.cuda.empty_cache()
-        return {**row, "error": "out of memory"}
+        if bench.use_gpu:
+            torch.cuda.empty_cache()
+        oom = isinstance(error, torch.OutOfMemoryError)
+        return {**row, "error": "out of memory" if oom else f"{type(error).__name__}: {error}"[:500]}
     return {**row, "first_step_s": first_step_s, "loss": loss, **bench.figures(times)}
 
 
@@ -232,6 +235,8 @@ def summary(results: dict) -> str:
     parts = [f"# training kernels on {results['device']} ({results['date']})", ""]
     seconds = ", ".join(f"{name} {value:.0f} s" for name, value in results["part_seconds"].items())
     parts += [f"time per part: {seconds}", ""]
+    for name, error in results.get("errors", {}).items():
+        parts += [f"part {name} FAILED: {error.strip().splitlines()[-1]}", ""]
     if "checks_skipped" in results:
         parts += [f"checks skipped: {results['checks_skipped']}", ""]
     if "checks" in results:
@@ -318,7 +323,11 @@ def run_parts(args: argparse.Namespace, grid: tuple[int, int, int]) -> dict:
             results["checks_skipped"] = "the Triton kernels do not run here (CPU without TRITON_INTERPRET=1)"
             continue
         start = time.perf_counter()
-        results["profiled_variant" if name == "profile" else name] = part()
+        try:
+            results["profiled_variant" if name == "profile" else name] = part()
+        except Exception:  # one part failing (say, a kernel that does not compile here) leaves the others
+            results.setdefault("errors", {})[name] = traceback.format_exc()[-3000:]
+            print(f"part {name} failed:\n{results['errors'][name]}", file=sys.stderr, flush=True)
         results["part_seconds"][name] = time.perf_counter() - start
         _write(results, args.out)
     return results
@@ -336,7 +345,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = run_parts(args, grid)
     print(_write(results, args.out), flush=True)
-    sys.exit(1 if [row for row in results.get("checks", []) if not row["pass"]] else 0)
+    failed = [row for row in results.get("checks", []) if not row["pass"]]
+    sys.exit(1 if failed or "errors" in results else 0)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Parts (`--parts`, default all, in this order):
   timing variants in the same process (one model build): PyTorch attention + torch AdamW (today's step), each
   of the fused attention backward and fused AdamW alone, both, both block-causal (per-chunk sigmas), and both
   with `--best-fraction`/`--best-budget` (less recompute) bidirectional and block-causal. A variant that runs
-  out of memory is reported as such.
+  out of memory is reported as such; one that would end past `--budget-s` (default 450 s from the start, so
+  that the whole run stays within ~8 min) is skipped and says so.
 - profile: a torch.profiler table of one step of the fastest variant that ran (OUT/profile.txt).
 
 Writes OUT/results.json (every row) and OUT/summary.md (the tables), and prints the summary. Imports only
@@ -29,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -170,11 +172,28 @@ def _run_variant(bench: train_step.Bench, variant: Variant, args: argparse.Names
         torch.cuda.reset_peak_memory_stats()
     try:
         times, first_step_s, loss = bench.time_steps(args.warmup, args.steps)
-    except torch.OutOfMemoryError:
+    except Exception as error:  # out of memory, or a kernel that fails here: report it, time the others
         bench.engine.optimizer.zero_grad()
-        torch.cuda.empty_cache()
-        return {**row, "error": "out of memory"}
+        if bench.use_gpu:
+            torch.cuda.empty_cache()
+        oom = isinstance(error, torch.OutOfMemoryError)
+        return {**row, "error": "out of memory" if oom else f"{type(error).__name__}: {error}"[:500]}
     return {**row, "first_step_s": first_step_s, "loss": loss, **bench.figures(times)}
+
+
+def _run_variants(bench: train_step.Bench, args: argparse.Namespace) -> list[dict]:
+    """The chosen variants in order; one that would likely end past `--budget-s` (counted from the start of
+    the run; estimate: the slowest variant so far) is skipped and says so, leaving time for the profile."""
+    rows, slowest = [], 0.0
+    for index in args.variants:
+        variant = VARIANTS[index]
+        if time.monotonic() - args.started + slowest > args.budget_s:
+            rows.append({**asdict(variant), "error": f"skipped: --budget-s {args.budget_s:.0f} s"})
+            continue
+        start = time.monotonic()
+        rows.append(_run_variant(bench, variant, args))
+        slowest = max(slowest, time.monotonic() - start)
+    return rows
 
 
 def _bench_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -216,6 +235,8 @@ def summary(results: dict) -> str:
     parts = [f"# training kernels on {results['device']} ({results['date']})", ""]
     seconds = ", ".join(f"{name} {value:.0f} s" for name, value in results["part_seconds"].items())
     parts += [f"time per part: {seconds}", ""]
+    for name, error in results.get("errors", {}).items():
+        parts += [f"part {name} FAILED: {error.strip().splitlines()[-1]}", ""]
     if "checks_skipped" in results:
         parts += [f"checks skipped: {results['checks_skipped']}", ""]
     if "checks" in results:
@@ -248,6 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--profile-rows", type=int, default=40)
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="Skip step variants that would end past this (seconds)"
+    )
     parser.add_argument("--no-compile", action="store_true", help="Eager blocks (no compile_blocks).")
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
     parser.add_argument("--toy", action="store_true", help="Toy sizes (tiny preset; the CPU test).")
@@ -289,7 +313,7 @@ def run_parts(args: argparse.Namespace, grid: tuple[int, int, int]) -> dict:
     parts = {
         "checks": lambda: checks(device, args.toy),
         "attention": lambda: attention(args, LinearDiTConfig.from_preset(args.preset), grid, device),
-        "step": lambda: [_run_variant(bench, VARIANTS[index], args) for index in args.variants],
+        "step": lambda: _run_variants(bench, args),
         "profile": lambda: _profile_fastest(bench, results, args),
     }
     for name, part in parts.items():
@@ -299,7 +323,11 @@ def run_parts(args: argparse.Namespace, grid: tuple[int, int, int]) -> dict:
             results["checks_skipped"] = "the Triton kernels do not run here (CPU without TRITON_INTERPRET=1)"
             continue
         start = time.perf_counter()
-        results["profiled_variant" if name == "profile" else name] = part()
+        try:
+            results["profiled_variant" if name == "profile" else name] = part()
+        except Exception:  # one part failing (say, a kernel that does not compile here) leaves the others
+            results.setdefault("errors", {})[name] = traceback.format_exc()[-3000:]
+            print(f"part {name} failed:\n{results['errors'][name]}", file=sys.stderr, flush=True)
         results["part_seconds"][name] = time.perf_counter() - start
         _write(results, args.out)
     return results
@@ -307,6 +335,7 @@ def run_parts(args: argparse.Namespace, grid: tuple[int, int, int]) -> dict:
 
 def main() -> None:
     args = _parser().parse_args()
+    args.started = time.monotonic()
     if args.toy:
         args.preset = "tiny"
     grid = _token_grid(args)
@@ -316,7 +345,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = run_parts(args, grid)
     print(_write(results, args.out), flush=True)
-    sys.exit(1 if [row for row in results.get("checks", []) if not row["pass"]] else 0)
+    failed = [row for row in results.get("checks", []) if not row["pass"]]
+    sys.exit(1 if failed or "errors" in results else 0)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
     stopped = main(["pipeline", "run", str(path), "--from", "filter", "--only", "filter"])
     assert stopped != 0
     monkeypatch.undo()
-    assert actions(path)["filter"] == ("rerun", "no finished output yet")
+    assert actions(path)["filter"] == ("run", "no finished output yet")
     assert main(["pipeline", "run", str(path)]) == 0
     assert actions(path)["filter"][0] == "skip"
 
@@ -169,11 +169,11 @@ def test_failed_source_is_retried_not_skipped(ray_session, tmp_path, capsys):
 
     plan = actions(path)
     assert plan["curate"][0] == "rerun" and "1 of 2 sources failed" in plan["curate"][1], plan["curate"]
-    assert plan["filter"][0] == "rerun" and "step curate runs first" in plan["filter"][1]
+    assert plan["filter"] == ("run", "step curate runs first (it rewrites the shards)"), plan["filter"]
     capsys.readouterr()
     assert main(["pipeline", "run", str(path), "--only", "curate"]) == 0
     assert "curate: rerun (output incomplete: 1 of 2 sources failed" in capsys.readouterr().out
     sources = pd.read_parquet(tmp_path / "work" / "pipe" / "curated" / "sources.parquet")
     assert list(sources["status"]) == ["ok", "ok"]
     plan = actions(path)
-    assert plan["curate"][0] == "skip" and plan["filter"] == ("rerun", "no finished output yet"), plan
+    assert plan["curate"][0] == "skip" and plan["filter"] == ("run", "no finished output yet"), plan

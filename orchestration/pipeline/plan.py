@@ -45,10 +45,10 @@ def decide_curation_step(
     """Skip only when the record's fingerprint matches and its output is verifiably complete; a step whose
     upstream step runs reruns too (`upstream`: the plan of the curate step, for the filter step)."""
     record, problem = check_record(spec, step)
-    exists = record is not None or (spec.curated / "clips.parquet").exists()
-    action = RERUN if exists else RUN
+    action = RERUN if record is not None else RUN
     if forced:
-        return StepPlan(step, action, "forced (--from)", inputs.fingerprint)
+        exists = record is not None or (spec.curated / "clips.parquet").exists()
+        return StepPlan(step, RERUN if exists else RUN, "forced (--from)", inputs.fingerprint)
     if upstream is not None and upstream.action not in (SKIP, NOT_SELECTED):
         return StepPlan(
             step, action, f"step {upstream.step} runs first (it rewrites the shards)", inputs.fingerprint

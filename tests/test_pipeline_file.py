@@ -7,6 +7,7 @@ second stage's lr → only that stage; `--from` → that step onward; a half-wri
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -108,3 +109,78 @@ def test_pipeline_file_errors_are_one_line(tmp_path, capsys):
     assert main(["pipeline", "plan", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"svp: error: {path}: curate.inptu: unknown key", err
+
+
+def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipeline, capsys, monkeypatch):
+    """What a job stopped during the filter step leaves (an index written empty, a shard gone, a forced
+    rerun cut between the shards and the clips table) is never skipped as finished: `run` redoes the step,
+    saying why, and gives the same shards."""
+    import curation.refilter
+    from curation.format import INDEX_FILE, SHARDS_DIR
+    from curation.shard_index import INDEX_SCHEMA
+    from curation.tables import write_table_atomic
+
+    path = finished_pipeline / "pipeline.yaml"
+    shards = finished_pipeline / "work" / "pipe" / "curated" / SHARDS_DIR
+    index = shards / INDEX_FILE
+    finished = {p.name: p.read_bytes() for p in sorted(shards.glob("*.tar"))} | {
+        INDEX_FILE: index.read_bytes()
+    }
+
+    def redone(reason: str, *args: str) -> None:
+        plan = actions(path)
+        assert plan["filter"][0] == "rerun" and reason in plan["filter"][1], plan["filter"]
+        capsys.readouterr()
+        assert main(["pipeline", "run", str(path), *args]) == 0
+        out = capsys.readouterr().out
+        assert "filter: rerun" in out and "curate: skipped" in out and "video: skipped" in out, out
+        now = {p.name: p.read_bytes() for p in sorted(shards.glob("*.tar"))} | {
+            INDEX_FILE: index.read_bytes()
+        }
+        assert now == finished
+        assert actions(path)["filter"][0] == "skip"
+
+    write_table_atomic(INDEX_SCHEMA.empty_table(), index)  # the index written empty
+    redone("index.parquet has 0 rows")
+    next(shards.glob("*.tar")).unlink()
+    redone("is missing")
+
+    # A forced rerun stopped after the shards, before the clips table: its old record must not survive it.
+    def stopped_after_shards(*args, **kwargs):
+        real_write_shards(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    real_write_shards = curation.refilter.write_shards
+    monkeypatch.setattr(curation.refilter, "write_shards", stopped_after_shards)
+    stopped = main(["pipeline", "run", str(path), "--from", "filter", "--only", "filter"])
+    assert stopped != 0
+    monkeypatch.undo()
+    assert actions(path)["filter"] == ("run", "no finished output yet")
+    assert main(["pipeline", "run", str(path)]) == 0
+    assert actions(path)["filter"][0] == "skip"
+
+
+def test_failed_source_is_retried_not_skipped(ray_session, tmp_path, capsys):
+    """A curate step that finished with a failed source (its worker killed on every attempt, as on a lost
+    node) is not complete: the next run retries the source, then the filter step reruns."""
+    from curation.worker import CRASH_ENV
+
+    path = make_pipeline(tmp_path, videos=2)
+    curate_yaml = tmp_path / "curate.yaml"
+    kept = curate_yaml.read_text()
+    lost = sorted((tmp_path / "raw" / "videos").glob("*.mp4"))[0].name
+    crash = {"max_retries": 0, "runtime_env": {"env_vars": {CRASH_ENV: f"*{lost}"}}}
+    curate_yaml.write_text(yaml.safe_dump({"ray": crash}))  # `ray` settings are not in the fingerprint
+    assert main(["pipeline", "run", str(path), "--only", "curate"]) == 0
+    curate_yaml.write_text(kept)
+
+    plan = actions(path)
+    assert plan["curate"][0] == "rerun" and "1 of 2 sources failed" in plan["curate"][1], plan["curate"]
+    assert plan["filter"] == ("run", "step curate runs first (it rewrites the shards)"), plan["filter"]
+    capsys.readouterr()
+    assert main(["pipeline", "run", str(path), "--only", "curate"]) == 0
+    assert "curate: rerun (output incomplete: 1 of 2 sources failed" in capsys.readouterr().out
+    sources = pd.read_parquet(tmp_path / "work" / "pipe" / "curated" / "sources.parquet")
+    assert list(sources["status"]) == ["ok", "ok"]
+    plan = actions(path)
+    assert plan["curate"][0] == "skip" and plan["filter"] == ("run", "no finished output yet"), plan

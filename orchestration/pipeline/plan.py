@@ -21,7 +21,7 @@ from orchestration.pipeline.spec import (
     reads_curated,
     training_pipeline,
 )
-from orchestration.pipeline.steps import curate_inputs, explain, filter_inputs, read_record
+from orchestration.pipeline.steps import check_record, curate_inputs, explain, filter_inputs
 from training.stage_plan import RERUN, RUN, SKIP, decide_stage
 
 NOT_SELECTED = "not selected"
@@ -40,14 +40,25 @@ def check_step(name: str | None, names: list[str], option: str) -> None:
         raise UserError(f"{option} {name!r}: no such step; steps: {', '.join(names)}")
 
 
-def decide_curation_step(spec: PipelineSpec, step: str, inputs: Any, forced: bool) -> StepPlan:
-    record = read_record(spec, step)
-    exists = record is not None or (spec.curated / "clips.parquet").exists()
+def decide_curation_step(
+    spec: PipelineSpec, step: str, inputs: Any, forced: bool, upstream: StepPlan | None = None
+) -> StepPlan:
+    """Skip only when the record's fingerprint matches and its output is verifiably complete; a step whose
+    upstream step runs reruns too (`upstream`: the plan of the curate step, for the filter step)."""
+    record, problem = check_record(spec, step)
+    action = RERUN if record is not None else RUN
     if forced:
+        exists = record is not None or (spec.curated / "clips.parquet").exists()
         return StepPlan(step, RERUN if exists else RUN, "forced (--from)", inputs.fingerprint)
-    if record is not None and record.get("fingerprint") == inputs.fingerprint:
-        return StepPlan(step, SKIP, f"output matches fingerprint {inputs.fingerprint}", inputs.fingerprint)
-    return StepPlan(step, RERUN if record else RUN, explain(record, inputs), inputs.fingerprint)
+    if upstream is not None and upstream.action not in (SKIP, NOT_SELECTED):
+        return StepPlan(
+            step, action, f"step {upstream.step} runs first (it rewrites the shards)", inputs.fingerprint
+        )
+    if record is None or record.get("fingerprint") != inputs.fingerprint:
+        return StepPlan(step, action, explain(record, inputs), inputs.fingerprint)
+    if problem is not None:
+        return StepPlan(step, RERUN, f"output incomplete: {problem}", inputs.fingerprint)
+    return StepPlan(step, SKIP, f"output matches fingerprint {inputs.fingerprint}", inputs.fingerprint)
 
 
 def plan_pipeline(
@@ -63,7 +74,8 @@ def plan_pipeline(
     curate = curate_inputs(spec)
     plans = [decide_curation_step(spec, STEP_CURATE, curate, STEP_CURATE in forced)]
     filt = filter_inputs(spec, curate.fingerprint)
-    plans.append(decide_curation_step(spec, STEP_FILTER, filt, STEP_FILTER in forced))
+    upstream = plans[0] if only in (None, STEP_CURATE) else None  # as `run` decides: curate runs only then
+    plans.append(decide_curation_step(spec, STEP_FILTER, filt, STEP_FILTER in forced, upstream))
     pending = None
     if plans[-1].action != SKIP or plans[0].action != SKIP:
         pending = "its data is rewritten by step filter first (decided again once the shards exist)"

@@ -43,9 +43,9 @@ def run_pipeline_file(
     parent = tracker.parent_run()
     try:
         curate = curate_inputs(spec)
-        _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
+        curated = _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
         filt = filter_inputs(spec, curate.fingerprint)
-        _curation(spec, tracker, parent, STEP_FILTER, filt, run_filter, forced, selected, echo)
+        _curation(spec, tracker, parent, STEP_FILTER, filt, run_filter, forced, selected, echo, curated)
         stages = [name for name in training.stage_names if name in selected]
         results = []
         if stages:
@@ -70,14 +70,16 @@ def run_pipeline_file(
     return results
 
 
-def _curation(spec, tracker, parent, step, inputs, runner, forced, selected, echo) -> None:
+def _curation(spec, tracker, parent, step, inputs, runner, forced, selected, echo, upstream=None):
+    """Run or skip one curation step (saying which and why); returns its plan (None when not selected)."""
     if step not in selected:
-        return
-    plan = decide_curation_step(spec, step, inputs, step in forced)
+        return None
+    plan = decide_curation_step(spec, step, inputs, step in forced, upstream)
     if plan.action == SKIP:
         echo(f"{step}: skipped ({plan.reason})")
         tracker.record_step(parent, step, "skipped", inputs.fingerprint)
-        return
+        return plan
     echo(f"{step}: {plan.action} ({plan.reason})")
     runner(spec, inputs)
     tracker.record_step(parent, step, plan.action, inputs.fingerprint)
+    return plan

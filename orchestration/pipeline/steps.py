@@ -1,23 +1,27 @@
 """The curation steps of a pipeline file: their fingerprints, completeness and how they run.
 
 - curate: the sources listing (uri, size, modification time) + the curation config (+ platform version);
-  complete when `OUT/sources.parquet` and `OUT/clips.parquet` exist and its record matches.
+  it reruns whenever it runs again (`orchestration.pipeline.outputs` says when its output is complete).
 - filter: the curate step's fingerprint (the clips table it wrote) + the thresholds (what they mean, as
-  hashed in the curation report) + the shard settings (+ platform version); complete when the shard index
-  exists and its record matches. It runs the existing re-filter (`curation.refilter`).
+  hashed in the curation report) + the shard settings (+ platform version); it reruns whenever the curate
+  step runs. It runs the existing re-filter (`curation.refilter`).
 
-Each record (`OUT/.svp-steps/<step>.json`) is written after the step finished, so an interrupted step is
-never taken for a finished one. Curation itself resumes per source (`OUT/.svp-work`).
+Each record (`OUT/.svp-steps/<step>.json`) is removed before its step (or the step upstream) rewrites the
+output and written last, atomically, once the step finished, with a summary of its output; a step is
+skipped only when its record's fingerprint matches and the files still match that summary. So a step
+stopped halfway, or finished with failed sources, is never taken for a finished one. Curation itself
+resumes per source (`OUT/.svp-work`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curation.atomic import atomic_write_text, fsync_dir
+from orchestration.pipeline.outputs import describe_output, output_problem
 from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec
 from training.fingerprints import digest, platform_version
 
@@ -74,28 +78,38 @@ def _record_path(spec: PipelineSpec, step: str) -> Path:
 
 
 def read_record(spec: PipelineSpec, step: str) -> dict[str, Any] | None:
-    """The step's record when its output is complete, else None."""
-    from curation.format import INDEX_FILE, SHARDS_DIR
-    from curation.tables import CLIPS_FILE, SOURCES_FILE
-
-    out = spec.curated
-    needed = [out / SOURCES_FILE, out / CLIPS_FILE]
-    if step == STEP_FILTER:
-        needed.append(out / SHARDS_DIR / INDEX_FILE)
-    if not all(p.is_file() for p in needed):
-        return None
+    """The step's record as written when it finished (None if there is none); whether its output is still
+    complete is `check_record`'s question."""
     try:
-        return json.loads(_record_path(spec, step).read_text())
+        record = json.loads(_record_path(spec, step).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def check_record(spec: PipelineSpec, step: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the step's record, why its output is not complete or None): a record is trusted only while the
+    files it describes are all there."""
+    record = read_record(spec, step)
+    if record is None:
+        return None, None
+    return record, output_problem(spec.curated, step, record)
+
+
+def forget_records(spec: PipelineSpec, *steps: str) -> None:
+    """Remove the records of `steps` before one of them rewrites the output: a step stopped halfway (or a
+    rerun of the upstream step) must never leave a record that still matches."""
+    folder = spec.curated / RECORDS_DIR
+    for step in steps:
+        _record_path(spec, step).unlink(missing_ok=True)
+    if folder.is_dir():
+        fsync_dir(folder)
 
 
 def write_record(spec: PipelineSpec, inputs: StepInputs) -> None:
-    path = _record_path(spec, inputs.step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(inputs.record(), indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Written last, once the step's output is complete, atomically (the old record or the new one)."""
+    record = inputs.record() | {"output": describe_output(spec.curated, inputs.step)}
+    atomic_write_text(_record_path(spec, inputs.step), json.dumps(record, indent=2, sort_keys=True))
 
 
 def explain(old: dict[str, Any] | None, new: StepInputs) -> str:
@@ -112,6 +126,7 @@ def explain(old: dict[str, Any] | None, new: StepInputs) -> str:
 def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.pipeline import run_curation
 
+    forget_records(spec, STEP_CURATE, STEP_FILTER)  # curation rewrites the filter step's shards too
     report = run_curation(spec.path(spec.curate.input), spec.curated, _curation_config(spec))
     write_record(spec, inputs)
     return report
@@ -120,6 +135,7 @@ def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
 def run_filter(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.refilter import refilter
 
+    forget_records(spec, STEP_FILTER)
     report = refilter(
         spec.curated, spec.path(spec.filter.thresholds), shard_config=_curation_config(spec).shards
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from training.tracking import (
     TAG_EXPORT,
     TAG_STAGE,
     RunLogger,
+    SenderLimits,
     Tracker,
     resolve_tracking_uri,
     thresholds_hash,
@@ -77,6 +82,8 @@ def test_worker_logger_metrics_and_export_artifacts(work_dir):
     logger = RunLogger(uri, child)
     for step in (1, 2, 3):
         logger.log_metrics({"train/loss": 1.0 / step, "perf/mfu": 0.1}, step)
+    logger.log_json({"kept": ["a"]}, "init_from/keys.json")
+    assert logger.close()
     export = work_dir / "export"
     export.mkdir()
     (export / "config.json").write_text("{}")
@@ -92,6 +99,7 @@ def test_worker_logger_metrics_and_export_artifacts(work_dir):
     assert run.data.tags[TAG_EXPORT] == export.resolve().as_uri()
     names = {a.path for a in client.list_artifacts(child, "export")}
     assert {"export/model.safetensors", "export/config.json", "export/pointer.json"} <= names
+    assert [a.path for a in client.list_artifacts(child, "init_from")] == ["init_from/keys.json"]
     assert any((work_dir / "mlartifacts").rglob("model.safetensors"))
 
 
@@ -123,3 +131,58 @@ def test_interrupted_driver_ends_its_runs_killed_with_the_reason(work_dir):
     for run_id, error in ((child, "KeyboardInterrupt: "), (parent, "SystemExit: 0")):
         run = client.get_run(run_id)
         assert (run.info.status, run.data.tags[TAG_ERROR]) == ("KILLED", error)
+
+
+def _stage_run(work_dir: Path) -> tuple[str, str]:
+    work_dir.mkdir()
+    uri = resolve_tracking_uri(work_dir)
+    tracker = Tracker(uri, "demo", work_dir)
+    return uri, tracker.stage_run(tracker.parent_run(), "image", 0, params={}, tags={}, config={})
+
+
+def test_worker_logger_batches_metrics_until_the_step_count_or_a_flush(work_dir):
+    uri, child = _stage_run(work_dir)
+    client = MlflowClient(uri)
+    logger = RunLogger(uri, child, SenderLimits(flush_every_steps=3, flush_every_s=3600))
+    logger.log_metrics({"train/loss": 1.0}, 1)
+    logger.log_metrics({"train/loss": 0.5}, 2)
+    time.sleep(1.0)
+    assert client.get_metric_history(child, "train/loss") == [], "sent before a batch was due"
+    logger.log_metrics({"train/loss": 0.25}, 3)  # the third step: a batch is due
+    deadline = time.monotonic() + 30
+    while len(client.get_metric_history(child, "train/loss")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m.step for m in client.get_metric_history(child, "train/loss")] == [1, 2, 3]
+    logger.log_metrics({"train/loss": 0.125}, 4)
+    logger.flush()  # what a checkpoint does: no waiting, but it goes now
+    deadline = time.monotonic() + 30
+    while len(client.get_metric_history(child, "train/loss")) < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m.step for m in client.get_metric_history(child, "train/loss")] == [1, 2, 3, 4]
+    assert logger.close()
+
+
+def test_worker_logger_survives_an_unreachable_server_and_says_what_was_lost(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv(
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"
+    )  # what RunLogger sets in a worker, undone after
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sample = tmp_path / "step00000002.mp4"
+    sample.write_bytes(b"not uploaded")
+    limits = SenderLimits(flush_every_steps=1, flush_every_s=0.1, max_buffered=10, close_timeout_s=5)
+    logger = RunLogger(f"http://127.0.0.1:{port}", "0" * 32, limits)
+    caplog.set_level(logging.WARNING, logger="svp.training")
+    start = time.monotonic()
+    for step in range(1, 8):
+        logger.log_metrics({"train/loss": 1.0 / step, "train/lr": 0.1}, step)  # never raises, never waits
+    logger.log_artifact(sample, "samples")
+    assert time.monotonic() - start < 1.0
+    assert not logger.close()  # the server never came: False after the timeout, with warnings
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("cannot reach the tracking server" in w for w in warnings), warnings
+    assert sum("dropping the oldest" in w for w in warnings) == 1, warnings  # said once
+    lost = [w for w in warnings if re.search(r"\b1[02] metric values are lost", w)]  # 2 may be in flight
+    assert len(lost) == 1 and str(sample) in lost[0], warnings
+    assert sample.read_bytes() == b"not uploaded"

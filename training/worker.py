@@ -154,6 +154,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 staging_root=staging_root,
                 before_report=partial(maybe_die, job.fault, rank, step, "save") if job.fault else None,
             )
+            if tracker:
+                tracker.flush()  # batched metrics: send what this checkpoint covers
         if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
             sample = render_sample(
                 stage, step_math, engine.module, Path(job.samples_dir) / f"step{step:08d}.mp4"
@@ -162,6 +164,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 tracker.log_artifact(sample, "samples")
     if ema is not None:
         ema.close()
+    if tracker:
+        tracker.close()  # the last batch, before Ray Train ends this worker
 
 
 def _position_dict(position: Any) -> dict[str, Any] | None:

@@ -2,8 +2,8 @@
 
 Each command group lives in its own module (`orchestration/commands/`); this file only assembles them and
 turns user errors into one line (`svp: error: …`, exit status 2) unless `--debug` is given. A Ctrl-C exits
-130 with `svp: aborted` (`orchestration.aborts`); what finished before it stays recorded, and the same command
-resumes.
+130 with `svp: aborted`, a SIGTERM 143 (`orchestration.aborts`); what finished before it stays recorded, and
+the same command resumes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from orchestration.aborts import sigint_received, watch_sigint
+from orchestration.aborts import aborted_status, interrupt_received, watch_interrupts
 from orchestration.commands import register_all
 
 try:  # typer >= 0.2x bundles its own click, whose exceptions are not click's
@@ -58,18 +58,18 @@ register_all(app)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svp` console script."""
-    with watch_sigint():
+    with watch_interrupts():
         try:
             code = _dispatch(argv)
         except BaseException:
-            # After a Ctrl-C, whatever a library raised instead (Ray Train's sys.exit(0), a dead worker's
-            # error) is the abort, not a bug.
-            if not sigint_received():
+            # After a Ctrl-C or SIGTERM, whatever a library raised instead (Ray Train's sys.exit(0), a dead
+            # worker's error) is the abort, not a bug.
+            if not interrupt_received():
                 raise
             code = ABORTED
-        if code == ABORTED or sigint_received():
+        if code == ABORTED or interrupt_received():
             print("svp: aborted", file=sys.stderr)
-            return ABORTED
+            return aborted_status(interrupt_received())
     return code
 
 
@@ -78,7 +78,7 @@ def _dispatch(argv: list[str] | None) -> int:
         # Without standalone mode, click returns a command's `typer.Exit(code)` instead of raising it.
         code = app(args=argv, prog_name="svp", standalone_mode=False)
     except USER_ERRORS as err:
-        if sigint_received():
+        if interrupt_received():
             return ABORTED
         if _state["debug"]:
             raise

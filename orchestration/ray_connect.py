@@ -23,6 +23,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from orchestration.aborts import reclaim_sigterm
+
 LOCAL = "local"
 
 
@@ -80,6 +82,7 @@ def connect(address: str | None = None, **init_kwargs: Any) -> bool:
                 "RAY_AUTH_TOKEN_PATH)"
             ) from None
         raise
+    reclaim_sigterm()  # a SIGTERM must end the command cleanly (MLflow runs KILLED), not crash it
     return True
 
 

@@ -107,6 +107,15 @@ def end_status(error: BaseException) -> str:
     return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
 
 
+def error_text(error: BaseException) -> str:
+    """The `svp.error` tag of a run that ended with `error`. Ray re-raises the interrupt of a signal that lands
+    in `ray.get` as a bare KeyboardInterrupt, so an empty one says what it stands for."""
+    message = str(error) or (
+        "interrupted (Ctrl-C or SIGTERM)" if isinstance(error, KeyboardInterrupt) else ""
+    )
+    return f"{type(error).__name__}: {message}"
+
+
 class Tracker:
     """Driver-side handle on the MLflow store of one pipeline."""
 
@@ -208,7 +217,7 @@ class Tracker:
         if error is None:
             self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
             return
-        self.client.set_tag(run_id, TAG_ERROR, _truncate(f"{type(error).__name__}: {error}"))
+        self.client.set_tag(run_id, TAG_ERROR, _truncate(error_text(error)))
         self.client.set_terminated(run_id, status=end_status(error))
 
     def log_export(self, run_id: str, export_dir: Path) -> None:

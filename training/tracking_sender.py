@@ -35,7 +35,7 @@ class SenderLimits:
     flush_every_steps: int = 100  # send once this many distinct steps are buffered
     flush_every_s: float = 10.0  # ... or this long after the last send
     max_buffered: int = 100_000  # metric values kept while the server is away; the oldest go beyond it
-    close_timeout_s: float = 30.0  # how long `close` waits for the server before giving up on what is left
+    close_timeout_s: float = 120.0  # how long `close` waits for the server before giving up on what is left
 
 
 class BufferedSender:

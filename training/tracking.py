@@ -243,8 +243,8 @@ class RunLogger:
 
     Metrics are buffered and sent in batches by a background thread (`training.tracking_sender`), so a step
     costs no round trip to the server and a server that goes away mid-stage never stops training: the buffer
-    waits (bounded, oldest dropped with a warning) and sending is retried with backoff. `flush()` asks for a
-    send now (at checkpoints), `close()` sends what is left at the end, waiting up to `close_timeout_s`; when
+    waits (bounded, oldest dropped with a warning) and sending is retried with backoff. `flush()` sends now
+    (before each checkpoint), `close()` sends what is left at the end, waiting up to `close_timeout_s`; when
     the trainer drops the logger without closing it, it is closed then (or at interpreter exit).
     """
 
@@ -274,7 +274,7 @@ class RunLogger:
         self._sender.add_artifact(local, None if folder == "." else folder)
 
     def flush(self) -> None:
-        """Send what is buffered now, without waiting (a checkpoint is a natural moment)."""
+        """Send what is buffered now; waits (up to `flush_wait_s`) only while the server answers."""
         self._sender.flush()
 
     def close(self) -> bool:

@@ -35,6 +35,7 @@ class SenderLimits:
     flush_every_steps: int = 100  # send once this many distinct steps are buffered
     flush_every_s: float = 10.0  # ... or this long after the last send
     max_buffered: int = 100_000  # metric values kept while the server is away; the oldest go beyond it
+    flush_wait_s: float = 10.0  # how long `flush` waits for a server that answers
     close_timeout_s: float = 120.0  # how long `close` waits for the server before giving up on what is left
 
 
@@ -78,10 +79,16 @@ class BufferedSender:
             self._wake.notify()
 
     def flush(self) -> None:
-        """Send what is buffered now, without waiting for it (a checkpoint is a natural moment)."""
+        """Send what is buffered now (a checkpoint is a natural moment). While the server answers, wait for it
+        (up to `flush_wait_s`), so that a worker killed after the checkpoint has not lost the metrics the
+        checkpoint covers; during an outage, return at once."""
+        deadline = time.monotonic() + self.limits.flush_wait_s
         with self._wake:
+            target = self._queued
             self._flush_requested = True
             self._wake.notify()
+            while self._done < target and self._outage_since is None and time.monotonic() < deadline:
+                self._wake.wait(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Send what is buffered, waiting up to `timeout_s` (default `close_timeout_s`); warn about what could
@@ -176,6 +183,7 @@ class BufferedSender:
             if first:
                 self._outage_since = time.monotonic()
             pending = len(self._metrics)
+            self._wake.notify_all()  # a waiting `flush` stops waiting
         if first:
             log.warning(
                 f"MLflow: cannot reach the tracking server for run {self.run_id} ({type(err).__name__}: "

@@ -144,6 +144,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
             stats = data_metrics(data.stats)  # every rank takes part (a collective)
             if tracker and stats:
                 tracker.log_metrics(stats, step)
+            if tracker:
+                tracker.flush()  # batched metrics: what this checkpoint covers is sent before it is saved
             save_checkpoint(
                 engine,
                 state,
@@ -154,8 +156,6 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 staging_root=staging_root,
                 before_report=partial(maybe_die, job.fault, rank, step, "save") if job.fault else None,
             )
-            if tracker:
-                tracker.flush()  # batched metrics: send what this checkpoint covers
         if stage.sample and rank == 0 and job.samples_dir and step % stage.sample.every == 0:
             sample = render_sample(
                 stage, step_math, engine.module, Path(job.samples_dir) / f"step{step:08d}.mp4"

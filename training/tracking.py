@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import tempfile
@@ -265,11 +266,16 @@ class RunLogger:
         self._sender.add_artifact(Path(path), artifact_path)
 
     def log_json(self, payload: Mapping[str, object], artifact_file: str) -> None:
-        if self._local_dir is None:
-            self._local_dir = Path(tempfile.mkdtemp(prefix=f"svp-mlflow-{self.run_id[:8]}-"))
-        local = self._local_dir / artifact_file
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        """Written to a local temp file first (kept, and named in the warning, if it cannot be uploaded)."""
+        try:
+            if self._local_dir is None:
+                self._local_dir = Path(tempfile.mkdtemp(prefix=f"svp-mlflow-{self.run_id[:8]}-"))
+            local = self._local_dir / artifact_file
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        except OSError as err:  # a full or read-only temp dir must not stop training
+            logging.getLogger("svp.training").warning(f"MLflow: {artifact_file} not logged: {err}")
+            return
         folder = str(Path(artifact_file).parent)
         self._sender.add_artifact(local, None if folder == "." else folder)
 

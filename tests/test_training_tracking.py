@@ -22,6 +22,7 @@ from training_runs import tiny_data
 
 from curation.format import thresholds_digest
 from training.errors import StageConfigError
+from training.launch import end_runs_after
 from training.tracking import (
     PARENT_TAG,
     TAG_ERROR,
@@ -141,6 +142,22 @@ def test_interrupted_driver_ends_its_runs_killed_with_the_reason(work_dir):
     for run_id, error in ((child, interrupted), (parent, "SystemExit: 0")):
         run = client.get_run(run_id)
         assert (run.info.status, run.data.tags[TAG_ERROR]) == ("KILLED", error)
+
+
+def test_a_tracking_failure_while_ending_runs_never_hides_the_stage_error(work_dir, caplog):
+    work_dir.mkdir()
+    tracker = Tracker(resolve_tracking_uri(work_dir), "demo", work_dir)
+    parent = tracker.parent_run()
+    child = tracker.stage_run(parent, "image", 0, params={}, tags={}, config={})
+    tracker.client.delete_run(child)  # MLflow now refuses to touch it, as a server that went away would
+    caplog.set_level(logging.WARNING, logger="svp.training")
+    end_runs_after(tracker, KeyboardInterrupt(), child, parent)  # does not raise: the stage's error goes on
+    assert f"could not end run {child} as KILLED" in caplog.text
+    run = tracker.client.get_run(parent)
+    assert (run.info.status, run.data.tags[TAG_ERROR]) == (
+        "KILLED",
+        "KeyboardInterrupt: interrupted (Ctrl-C or SIGTERM)",
+    )
 
 
 def _stage_run(work_dir: Path) -> tuple[str, str]:

@@ -36,11 +36,11 @@ def mlflow_server(tmp_path):
             ".ci/run installs Debian's postgresql"
         )
     postgres = Postgres(bin_dir)
-    postgres.start()
     artifacts = tmp_path / "artifact-store"
     artifacts.mkdir()
     server = MlflowServer(postgres.uri, artifacts)
     try:
+        postgres.start()
         server.start()
         yield server
     finally:

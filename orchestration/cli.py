@@ -4,7 +4,7 @@ Each command group lives in its own module (`orchestration/commands/`); this fil
 turns user errors (`model.errors.UserError`, a missing file or folder) into one line (`svp: error: …`, exit
 status 2) unless `--debug` is given. Any other exception is a bug in svp: it keeps its traceback, followed by
 a line saying so and how to report it (exit status 1). A Ctrl-C exits
-130 with `svp: aborted` (`orchestration.aborts`); what finished before it stays recorded, and the same command
+130 with `svp: aborted`, a SIGTERM 143 (`orchestration.aborts`); what finished before it stays recorded, and the same command
 resumes.
 """
 
@@ -15,7 +15,7 @@ import sys
 import typer
 
 from model.errors import UserError
-from orchestration.aborts import sigint_received, watch_sigint
+from orchestration.aborts import aborted_status, interrupt_received, watch_interrupts
 from orchestration.commands import register_all
 
 try:  # typer >= 0.2x bundles its own click, whose exceptions are not click's
@@ -66,21 +66,21 @@ register_all(app)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svp` console script."""
-    with watch_sigint():
+    with watch_interrupts():
         try:
             code = _dispatch(argv)
         except Exception as err:
-            # After a Ctrl-C, whatever a library raised instead (a dead worker's error) is the abort, not a bug.
-            if not sigint_received():
+            # After a Ctrl-C or SIGTERM, whatever a library raised instead (a dead worker's error) is the abort, not a bug.
+            if not interrupt_received():
                 return _report_traceback(err)
             code = ABORTED
         except BaseException:  # SystemExit (Ray Train's sys.exit(0) on Ctrl-C), KeyboardInterrupt
-            if not sigint_received():
+            if not interrupt_received():
                 raise
             code = ABORTED
-        if code == ABORTED or sigint_received():
+        if code == ABORTED or interrupt_received():
             print("svp: aborted", file=sys.stderr)
-            return ABORTED
+            return aborted_status(interrupt_received())
     return code
 
 
@@ -89,7 +89,7 @@ def _dispatch(argv: list[str] | None) -> int:
         # Without standalone mode, click returns a command's `typer.Exit(code)` instead of raising it.
         code = app(args=argv, prog_name="svp", standalone_mode=False)
     except USER_ERRORS as err:
-        if sigint_received():
+        if interrupt_received():
             return ABORTED
         if _state["debug"]:
             raise
@@ -116,8 +116,20 @@ def _report_traceback(err: Exception) -> int:
     traceback.print_exc()
     if isinstance(err, USER_ERRORS):
         return 2
+    if _is_infrastructure_failure(err):  # a lost node or a worker that died: the cluster, not svp
+        print(
+            f"svp: the Ray job failed: {type(err).__name__} (rerun the same command to resume)",
+            file=sys.stderr,
+        )
+        return 1
     print(BUG_NOTE, file=sys.stderr)
     return 1
+
+
+def _is_infrastructure_failure(err: BaseException) -> bool:
+    """Ray's own errors (a node or worker lost, an actor died, Ray Train giving up after its retries)."""
+    module = type(err).__module__ or ""
+    return module == "ray" or module.startswith(("ray.", "ray._"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from model.errors import UserError
+from orchestration.aborts import reclaim_sigterm
 
 LOCAL = "local"
 
@@ -82,6 +83,7 @@ def connect(address: str | None = None, **init_kwargs: Any) -> bool:
                 "RAY_AUTH_TOKEN_PATH)"
             ) from None
         raise
+    reclaim_sigterm()  # a SIGTERM must end the command cleanly (MLflow runs KILLED), not crash it
     return True
 
 

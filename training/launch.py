@@ -54,6 +54,7 @@ from training.tracking import (
     TAG_STAGE_FINGERPRINT,
     TAG_THRESHOLDS,
     Tracker,
+    end_status,
     thresholds_hash,
 )
 
@@ -243,11 +244,9 @@ def run_stage(
     )
     try:
         result = _fit_and_export(trainer, stage, storage / name, export_dir, init_from, inputs)
-    except BaseException as err:  # a failed stage, a Ray error, Ctrl-C: never leave the runs RUNNING
+    except BaseException as err:  # a failed stage, a Ray error, Ctrl-C, SIGTERM: never leave the runs RUNNING
         if tracker is not None and run_id is not None:
-            tracker.finish(run_id, error=err)
-            if owns_parent:
-                tracker.finish(parent_run_id, error=err)
+            end_runs_after(tracker, err, run_id, parent_run_id if owns_parent else None)
         raise
     if tracker is not None and run_id is not None:
         tracker.log_export(run_id, export_dir)
@@ -265,6 +264,21 @@ def run_stage(
         fingerprint=inputs.fingerprint,
         reason=decision.reason,
     )
+
+
+def end_runs_after(tracker: Tracker, error: BaseException, *run_ids: str | None) -> None:
+    """End the runs FAILED or KILLED after `error`, without letting a tracking failure (the server away, a
+    deleted run) replace the error that stopped the stage: that one is only warned about."""
+    for run_id in run_ids:
+        if run_id is None:
+            continue
+        try:
+            tracker.finish(run_id, error=error)
+        except Exception as tracking_error:
+            log.warning(
+                f"MLflow: could not end run {run_id} as {end_status(error)} at {tracker.tracking_uri} "
+                f"({type(tracking_error).__name__}: {str(tracking_error)[:300]})"
+            )
 
 
 def _fit_and_export(

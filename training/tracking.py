@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
-import time
+import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from curation.format import THRESHOLDS_FILE, thresholds_digest
 from training.errors import StageConfigError
+from training.tracking_sender import BufferedSender, SenderLimits
 
 # Tag names, in one place so the tests and the run-comparison tooling agree with the writer.
 TAG_PIPELINE = "svp.pipeline"
@@ -103,6 +106,15 @@ def _truncate(value: str) -> str:
 def end_status(error: BaseException) -> str:
     """KILLED for an interrupted driver (Ctrl-C, SIGTERM, Ray Train's sys.exit on SIGINT), else FAILED."""
     return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
+
+
+def error_text(error: BaseException) -> str:
+    """The `svp.error` tag of a run that ended with `error`. Ray re-raises the interrupt of a signal that lands
+    in `ray.get` as a bare KeyboardInterrupt, so an empty one says what it stands for."""
+    message = str(error) or (
+        "interrupted (Ctrl-C or SIGTERM)" if isinstance(error, KeyboardInterrupt) else ""
+    )
+    return f"{type(error).__name__}: {message}"
 
 
 class Tracker:
@@ -206,7 +218,7 @@ class Tracker:
         if error is None:
             self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
             return
-        self.client.set_tag(run_id, TAG_ERROR, _truncate(f"{type(error).__name__}: {error}"))
+        self.client.set_tag(run_id, TAG_ERROR, _truncate(error_text(error)))
         self.client.set_terminated(run_id, status=end_status(error))
 
     def log_export(self, run_id: str, export_dir: Path) -> None:
@@ -228,21 +240,58 @@ class Tracker:
 
 
 class RunLogger:
-    """Rank-0 writer of one stage run's metrics and artifacts (used inside the Ray Train worker)."""
+    """Rank-0 writer of one stage run's metrics and artifacts (used inside the Ray Train worker).
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    Metrics are buffered and sent in batches by a background thread (`training.tracking_sender`), so a step
+    costs no round trip to the server and a server that goes away mid-stage never stops training: the buffer
+    waits (bounded, oldest dropped with a warning) and sending is retried with backoff. `flush()` sends now
+    (before each checkpoint), `close()` sends what is left at the end, waiting up to `close_timeout_s`; when
+    the trainer drops the logger without closing it, it is closed then (or at interpreter exit).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, limits: SenderLimits | None = None) -> None:
+        if tracking_uri.startswith(("http:", "https:")):
+            _leave_retries_to_the_sender()
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
+        self._sender = BufferedSender(self.client, run_id, limits or SenderLimits())
+        self._local_dir: Path | None = None  # where log_json writes its files before they are uploaded
+        self._finalizer = weakref.finalize(self, self._sender.close)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v == v]  # drop NaN
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._sender.add_metrics(metrics, step)
 
     def log_artifact(self, path: Path, artifact_path: str) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Uploaded in the background from `path`, which must stay (it does: samples are kept locally)."""
+        self._sender.add_artifact(Path(path), artifact_path)
 
     def log_json(self, payload: Mapping[str, object], artifact_file: str) -> None:
-        self.client.log_text(
-            self.run_id, json.dumps(payload, indent=2, sort_keys=True, default=str), artifact_file
-        )
+        """Written to a local temp file first (kept, and named in the warning, if it cannot be uploaded)."""
+        try:
+            if self._local_dir is None:
+                self._local_dir = Path(tempfile.mkdtemp(prefix=f"svp-mlflow-{self.run_id[:8]}-"))
+            local = self._local_dir / artifact_file
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        except OSError as err:  # a full or read-only temp dir must not stop training
+            logging.getLogger("svp.training").warning(f"MLflow: {artifact_file} not logged: {err}")
+            return
+        folder = str(Path(artifact_file).parent)
+        self._sender.add_artifact(local, None if folder == "." else folder)
+
+    def flush(self) -> None:
+        """Send what is buffered now; waits (up to `flush_wait_s`) only while the server answers."""
+        self._sender.flush()
+
+    def close(self) -> bool:
+        """Send what is left, waiting up to `close_timeout_s`; False (after a warning) when some could not be."""
+        self._finalizer.detach()
+        return self._sender.close()
+
+
+def _leave_retries_to_the_sender() -> None:
+    """MLflow's HTTP client retries a failed call for ~4 minutes by default; the sender retries on its own
+    with backoff and must notice an outage quickly, so this process (the rank-0 worker, where only the
+    RunLogger talks to MLflow) uses short HTTP retries unless the user set them."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")

@@ -147,6 +147,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
             stats = data_metrics(data.stats)  # every rank takes part (a collective)
             if tracker and stats:
                 tracker.log_metrics(stats, step)
+            if tracker:
+                tracker.flush()  # batched metrics: what this checkpoint covers is sent before it is saved
             save_started = time.perf_counter()
             save_checkpoint(
                 engine,
@@ -168,6 +170,8 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
                 tracker.log_artifact(sample, "samples")
     if ema is not None:
         ema.close()
+    if tracker:
+        tracker.close()  # the last batch, before Ray Train ends this worker
 
 
 def _position_dict(position: Any) -> dict[str, Any] | None:

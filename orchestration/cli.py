@@ -17,6 +17,7 @@ import typer
 from model.errors import UserError
 from orchestration.aborts import aborted_status, interrupt_received, watch_interrupts
 from orchestration.commands import register_all
+from orchestration.ray_connect import choose_auth_mode
 
 try:  # typer >= 0.2x bundles its own click, whose exceptions are not click's
     from typer._click.exceptions import ClickException
@@ -66,6 +67,7 @@ register_all(app)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svp` console script."""
+    choose_auth_mode(sys.argv[1:] if argv is None else argv)
     with watch_interrupts():
         try:
             code = _dispatch(argv)

@@ -51,6 +51,17 @@ def _is_auth_failure(err: BaseException) -> bool:
     )
 
 
+def choose_auth_mode(argv: list[str]) -> None:
+    """Ray 2.60 reads RAY_AUTH_MODE once, when `ray` is first imported: a command that will start its own
+    private Ray (no `--address`, no RAY_ADDRESS) sets token mode before anything imports Ray, or the local
+    Ray it starts (token auth by default) refuses the driver. Call it first thing in a process."""
+    joining = os.environ.get("RAY_ADDRESS") or any(
+        a == "--address" or a.startswith("--address=") for a in argv
+    )
+    if not joining:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def connect(address: str | None = None, **init_kwargs: Any) -> bool:
     """Start or join Ray by the rule above. Returns True when this call connected (the caller then
     disconnects with `ray.shutdown()`), False when this process already was."""

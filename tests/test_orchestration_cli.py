@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from orchestration.cli import main
@@ -55,3 +60,23 @@ def test_debug_shows_a_user_errors_traceback_without_calling_it_a_bug(capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "UserError: unknown model preset" in err
     assert "this is a bug" not in err
+
+
+def test_a_fresh_process_without_ray_auth_mode_is_let_into_its_own_private_ray():
+    """Ray 2.60 reads RAY_AUTH_MODE when `ray` is imported; svp's entry point sets it before that, so the
+    private local Ray it starts (token auth) does not refuse its own driver."""
+    code = (
+        "import sys\n"
+        "from orchestration.ray_connect import choose_auth_mode, connect\n"
+        "choose_auth_mode(sys.argv[1:])\n"
+        "import ray\n"
+        "connect(None, num_cpus=1)\n"
+        "print('answer', ray.get(ray.put(41)) + 1)\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert done.returncode == 0 and "answer 42" in done.stdout, done.stderr[-2000:]

@@ -38,8 +38,9 @@ def _inference_context(module: torch.nn.Module):
     return torch.autocast(device_type=param.device.type, dtype=param.dtype)
 
 
-def render_sample(stage: Any, step_math: Any, module: torch.nn.Module, path: Path) -> Path:
-    """A short video of `stage.sample.prompt` with the current weights (block-AR when the stage is)."""
+def render_sample(stage: Any, step_math: Any, module: torch.nn.Module, path: Path | None) -> Path | None:
+    """A short video of `stage.sample.prompt` with the current weights (block-AR when the stage is), written
+    to `path`; with `path` None it is rendered and not written (the ranks that share a render with rank 0)."""
     from model.generate import generate_video, save_video
 
     spec = stage.sample
@@ -63,6 +64,8 @@ def render_sample(stage: Any, step_math: Any, module: torch.nn.Module, path: Pat
             )
     finally:
         module.train(was_training)
+    if path is None:
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_video(frames, path, fps=stage.target_fps or DEFAULT_FPS)
 

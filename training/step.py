@@ -141,9 +141,18 @@ def guarded_step(
 ) -> tuple[Any, bool]:
     """One optimizer step on a batch, skipped on every rank when any rank's loss is NaN/inf.
 
-    Returns the step's totals summed over ranks (`training.metrics.StepTotals`) and whether the step was
-    applied. One all-reduce carries the loss, the non-finite flag and the throughput counters together, so
-    all ranks take the same branch and no rank waits in a collective the others skipped.
+    Returns the step's totals summed over ranks (`training.metrics.StepTotals`, still on the device) and
+    whether the step was applied. One all-reduce carries the loss, the non-finite flag and the throughput
+    counters together; the host reads none of them here (`training.metrics.StepWindow` does, every
+    `log_every` steps).
+
+    The skip is decided on the device: when any rank's loss is not finite, every rank back-propagates its
+    loss times NaN, so every gradient is NaN, and DeepSpeed's ZeRO-1/2 optimizer, which checks the global
+    gradient norm before each update anyway (fp32 always, bf16 with `check_grad_overflow`, its default),
+    skips the update on every rank: weights, optimizer state and learning-rate schedule stay as they were
+    (DeepSpeed counts it in `engine.skipped_steps`). That check is DeepSpeed's one host read per step; this
+    function adds none. Without a ZeRO optimizer (stage 0) nothing would catch the NaN, so there the flag is
+    read on the host before the backward pass (one sync per step, stage 0 only).
     """
     from training.metrics import StepTotals
 
@@ -151,18 +160,23 @@ def guarded_step(
     noisy, timesteps, noise, weights = step_math.noise(latents, generator)
     flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
     loss = forward_loss(engine, step_math.stage, latents, noisy, text, mask, timesteps, noise, weights)
-    finite = bool(torch.isfinite(loss.detach()))
-    local = StepTotals(
-        float(loss.detach()) if finite else 0.0,
-        0.0 if finite else 1.0,
-        latents.shape[0],
-        tokens,
-        flops,
-        data_wait_s,
-    )
+    local = StepTotals.local(loss, latents.shape[0], tokens, flops, data_wait_s)
     totals = StepTotals.all_reduce(local, step_math.device)
-    if totals.nonfinite:
-        return totals, False  # the autograd graph is dropped with `loss`; no gradient was produced
-    engine.backward(loss)
+    skip = totals.nonfinite > 0
+    if not _skips_nonfinite_updates(engine):
+        if bool(skip):  # host read: stage 0 only (see the docstring)
+            return totals, False  # the autograd graph is dropped with `loss`; no gradient was produced
+        engine.backward(loss)
+        engine.step()
+        return totals, True
+    poison = torch.where(skip, torch.full_like(loss, float("nan")), torch.ones_like(loss))
+    engine.backward(loss * poison.detach())
     engine.step()
-    return totals, True
+    return totals, bool(engine.was_step_applied())
+
+
+def _skips_nonfinite_updates(engine: Any) -> bool:
+    """Whether DeepSpeed's optimizer skips an update whose gradients are not finite (ZeRO-1/2, see above)."""
+    if engine.zero_optimization_stage() not in (1, 2):
+        return False
+    return not engine.bfloat16_enabled() or bool(engine._config.bfloat16_config.check_grad_overflow)  # noqa: SLF001

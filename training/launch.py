@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from training.fingerprints import (
     write_export_fingerprint,
 )
 from training.job import StageJob
+from training.progress import stage_progress
 from training.sampling import export_extra
 from training.stage_plan import SKIP, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
@@ -58,6 +59,9 @@ from training.tracking import (
 log = logging.getLogger("svp.training")
 
 DEFAULT_WORK_DIR = "svp-work"
+# Steps between host reads of the step's numbers (MLflow metrics, the progress bar). On a GPU each read waits
+# for the queued kernels, so it is not every step; on a CPU there is no queue to drain.
+GPU_LOG_EVERY = 10
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 
 
@@ -114,6 +118,12 @@ def resolve_init_from(pipeline: Any, stage: Any, work_dir: Path) -> str | None:
     return str(export)
 
 
+def worker_logs_dir(work_dir: Path, pipeline: Any, stage: Any) -> Path:
+    """Where each rank of a stage appends its full log, `rank<N>.log` (on the workers' nodes: a work dir on
+    shared storage, as the checkpoints need anyway, puts them in one place)."""
+    return work_dir / "logs" / pipeline.name / stage.name
+
+
 def ensure_ray(use_gpu: bool) -> None:
     """The connected Ray is used as it is: which cluster to join is decided by the caller
     (`orchestration.ray_connect`), never here."""
@@ -168,11 +178,6 @@ def run_stage(
     Skipped when its export is complete and was made from the same inputs (`training.stage_plan`);
     `force` retrains it anyway (the old export and Ray run are set aside, a new MLflow run is made).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from training.worker import train_loop_per_worker
-
     check_drill_allowed(fault)
     if isinstance(stage, str):
         stage = pipeline.stage(stage)
@@ -218,29 +223,16 @@ def run_stage(
         mlflow_run_id=run_id,
         samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
         staging_dir=str(staging_dir(storage / name)),
+        logs_dir=str(worker_logs_dir(work_dir, pipeline, stage)),
+        log_every=GPU_LOG_EVERY if use_gpu else 1,
         fault=fault,
     )
-    worker_env = {} if use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=job.to_dict(),
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker} if use_gpu else {})},
-        ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
-            callbacks=[FailFastCallback()],
-            worker_runtime_env=worker_env,
-        ),
-    )
+    log.info(f"stage {stage.name}: workers' logs in {job.logs_dir}")
     try:
-        result = _fit_and_export(trainer, stage, storage / name, export_dir, init_from, inputs)
+        with stage_progress(stage.name, stage.steps) as board:
+            job.progress = asdict(board)
+            trainer = _torch_trainer(job, stage, workers, gpus_per_worker, name, storage, max_failures)
+            result = _fit_and_export(trainer, stage, storage / name, export_dir, init_from, inputs)
     except BaseException as err:  # a failed stage, a Ray error, Ctrl-C: never leave the runs RUNNING
         if tracker is not None and run_id is not None:
             tracker.finish(run_id, error=err)
@@ -262,6 +254,43 @@ def run_stage(
         mlflow_run_id=run_id,
         fingerprint=inputs.fingerprint,
         reason=decision.reason,
+    )
+
+
+def _torch_trainer(
+    job: StageJob,
+    stage: Any,
+    workers: int,
+    gpus_per_worker: float,
+    name: str,
+    storage: Path,
+    max_failures: int,
+) -> Any:
+    """The Ray Train job of a stage: `workers` DeepSpeed workers, resumed by its name under `storage`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.worker import train_loop_per_worker
+
+    use_gpu = gpus_per_worker > 0
+    worker_env = {} if use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker} if use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
+            callbacks=[FailFastCallback()],
+            worker_runtime_env=worker_env,
+        ),
     )
 
 

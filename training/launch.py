@@ -198,14 +198,7 @@ def run_stage(
     use_gpu = gpus_per_worker > 0
     ensure_ray(use_gpu)
 
-    name = ray_run_name(pipeline, stage, inputs.fingerprint)
-    storage = work_dir / "ray"
-    remember(stage_dir(work_dir, pipeline, stage.name), inputs)
-    if force and (storage / name).exists():
-        log.info(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
-    _explain_fresh_start(storage, pipeline, stage, inputs)
-    _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
-    clear_staging(staging_dir(storage / name))  # saves a killed run never reported (any world size)
+    name, storage = _prepare_ray_run(pipeline, stage, work_dir, inputs, workers, force)
 
     run_id = None
     owns_parent = tracker is not None and parent_run_id is None  # else the caller ends the parent run
@@ -214,19 +207,8 @@ def run_stage(
         run_id = _track_stage(
             tracker, parent_run_id, stage, stage_index, name, init_from, workers, inputs, fresh=force
         )
-    job = StageJob(
-        pipeline=pipeline.name,
-        stage=stage.resolved(),
-        stage_index=stage_index,
-        init_from=init_from,
-        tracking_uri=tracker.tracking_uri if tracker else None,
-        mlflow_run_id=run_id,
-        samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
-        staging_dir=str(staging_dir(storage / name)),
-        logs_dir=str(worker_logs_dir(work_dir, pipeline, stage)),
-        log_every=GPU_LOG_EVERY if use_gpu else 1,
-        fault=fault,
-    )
+    job = _stage_job(pipeline, stage, work_dir, storage / name, init_from, use_gpu, fault)
+    job.tracking_uri, job.mlflow_run_id = (tracker.tracking_uri if tracker else None), run_id
     log.info(f"stage {stage.name}: workers' logs in {job.logs_dir}")
     try:
         with stage_progress(stage.name, stage.steps) as board:
@@ -254,6 +236,44 @@ def run_stage(
         mlflow_run_id=run_id,
         fingerprint=inputs.fingerprint,
         reason=decision.reason,
+    )
+
+
+def _prepare_ray_run(
+    pipeline: Any, stage: Any, work_dir: Path, inputs: StageInputs, workers: int, force: bool
+) -> tuple[str, Path]:
+    """The stage's Ray run (name, storage folder), ready to start or resume."""
+    name = ray_run_name(pipeline, stage, inputs.fingerprint)
+    storage = work_dir / "ray"
+    remember(stage_dir(work_dir, pipeline, stage.name), inputs)
+    if force and (storage / name).exists():
+        log.info(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
+    _explain_fresh_start(storage, pipeline, stage, inputs)
+    _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
+    clear_staging(staging_dir(storage / name))  # saves a killed run never reported (any world size)
+    return name, storage
+
+
+def _stage_job(
+    pipeline: Any,
+    stage: Any,
+    work_dir: Path,
+    run_dir: Path,
+    init_from: str | None,
+    use_gpu: bool,
+    fault: FaultInjection | None,
+) -> StageJob:
+    """What every worker of the stage gets (tracking and progress are filled in by `run_stage`)."""
+    return StageJob(
+        pipeline=pipeline.name,
+        stage=stage.resolved(),
+        stage_index=pipeline.stage_names.index(stage.name),
+        init_from=init_from,
+        samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
+        staging_dir=str(staging_dir(run_dir)),
+        logs_dir=str(worker_logs_dir(work_dir, pipeline, stage)),
+        log_every=GPU_LOG_EVERY if use_gpu else 1,
+        fault=fault,
     )
 
 

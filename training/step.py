@@ -7,9 +7,12 @@ measures exactly the step that training runs.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from training.config import StageConfig
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -21,7 +24,7 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 class StageStep:
     """The encoders and the per-step math of one stage, independent of Ray (also used by the benchmark)."""
 
-    def __init__(self, stage: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, stage: StageConfig, device: torch.device, dtype: torch.dtype) -> None:
         from model.autoencoders import build_autoencoder
         from model.text_encoders import build_text_encoder
 
@@ -54,7 +57,7 @@ class StageStep:
         return step_flops_and_tokens(self.model_config, tuple(latents.shape), text_len)
 
 
-def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
+def noise_latents(stage: StageConfig, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
     """(noisy latents in `dtype`, timesteps, noise, loss weights or None): per-sample σ, or per-chunk σ for
     block-causal stages; with `image_condition_prob`, image-conditioned samples (`condition_first_frame`)."""
     from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
@@ -120,7 +123,7 @@ def forward_loss(
     return flow_matching_loss(prediction, latents, noise, weights)
 
 
-def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
+def build_engine(stage: StageConfig, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
     import deepspeed
 
     config = stage.deepspeed_config(world_size, use_gpu)

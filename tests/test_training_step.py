@@ -132,3 +132,22 @@ def test_image_conditioned_first_frame_is_clean_and_out_of_the_loss(single_proce
         seen["grad"][conditioned, :, 1:].abs().min() >= 0 and seen["grad"][conditioned, :, 1:].abs().sum() > 0
     )
     assert seen["grad"][~conditioned, :, 0].abs().sum() > 0
+
+
+def test_log_window_sums_steps_on_the_device_and_leaves_skipped_losses_out():
+    from training.metrics import StepTotals, StepWindow, step_metrics
+
+    window = StepWindow(torch.device("cpu"))
+    # Two ranks' totals of three steps; the second had a NaN on one rank (skipped everywhere).
+    for loss, nonfinite in ((2.0, 0.0), (0.7, 1.0), (1.0, 0.0)):
+        window.add(StepTotals(torch.tensor([loss, nonfinite, 8.0, 64.0, 1e9, 0.5], dtype=torch.float64)))
+    sums, elapsed = window.read()
+    assert sums["steps"] == 3 and sums["applied_steps"] == 2 and sums["samples"] == 24
+    metrics = step_metrics(sums, world_size=2, elapsed_s=2.0, lr=1e-3, grad_norm=None, peak=1e11)
+    assert metrics["train/loss"] == (2.0 + 1.0) / 2 / 2  # mean over applied steps of the mean over ranks
+    assert metrics["perf/samples_per_s"] == 12 and metrics["perf/step_time_s"] == 2.0 / 3
+    assert metrics["data/wait_share"] == 1.5 / 2 / 2.0 and metrics["perf/mfu"] == 3e9 / 2.0 / 2e11
+    assert window.read()[0]["steps"] == 0  # reading starts a new window
+
+    nan = StepTotals.local(torch.tensor(float("nan")), samples=4, tokens=16.0, flops=1.0, data_wait_s=0.0)
+    assert nan.values.tolist() == [0.0, 1.0, 4.0, 16.0, 1.0, 0.0]

@@ -104,6 +104,12 @@ class StepWindow:
         self.steps = 0
         self.started = time.perf_counter()
 
+    def start_step(self) -> None:
+        """Call as a step begins: the window's clock starts with its first step (not at the last read, so
+        checkpoints and samples between windows are not counted as step time)."""
+        if self.steps == 0:
+            self.started = time.perf_counter()
+
     def add(self, totals: StepTotals) -> None:
         applied = (totals.nonfinite == 0).to(torch.float64)
         values = totals.values.clone()

@@ -184,6 +184,7 @@ class Trainer:
         """One optimizer step; its numbers stay on the device until `log` (every `log_every` steps)."""
         if self.job.fault is not None:
             maybe_die(self.job.fault, self.rank, step)
+        self.window.start_step()
         start = time.perf_counter()
         try:
             batch = next(self.batches)
@@ -202,9 +203,18 @@ class Trainer:
             self.ema.maybe_update(self.engine.module, step)
         self.state.step = step
         self.window.add(totals)
-        last = step == self.stage.steps
-        if step % self.job.log_every == 0 or last or step % self.stage.checkpoint.every == 0:
+        if self._log_due(step):
             self.log(step)
+
+    def _log_due(self, step: int) -> bool:
+        """Every `log_every` steps, and before a checkpoint (it reports the metrics) or a sample (its render
+        time is not step time)."""
+        sample = self.stage.sample
+        return (
+            self._due(self.job.log_every, step, at_end=True)
+            or self._due(self.stage.checkpoint.every, step)
+            or bool(sample and self._due(sample.every, step))
+        )
 
     def log(self, step: int) -> None:
         """Read the log window (one host sync) and log it: MLflow and the driver's progress bar (rank 0)."""

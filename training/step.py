@@ -179,7 +179,10 @@ def guarded_step(
 
 
 def _skips_nonfinite_updates(engine: Any) -> bool:
-    """Whether DeepSpeed's optimizer skips an update whose gradients are not finite (ZeRO-1/2, see above)."""
+    """Whether DeepSpeed's optimizer skips an update whose gradients are not finite (ZeRO-1/2: fp32 through
+    the gradient norm it computes, bf16 with `check_grad_overflow`; see guarded_step)."""
     if engine.zero_optimization_stage() not in (1, 2):
         return False
-    return not engine.bfloat16_enabled() or bool(engine._config.bfloat16_config.check_grad_overflow)  # noqa: SLF001
+    if engine.bfloat16_enabled():
+        return bool(engine._config.bfloat16_config.check_grad_overflow)  # noqa: SLF001
+    return engine.fp16_enabled() or bool(engine.zero_compute_grad_norm())

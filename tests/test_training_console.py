@@ -28,6 +28,9 @@ def _svp(args: list[str], timeout_s: float = 600) -> tuple[int, str]:
     ray_tmp = tempfile.mkdtemp(prefix="svpc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_LOG_TO_DRIVER")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    # What ray_connect sets for a private Ray, here before Ray is imported: Ray 2.60 reads it at import, and
+    # this test is about the console, not about connecting.
+    env.setdefault("RAY_AUTH_MODE", "token")
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestration.cli", *args],
         env={**env, "RAY_TMPDIR": ray_tmp},

@@ -10,6 +10,9 @@ checkpoint and records it in MLflow.
 
 Worker deaths are retried (`FailureConfig(max_failures)`); errors a retry cannot fix stop at once
 (`training.errors.FailFastCallback`).
+
+While a stage trains, the driver draws rank 0's progress (`training.progress.stage_progress`), and each rank
+appends its full log to `{work_dir}/logs/{pipeline}/{stage}/rank<N>.log` (`worker_logs_dir`).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def stage_progress(label: str, total: int, stream: Any = None) -> Iterator[Board
         yield address
     finally:
         stop.set()
-        poller.join(timeout=10)
+        poller.join(timeout=2)  # a daemon thread: an interrupted driver does not wait for its last poll
         view.close()
         with contextlib.suppress(Exception):
             ray.kill(actor)

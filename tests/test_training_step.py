@@ -56,7 +56,8 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
     assert not applied and totals.nonfinite == 1.0
     after_skip = _weights(engine.module)
     assert all(torch.equal(before[k], after_skip[k]) for k in before)
-    assert engine.global_steps == 0
+    # DeepSpeed's own overflow skip (decided on the device, see guarded_step) counts the step as skipped.
+    assert engine.skipped_steps == 1 and engine.optimizer.optimizer.state == {}
 
     totals, applied = guarded_step(
         engine, step_math, video, captions, step_generator(0, 0, 2), data_wait_s=0.5
@@ -68,7 +69,7 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
         and totals.flops > 0
         and totals.data_wait_s == 0.5
     )
-    assert totals.loss > 0 and engine.global_steps == 1
+    assert totals.loss > 0 and engine.global_steps - engine.skipped_steps == 1
     # DeepSpeed's WarmupLR gives lr 0 to the first two steps (warmup_min_lr 0), so the weights move from the
     # third applied step on.
     for step in (3, 4):
@@ -164,3 +165,22 @@ def test_fused_adamw_takes_the_same_steps_as_the_unfused_one(single_process_grou
     assert any(not torch.equal(unfused[k], initial[k]) for k in unfused)  # the steps moved the weights
     for key in unfused:
         torch.testing.assert_close(fused_weights[key], unfused[key], rtol=1e-5, atol=1e-6)
+
+
+def test_log_window_sums_steps_on_the_device_and_leaves_skipped_losses_out():
+    from training.metrics import StepTotals, StepWindow, step_metrics
+
+    window = StepWindow(torch.device("cpu"))
+    # Two ranks' totals of three steps; the second had a NaN on one rank (skipped everywhere).
+    for loss, nonfinite in ((2.0, 0.0), (0.7, 1.0), (1.0, 0.0)):
+        window.add(StepTotals(torch.tensor([loss, nonfinite, 8.0, 64.0, 1e9, 0.5], dtype=torch.float64)))
+    sums, elapsed = window.read()
+    assert sums["steps"] == 3 and sums["applied_steps"] == 2 and sums["samples"] == 24
+    metrics = step_metrics(sums, world_size=2, elapsed_s=2.0, lr=1e-3, grad_norm=None, peak=1e11)
+    assert metrics["train/loss"] == (2.0 + 1.0) / 2 / 2  # mean over applied steps of the mean over ranks
+    assert metrics["perf/samples_per_s"] == 12 and metrics["perf/step_time_s"] == 2.0 / 3
+    assert metrics["data/wait_share"] == 1.5 / 2 / 2.0 and metrics["perf/mfu"] == 3e9 / 2.0 / 2e11
+    assert window.read()[0]["steps"] == 0  # reading starts a new window
+
+    nan = StepTotals.local(torch.tensor(float("nan")), samples=4, tokens=16.0, flops=1.0, data_wait_s=0.0)
+    assert nan.values.tolist() == [0.0, 1.0, 4.0, 16.0, 1.0, 0.0]

@@ -21,8 +21,10 @@ class StageJob:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     peak_flops_per_worker: float | None = None  # for MFU; None: not reported
-    log_every: int = 1
+    log_every: int = 1  # steps between host reads of the step's numbers (MLflow, progress bar)
     samples_dir: str | None = None
+    logs_dir: str | None = None  # where each rank appends its log (rank<N>.log)
+    progress: dict[str, str] | None = None  # training.progress.BoardAddress of the driver's progress bar
     staging_dir: str | None = None  # where ranks stage checkpoints (training.checkpoints.staging_dir)
     fault: FaultInjection | None = None  # reliability drills only (training.drills)
     extra_tags: dict[str, str] = field(default_factory=dict)

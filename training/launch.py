@@ -10,6 +10,9 @@ checkpoint and records it in MLflow.
 
 Worker deaths are retried (`FailureConfig(max_failures)`); errors a retry cannot fix stop at once
 (`training.errors.FailFastCallback`).
+
+While a stage trains, the driver draws rank 0's progress (`training.progress.stage_progress`), and each rank
+appends its full log to `{work_dir}/logs/{pipeline}/{stage}/rank<N>.log` (`worker_logs_dir`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from training.fingerprints import (
     write_export_fingerprint,
 )
 from training.job import StageJob
+from training.progress import stage_progress
 from training.sampling import export_extra
 from training.stage_plan import SKIP, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
@@ -61,6 +65,9 @@ from training.tracking import (
 log = logging.getLogger("svp.training")
 
 DEFAULT_WORK_DIR = "svp-work"
+# Steps between host reads of the step's numbers (MLflow metrics, the progress bar). On a GPU each read waits
+# for the queued kernels, so it is not every step; on a CPU there is no queue to drain.
+GPU_LOG_EVERY = 10
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 
 
@@ -117,6 +124,12 @@ def resolve_init_from(pipeline: Any, stage: Any, work_dir: Path) -> str | None:
     return str(export)
 
 
+def worker_logs_dir(work_dir: Path, pipeline: Any, stage: Any) -> Path:
+    """Where each rank of a stage appends its full log, `rank<N>.log` (on the workers' nodes: a work dir on
+    shared storage, as the checkpoints need anyway, puts them in one place)."""
+    return work_dir / "logs" / pipeline.name / stage.name
+
+
 def ensure_ray(use_gpu: bool) -> None:
     """The connected Ray is used as it is: which cluster to join is decided by the caller
     (`orchestration.ray_connect`), never here."""
@@ -171,11 +184,6 @@ def run_stage(
     Skipped when its export is complete and was made from the same inputs (`training.stage_plan`);
     `force` retrains it anyway (the old export and Ray run are set aside, a new MLflow run is made).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from training.worker import train_loop_per_worker
-
     check_drill_allowed(fault)
     if isinstance(stage, str):
         stage = pipeline.stage(stage)
@@ -196,14 +204,7 @@ def run_stage(
     use_gpu = gpus_per_worker > 0
     ensure_ray(use_gpu)
 
-    name = ray_run_name(pipeline, stage, inputs.fingerprint)
-    storage = work_dir / "ray"
-    remember(stage_dir(work_dir, pipeline, stage.name), inputs)
-    if force and (storage / name).exists():
-        log.info(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
-    _explain_fresh_start(storage, pipeline, stage, inputs)
-    _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
-    clear_staging(staging_dir(storage / name))  # saves a killed run never reported (any world size)
+    name, storage = _prepare_ray_run(pipeline, stage, work_dir, inputs, workers, force)
 
     run_id = None
     owns_parent = tracker is not None and parent_run_id is None  # else the caller ends the parent run
@@ -212,38 +213,14 @@ def run_stage(
         run_id = _track_stage(
             tracker, parent_run_id, stage, stage_index, name, init_from, workers, inputs, fresh=force
         )
-    job = StageJob(
-        pipeline=pipeline.name,
-        stage=stage.resolved(),
-        stage_index=stage_index,
-        init_from=init_from,
-        tracking_uri=tracker.tracking_uri if tracker else None,
-        mlflow_run_id=run_id,
-        samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
-        staging_dir=str(staging_dir(storage / name)),
-        fault=fault,
-    )
-    worker_env = {} if use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=job.to_dict(),
-        scaling_config=ScalingConfig(
-            num_workers=workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker} if use_gpu else {})},
-        ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
-            callbacks=[FailFastCallback()],
-            worker_runtime_env=worker_env,
-        ),
-    )
+    job = _stage_job(pipeline, stage, work_dir, storage / name, init_from, use_gpu, fault)
+    job.tracking_uri, job.mlflow_run_id = (tracker.tracking_uri if tracker else None), run_id
+    log.info(f"stage {stage.name}: workers' logs in {job.logs_dir}")
     try:
-        result = _fit_and_export(trainer, stage, storage / name, export_dir, init_from, inputs)
+        with stage_progress(stage.name, stage.steps) as board:
+            job.progress = asdict(board)
+            trainer = _torch_trainer(job, stage, workers, gpus_per_worker, name, storage, max_failures)
+            result = _fit_and_export(trainer, stage, storage / name, export_dir, init_from, inputs)
     except BaseException as err:  # a failed stage, a Ray error, Ctrl-C, SIGTERM: never leave the runs RUNNING
         if tracker is not None and run_id is not None:
             end_runs_after(tracker, err, run_id, parent_run_id if owns_parent else None)
@@ -279,6 +256,81 @@ def end_runs_after(tracker: Tracker, error: BaseException, *run_ids: str | None)
                 f"MLflow: could not end run {run_id} as {end_status(error)} at {tracker.tracking_uri} "
                 f"({type(tracking_error).__name__}: {str(tracking_error)[:300]})"
             )
+
+
+def _prepare_ray_run(
+    pipeline: Any, stage: Any, work_dir: Path, inputs: StageInputs, workers: int, force: bool
+) -> tuple[str, Path]:
+    """The stage's Ray run (name, storage folder), ready to start or resume."""
+    name = ray_run_name(pipeline, stage, inputs.fingerprint)
+    storage = work_dir / "ray"
+    remember(stage_dir(work_dir, pipeline, stage.name), inputs)
+    if force and (storage / name).exists():
+        log.info(f"stage {stage.name}: forced: earlier Ray run kept at {set_aside(storage / name)}")
+    _explain_fresh_start(storage, pipeline, stage, inputs)
+    _prepare_resume(storage / name, workers, stage.deepspeed.zero_stage)
+    clear_staging(staging_dir(storage / name))  # saves a killed run never reported (any world size)
+    return name, storage
+
+
+def _stage_job(
+    pipeline: Any,
+    stage: Any,
+    work_dir: Path,
+    run_dir: Path,
+    init_from: str | None,
+    use_gpu: bool,
+    fault: FaultInjection | None,
+) -> StageJob:
+    """What every worker of the stage gets (tracking and progress are filled in by `run_stage`)."""
+    return StageJob(
+        pipeline=pipeline.name,
+        stage=stage.resolved(),
+        stage_index=pipeline.stage_names.index(stage.name),
+        init_from=init_from,
+        samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
+        staging_dir=str(staging_dir(run_dir)),
+        logs_dir=str(worker_logs_dir(work_dir, pipeline, stage)),
+        log_every=GPU_LOG_EVERY if use_gpu else 1,
+        fault=fault,
+    )
+
+
+def _torch_trainer(
+    job: StageJob,
+    stage: Any,
+    workers: int,
+    gpus_per_worker: float,
+    name: str,
+    storage: Path,
+    max_failures: int,
+) -> Any:
+    """The Ray Train job of a stage: `workers` DeepSpeed workers, resumed by its name under `storage`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.worker import train_loop_per_worker
+
+    use_gpu = gpus_per_worker > 0
+    worker_env = {} if use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": 1, **({"GPU": gpus_per_worker} if use_gpu else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=stage.checkpoint.keep_last),
+            callbacks=[FailFastCallback()],
+            worker_runtime_env=worker_env,
+        ),
+    )
 
 
 def _fit_and_export(

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from training.config import StageConfig
+    from training.step import StageStep
 
 DEFAULT_FPS = 16.0
 
 
-def export_extra(stage: Any) -> dict[str, Any]:
+def export_extra(stage: StageConfig) -> dict[str, Any]:
     """What `generate_from_export` needs to know about the stage, stored in the export's stage.json."""
     resolved = stage.resolved()
     bucket = stage.buckets[0]
@@ -38,8 +42,11 @@ def _inference_context(module: torch.nn.Module):
     return torch.autocast(device_type=param.device.type, dtype=param.dtype)
 
 
-def render_sample(stage: Any, step_math: Any, module: torch.nn.Module, path: Path) -> Path:
-    """A short video of `stage.sample.prompt` with the current weights (block-AR when the stage is)."""
+def render_sample(
+    stage: StageConfig, step_math: StageStep, module: torch.nn.Module, path: Path | None
+) -> Path | None:
+    """A short video of `stage.sample.prompt` with the current weights (block-AR when the stage is), written
+    to `path`; with `path` None it is rendered and not written (the ranks that share a render with rank 0)."""
     from model.generate import generate_video, save_video
 
     spec = stage.sample
@@ -63,6 +70,8 @@ def render_sample(stage: Any, step_math: Any, module: torch.nn.Module, path: Pat
             )
     finally:
         module.train(was_training)
+    if path is None:
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_video(frames, path, fps=stage.target_fps or DEFAULT_FPS)
 

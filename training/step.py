@@ -7,9 +7,12 @@ measures exactly the step that training runs.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from training.config import StageConfig
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -21,7 +24,7 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 class StageStep:
     """The encoders and the per-step math of one stage, independent of Ray (also used by the benchmark)."""
 
-    def __init__(self, stage: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, stage: StageConfig, device: torch.device, dtype: torch.dtype) -> None:
         from model.autoencoders import build_autoencoder
         from model.text_encoders import build_text_encoder
 
@@ -54,7 +57,7 @@ class StageStep:
         return step_flops_and_tokens(self.model_config, tuple(latents.shape), text_len)
 
 
-def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
+def noise_latents(stage: StageConfig, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
     """(noisy latents in `dtype`, timesteps, noise, loss weights or None): per-sample σ, or per-chunk σ for
     block-causal stages; with `image_condition_prob`, image-conditioned samples (`condition_first_frame`)."""
     from model.flow import add_noise, sample_chunk_sigmas, sample_sigmas, sigma_to_timestep
@@ -120,7 +123,7 @@ def forward_loss(
     return flow_matching_loss(prediction, latents, noise, weights)
 
 
-def build_engine(stage: Any, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
+def build_engine(stage: StageConfig, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
     import deepspeed
 
     config = stage.deepspeed_config(world_size, use_gpu)
@@ -144,9 +147,18 @@ def guarded_step(
 ) -> tuple[Any, bool]:
     """One optimizer step on a batch, skipped on every rank when any rank's loss is NaN/inf.
 
-    Returns the step's totals summed over ranks (`training.metrics.StepTotals`) and whether the step was
-    applied. One all-reduce carries the loss, the non-finite flag and the throughput counters together, so
-    all ranks take the same branch and no rank waits in a collective the others skipped.
+    Returns the step's totals summed over ranks (`training.metrics.StepTotals`, still on the device) and
+    whether the step was applied. One all-reduce carries the loss, the non-finite flag and the throughput
+    counters together; the host reads none of them here (`training.metrics.StepWindow` does, every
+    `log_every` steps).
+
+    The skip is decided on the device: when any rank's loss is not finite, every rank back-propagates its
+    loss times NaN, so every gradient is NaN, and DeepSpeed's ZeRO-1/2 optimizer, which checks the global
+    gradient norm before each update anyway (fp32 always, bf16 with `check_grad_overflow`, its default),
+    skips the update on every rank: weights, optimizer state and learning-rate schedule stay as they were
+    (DeepSpeed counts it in `engine.skipped_steps`). That check is DeepSpeed's one host read per step; this
+    function adds none. Without a ZeRO optimizer (stage 0) nothing would catch the NaN, so there the flag is
+    read on the host before the backward pass (one sync per step, stage 0 only).
     """
     from training.metrics import StepTotals
 
@@ -154,18 +166,26 @@ def guarded_step(
     noisy, timesteps, noise, weights = step_math.noise(latents, generator)
     flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
     loss = forward_loss(engine, step_math.stage, latents, noisy, text, mask, timesteps, noise, weights)
-    finite = bool(torch.isfinite(loss.detach()))
-    local = StepTotals(
-        float(loss.detach()) if finite else 0.0,
-        0.0 if finite else 1.0,
-        latents.shape[0],
-        tokens,
-        flops,
-        data_wait_s,
-    )
+    local = StepTotals.local(loss, latents.shape[0], tokens, flops, data_wait_s)
     totals = StepTotals.all_reduce(local, step_math.device)
-    if totals.nonfinite:
-        return totals, False  # the autograd graph is dropped with `loss`; no gradient was produced
-    engine.backward(loss)
+    skip = totals.nonfinite > 0
+    if not _skips_nonfinite_updates(engine):
+        if bool(skip):  # host read: stage 0 only (see the docstring)
+            return totals, False  # the autograd graph is dropped with `loss`; no gradient was produced
+        engine.backward(loss)
+        engine.step()
+        return totals, True
+    poison = torch.where(skip, torch.full_like(loss, float("nan")), torch.ones_like(loss))
+    engine.backward(loss * poison.detach())
     engine.step()
-    return totals, True
+    return totals, bool(engine.was_step_applied())
+
+
+def _skips_nonfinite_updates(engine: Any) -> bool:
+    """Whether DeepSpeed's optimizer skips an update whose gradients are not finite (ZeRO-1/2: fp32 through
+    the gradient norm it computes, bf16 with `check_grad_overflow`; see guarded_step)."""
+    if engine.zero_optimization_stage() not in (1, 2):
+        return False
+    if engine.bfloat16_enabled():
+        return bool(engine._config.bfloat16_config.check_grad_overflow)  # noqa: SLF001
+    return engine.fp16_enabled() or bool(engine.zero_compute_grad_norm())

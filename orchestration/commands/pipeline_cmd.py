@@ -52,8 +52,15 @@ def run(
         "working directory can be removed while they run).",
     ),
     set_: list[str] = SET_OPT,
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Stream the workers' output and every library's messages here too."
+    ),
 ) -> None:
     """Run the steps whose fingerprint changed (the driver runs here; see `submit` for a Ray job)."""
+    from orchestration.console import setup_logging
+
+    setup_logging(verbose)  # before anything imports Ray
+    from orchestration.console import ray_init_options
     from orchestration.pipeline.run import run_pipeline_file
     from orchestration.pipeline.spec import load_spec, settle_files
     from orchestration.ray_connect import ray_connection
@@ -61,7 +68,7 @@ def run(
     spec = load_spec(pipeline, config_overrides(set_))
     if settle:
         spec = settle_files(spec)
-    with ray_connection(address, log_to_driver=True):
+    with ray_connection(address, **ray_init_options(verbose)):
         run_pipeline_file(
             spec,
             from_step=from_step,

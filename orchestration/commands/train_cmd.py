@@ -59,12 +59,15 @@ def train(
     from_stage: str = typer.Option(
         None, "--from", help="Retrain this stage and every later one, whatever their fingerprints say."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Stream the workers' output and every library's messages here too."
+    ),
 ) -> None:
     """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
     from orchestration.console import setup_logging
 
-    setup_logging()  # before anything imports Ray
-    from orchestration.console import ray_log_dir
+    setup_logging(verbose)  # before anything imports Ray
+    from orchestration.console import ray_init_options, ray_log_dir
     from orchestration.ray_connect import ray_connection
     from training.config import load_pipeline_or_preset
     from training.pipeline import check_pipeline, run_pipeline
@@ -73,7 +76,7 @@ def train(
         pipeline, variables=name_value_pairs(var, "--var"), overrides=config_overrides(set_)
     )
     check_pipeline(config, stage or None, workers, work_dir)  # before Ray starts
-    with ray_connection(address):
+    with ray_connection(address, **ray_init_options(verbose)):
         if ray_log_dir() is not None:  # a local Ray, or the driver's node of a cluster
             typer.echo(f"Ray workers' logs: {ray_log_dir()}")
         results = run_pipeline(

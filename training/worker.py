@@ -126,7 +126,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
         last_position = batch.position
         generator = step_generator(stage.seed, rank, step)
         lr = engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside engine.step())
-        totals, applied = guarded_step(engine, step_math, batch.video, batch.captions, generator, data_wait)
+        totals, applied = guarded_step(engine, step_math, batch, generator, data_wait)
         if not applied:
             state.skipped_steps += 1
         elif ema is not None:

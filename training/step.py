@@ -36,21 +36,13 @@ class StageStep:
     @property
     def autoencoder(self) -> Any:
         if self._autoencoder is None:
-            from model.autoencoders import build_autoencoder
-
-            spec = self.stage.autoencoder
-            self._autoencoder = build_autoencoder(spec.name, spec.path, device=self.device, **spec.options)
+            self._autoencoder = build_stage_autoencoder(self.stage, self.device)
         return self._autoencoder
 
     @property
     def text_encoder(self) -> Any:
         if self._text_encoder is None:
-            from model.text_encoders import build_text_encoder
-
-            spec = self.stage.text_encoder
-            options = dict(spec.options)
-            options.setdefault("max_length", spec.max_length)
-            self._text_encoder = build_text_encoder(spec.name, spec.path, device=self.device, **options)
+            self._text_encoder = build_stage_text_encoder(self.stage, self.device)
         return self._text_encoder
 
     def encode(self, batch: Any, generator: torch.Generator):
@@ -79,6 +71,24 @@ class StageStep:
 
     def flops_and_tokens(self, latents: torch.Tensor, text_len: int) -> tuple[float, float]:
         return step_flops_and_tokens(self.model_config, tuple(latents.shape), text_len)
+
+
+def build_stage_autoencoder(stage: Any, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
+    """The stage's autoencoder (`model.autoencoders`), as the trainer and `svp encode` build it."""
+    from model.autoencoders import build_autoencoder
+
+    spec = stage.autoencoder
+    return build_autoencoder(spec.name, spec.path, device=device, dtype=dtype, **spec.options)
+
+
+def build_stage_text_encoder(stage: Any, device: torch.device, dtype: torch.dtype = torch.float32) -> Any:
+    """The stage's text encoder (`model.text_encoders`), as the trainer and `svp encode` build it."""
+    from model.text_encoders import build_text_encoder
+
+    spec = stage.text_encoder
+    options = dict(spec.options)
+    options.setdefault("max_length", spec.max_length)
+    return build_text_encoder(spec.name, spec.path, device=device, dtype=dtype, **options)
 
 
 def noise_latents(stage: Any, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):

@@ -17,24 +17,29 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 from process_groups import reap_group
 from shard_fixtures import broken_keys, make_shards
 from test_model_autoencoders import _tiny_wan
 from test_model_text_encoders import _tiny_gemma
+from test_training_loop import fixed_loss
+from training_runs import sqlite_tracker
 
+from model import LinearDiT
 from model.autoencoders import build_autoencoder
+from model.pretrained import load_pretrained
 from model.text_encoders import build_text_encoder
 from training.buckets import DataPosition
 from training.config import load_preset
-from training.config.schema import AutoencoderSpec, ModelSpec, TextEncoderSpec
+from training.config.schema import AutoencoderSpec, ModelSpec, PipelineConfig, TextEncoderSpec
 from training.data import StageData
+from training.drills import FaultInjection, fault_drills
 from training.encode_job import run_encode
 from training.latent_store import ENCODE_WINDOW_SEED, WORK_DIR
+from training.launch import run_stage
 from training.shard_reader import ShardReader
 from training.step import StageStep, step_generator
 from training.video_clips import clip_from_members, clip_rng
-
-_CACHE: dict[str, object] = {}
 
 
 def encoded_stage(base: Path, data: Path, **overrides):
@@ -189,3 +194,43 @@ def _sigkill_when(args: list[str], ready, timeout_s: float = 300) -> None:
             proc.kill()
         reap_group(proc.pid)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_stage_trains_and_resumes_on_latents_without_building_the_encoders(encoded, tmp_path):
+    base, _, stage, _ = encoded
+    stage = stage.replace(steps=12)
+    # Weights that cannot load, with the same size and mtime (so the same encoding id): a worker that built
+    # the VAE or the text encoder would fail the stage.
+    weights = {
+        p: p.read_bytes() for p in [*base.glob("vae/*.safetensors"), *base.glob("gemma/*.safetensors")]
+    }
+    assert len(weights) == 2
+    try:
+        for path, data in weights.items():
+            stat = path.stat()
+            path.write_bytes(b"\0" * len(data))
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        pipeline = PipelineConfig(name="enc", stages=[stage])
+        work = tmp_path / "work"
+        tracker = sqlite_tracker(pipeline, work)
+        fault = FaultInjection(kill_at_step=6, rank=0, marker=str(tmp_path / "killed.txt"))
+        with fault_drills():
+            result = run_stage(pipeline, "video", workers=1, work_dir=work, tracker=tracker, fault=fault)
+    finally:
+        for path, data in weights.items():
+            stat = path.stat()
+            path.write_bytes(data)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    client = MlflowClient(tracker.tracking_uri)
+    resumed = client.get_metric_history(result.mlflow_run_id, "train/resumed_from_step")
+    assert [m.value for m in resumed] == [4.0]  # killed at step 6, resumed from the step-4 checkpoint
+
+    torch.manual_seed(stage.seed)
+    initial = LinearDiT(stage.model_config())  # the worker's fresh init
+    step_math = StageStep(stage, torch.device("cpu"), torch.float32)
+    batch = next(StageData(stage).batches())
+    before = fixed_loss(initial, step_math, batch)
+    after = fixed_loss(load_pretrained(result.export_dir), step_math, batch)
+    assert after < 0.9 * before, (before, after)
+    assert step_math._autoencoder is None and step_math._text_encoder is None

@@ -135,13 +135,12 @@ class ShardEncoder:
             members = self.reader.read_sample(task.source_uri, key, (offset, length) if offset >= 0 else None)
             size = (bucket.height, bucket.width, bucket.num_frames)
             rng = clip_rng(ENCODE_WINDOW_SEED, 0, key)
-            return clip_from_members(
-                members, task.source_uri, key, num_frames, fps, size, self.target_fps, rng
-            )
+            # Messages name the shard, not its path: records stay the same wherever the data lies.
+            return clip_from_members(members, task.shard, key, num_frames, fps, size, self.target_fps, rng)
         except BadClip as err:
             return str(err)
         except (OSError, tarfile.TarError) as err:
-            return f"read_error: {task.source_uri}: {err}"
+            return f"read_error: {task.shard}: {err}"
 
     @torch.no_grad()
     def _encode(self, keys: list[str], clips: list[tuple[torch.Tensor, str]]) -> Iterator[tuple[str, bytes]]:

@@ -118,6 +118,9 @@ class StageData:
         self._plans: dict[int, EpochPlan] = {}
         self._reader = ShardReader()
         self.latents = open_latents(stage, self.entries)
+        if self.latents is not None:  # other data (one fixed window per clip): another dataset fingerprint
+            joined = f"{self._fingerprint}:{self.latents.eid}".encode()
+            self._fingerprint = hashlib.sha256(joined).hexdigest()[:16]
 
     # ---- public ----------------------------------------------------------------------------------------
 

@@ -105,10 +105,31 @@ def _encode(stage) -> dict[str, float]:
     finally:
         ray.shutdown()
     return {
-        "encode_s": seconds,
+        "encode_job_s": seconds,
         "encoded_clips": result.encoded,
-        "encode_clips_per_s": result.encoded / seconds,
+        "encode_job_clips_per_s": result.encoded / seconds,
+        **_actor_throughput(stage),
     }
+
+
+def _actor_throughput(stage) -> dict[str, float]:
+    """One encoder actor's own loop (read, decode, encode, write), warm, in this process: the steady-state
+    clips/s per actor, without Ray's and the actor's start. It rewrites the same files with the same bytes."""
+    from training.encode_job import plan_encode
+    from training.encode_shard import ShardEncoder
+
+    tasks = [task for plan in plan_encode(stage) for task in plan.tasks]
+    encoder = ShardEncoder(stage.resolved(), "float32", batch_size=1)
+    encoder.encode_shard(tasks[0])  # warm-up (cuDNN autotuning, first allocations)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    clips = sum(len(encoder.encode_shard(task)["rows"]) for task in tasks)
+    seconds = time.perf_counter() - start
+    del encoder
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"actor_clips_per_s": clips / seconds, "actor_s_per_clip": seconds / clips}
 
 
 def _step_times(stage, args: argparse.Namespace) -> dict[str, float]:

@@ -59,7 +59,10 @@ def encoding_identity(stage: Any, compute_dtype: str = "float32") -> dict[str, A
     from training.fingerprints import weights_fingerprint
 
     def weights(path: str | None) -> str | None:
-        return weights_fingerprint(Path(path)) if path else None
+        # Missing weights: no latents match (the pixel path, or `svp encode`, reports the missing folder).
+        if not path or not Path(path).expanduser().exists():
+            return None
+        return weights_fingerprint(Path(path).expanduser())
 
     ae, te = stage.autoencoder, stage.text_encoder
     return {

@@ -36,7 +36,7 @@ from training.latent_store import (
     encoding_identity,
     latents_folder,
 )
-from training.shard_reader import is_remote
+from training.shard_reader import is_remote, join_uri
 
 log = logging.getLogger("svp.training")
 
@@ -99,7 +99,8 @@ def plan_encode(stage: Any) -> list[FolderPlan]:
             raise ValueError(
                 f"svp encode writes next to the shards, and {entry.folder} is not a local folder"
             )
-        out_dir = latents_folder(entry.folder, eid)
+        folder = str(Path(entry.folder.removeprefix("file://")).resolve())  # actors may run elsewhere
+        out_dir = latents_folder(folder, eid)
         per_shard: dict[str, list[tuple]] = {}
         unfit = 0
         for i in range(start, start + len(entry.keys)):
@@ -110,9 +111,10 @@ def plan_encode(stage: Any) -> list[FolderPlan]:
             sample = (str(data.keys[i]), int(data.num_frames[i]), float(data.fps[i]), int(data.bucket_of[i]))
             per_shard.setdefault(uri, []).append((*sample, int(data.offset[i]), int(data.length[i])))
         start += len(entry.keys)
+        names = sorted(uri[len(entry.folder) :].lstrip("/") for uri in per_shard)
         tasks = [
-            ShardTask(uri[len(entry.folder) :].lstrip("/"), uri, out_dir, samples)
-            for uri, samples in sorted(per_shard.items())
+            ShardTask(name, join_uri(folder, name), out_dir, per_shard[join_uri(entry.folder, name)])
+            for name in names
         ]
         plans.append(FolderPlan(stage, entry.folder, out_dir, identity, entry.digest, tasks, unfit))
     return plans

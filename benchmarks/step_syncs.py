@@ -56,6 +56,7 @@ def _stage(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     from model import LinearDiT
+    from training.data import Batch, DataPosition
     from training.metrics import StepWindow
     from training.step import StageStep, build_engine, guarded_step, step_generator
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     engine = build_engine(stage, model, world_size=1, use_gpu=use_gpu, universal=False)
     video = torch.rand(2, 3, args.frames, args.height, args.width, generator=torch.Generator().manual_seed(0))
     captions = ["a red fox runs through fresh snow"] * 2
+    batch = Batch(video, captions, ["k0", "k1"], "bench", DataPosition())
     rows = []
     for log_every in (1, 10):
         window = StepWindow(device)
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
             window.start_step()
-            totals, _ = guarded_step(engine, step_math, video, captions, step_generator(0, 0, step))
+            totals, _ = guarded_step(engine, step_math, batch, step_generator(0, 0, step))
             window.add(totals)
             if step % log_every == 0:
                 window.read()

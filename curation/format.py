@@ -16,6 +16,9 @@ from pathlib import PurePosixPath
 # Re-exported: training may import only this curation module, and writes its files the same crash-safe way.
 from curation.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401
 
+# Re-exported: `svp encode` (training) writes its companion shards with the curation shards' tar writer.
+from curation.shard_tar import write_tar_streaming  # noqa: F401
+
 SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
 SHARDS_DIR = "shards"

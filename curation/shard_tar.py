@@ -71,3 +71,23 @@ def write_tar(
 
     atomic_write(path, write)
     return spans
+
+
+def write_tar_streaming(
+    path: Path, samples: Iterable[tuple[str, Sequence[tuple[str, bytes]]]]
+) -> list[tuple[str, int, int]]:
+    """`write_tar` for samples produced one at a time (only one sample's bytes in memory): the same headers,
+    so the same samples in the same order give the same bytes; atomic as well. Returns (key, offset, length)
+    of each sample as it went into the tar."""
+    spans: list[tuple[str, int, int]] = []
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=_TAR_FORMAT) as tar:
+            for key, members in samples:
+                start = tar.offset
+                for ext, data in members:
+                    tar.addfile(_member_info(key, ext, len(data)), io.BytesIO(data))
+                spans.append((key, start, tar.offset - start))
+
+    atomic_write(path, write)
+    return spans

@@ -19,6 +19,7 @@ COMMANDS = [
     ["curate", "report"],
     ["curate", "prune"],
     ["train"],
+    ["encode"],
     ["generate"],
     ["demo"],
     ["model", "info"],

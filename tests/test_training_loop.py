@@ -23,7 +23,7 @@ def fixed_loss(model: torch.nn.Module, step_math: StageStep, batch) -> float:
     with torch.no_grad():
         for k in range(4):
             g = step_generator(99, 0, k)
-            latents, text, mask = step_math.encode(batch.video, batch.captions, g)
+            latents, text, mask = step_math.encode(batch, g)
             noisy, timesteps, noise, weights = step_math.noise(latents, g)
             prediction = model(noisy, text, timesteps, text_mask=mask)
             losses.append(float(flow_matching_loss(prediction, latents, noise, weights)))

@@ -10,7 +10,9 @@ import torch
 import torch.distributed as dist
 
 from model import LinearDiT
+from training.buckets import DataPosition
 from training.config import load_preset
+from training.data import Batch
 from training.step import StageStep, build_engine, guarded_step, step_generator
 
 
@@ -34,6 +36,10 @@ def single_process_group():
             dist.destroy_process_group()
 
 
+def _batch(video: torch.Tensor, captions: list[str]) -> Batch:
+    return Batch(video, captions, [f"k{i}" for i in range(len(captions))], "b", DataPosition())
+
+
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -52,7 +58,7 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
     before = _weights(engine.module)
     poisoned = video.clone()
     poisoned[1, :, 0, 5, 5] = float("nan")
-    totals, applied = guarded_step(engine, step_math, poisoned, captions, step_generator(0, 0, 1))
+    totals, applied = guarded_step(engine, step_math, _batch(poisoned, captions), step_generator(0, 0, 1))
     assert not applied and totals.nonfinite == 1.0
     after_skip = _weights(engine.module)
     assert all(torch.equal(before[k], after_skip[k]) for k in before)
@@ -60,7 +66,7 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
     assert engine.skipped_steps == 1 and engine.optimizer.optimizer.state == {}
 
     totals, applied = guarded_step(
-        engine, step_math, video, captions, step_generator(0, 0, 2), data_wait_s=0.5
+        engine, step_math, _batch(video, captions), step_generator(0, 0, 2), data_wait_s=0.5
     )
     assert applied and totals.nonfinite == 0.0
     assert (
@@ -73,7 +79,7 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
     # DeepSpeed's WarmupLR gives lr 0 to the first two steps (warmup_min_lr 0), so the weights move from the
     # third applied step on.
     for step in (3, 4):
-        assert guarded_step(engine, step_math, video, captions, step_generator(0, 0, step))[1]
+        assert guarded_step(engine, step_math, _batch(video, captions), step_generator(0, 0, step))[1]
     after_step = _weights(engine.module)
     assert any(not torch.equal(before[k], after_step[k]) for k in before)
 
@@ -116,7 +122,9 @@ def test_image_conditioned_first_frame_is_clean_and_out_of_the_loss(single_proce
 
     engine.module.register_forward_hook(capture, with_kwargs=True)
     video = torch.rand(4, 3, 9, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    totals, applied = guarded_step(engine, step_math, video, ["a red square"] * 4, step_generator(0, 0, 2))
+    totals, applied = guarded_step(
+        engine, step_math, _batch(video, ["a red square"] * 4), step_generator(0, 0, 2)
+    )
     assert applied and totals.loss > 0
 
     clean = step_math.autoencoder.encode(video)

@@ -11,8 +11,11 @@ then read by byte offset from their shards (`training.shard_reader`) and decoded
 (undecodable mp4, missing caption, too short, unreadable) is replaced by the next sample of the same bucket and
 counted in `stats.skipped` by reason; it never stops training.
 
-Shards are local paths or fsspec URIs (`s3://…`, `gs://…`, with the matching fsspec backend installed). The
-optional precomputed `latent.safetensors` member is not read yet: clips are encoded by the training worker.
+Shards are local paths or fsspec URIs (`s3://…`, `gs://…`, with the matching fsspec backend installed).
+
+With precomputed latents (`svp encode`, `training.latent_store`; the stage's `latents` option), a batch carries
+`batch.encoded` (latents, text embeddings, mask) instead of `batch.video`: the same batches in the same order,
+read from the companion shards, and the training worker never builds the VAE or the text encoder.
 """
 
 from __future__ import annotations
@@ -30,28 +33,43 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curation.format import CAPTION_MEMBER, VIDEO_MEMBER
 from model.errors import UserError
 from training.buckets import DataPosition, EpochPlan, PlannedBatch, assign_buckets, rank_batches
 from training.config import BucketConfig, StageConfig
+from training.latent_store import DataEntry, open_latents
 from training.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
-from training.video_clips import BadClip, decode_at, resize_crop, window_times
+from training.video_clips import BadClip, clip_from_members, clip_rng
 
-__all__ = ["Batch", "DataPosition", "DataStats", "StageData"]
+__all__ = ["Batch", "DataPosition", "DataStats", "EncodedBatch", "StageData"]
+
+
+@dataclass
+class EncodedBatch:
+    latents: torch.Tensor  # (B, C, F, H', W') float32
+    text: torch.Tensor  # (B, L, C_text) float32
+    mask: torch.Tensor  # (B, L) long
+    empty_text: torch.Tensor  # (L, C_text): the empty caption's embedding (caption dropout)
+    empty_mask: torch.Tensor  # (L,)
+
+    def pin_memory(self) -> EncodedBatch:
+        return EncodedBatch(*(t.pin_memory() for t in dataclasses.astuple(self)))
 
 
 @dataclass
 class Batch:
-    video: torch.Tensor  # (B, 3, T, H, W) float32 in [-1, 1]
+    video: torch.Tensor | None  # (B, 3, T, H, W) float32 in [-1, 1]; None when `encoded` is set
     captions: list[str]
     keys: list[str]
     bucket: str  # e.g. "32x32_t9"
     position: DataPosition  # resuming from it yields the batch after this one
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) replaced in this batch
     read_seconds: float = 0.0  # time spent reading and decoding this batch (in its worker)
+    encoded: EncodedBatch | None = None  # precomputed latents and text (`svp encode`)
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread (GPU runs), so the copy to the GPU can be asynchronous."""
+        if self.encoded is not None:
+            return dataclasses.replace(self, encoded=self.encoded.pin_memory())
         return dataclasses.replace(self, video=self.video.pin_memory())
 
 
@@ -100,6 +118,10 @@ class StageData:
         self._bad: dict[int, str] = {}
         self._plans: dict[int, EpochPlan] = {}
         self._reader = ShardReader()
+        self.latents = open_latents(stage, self.entries)
+        if self.latents is not None:  # other data (one fixed window per clip): another dataset fingerprint
+            joined = f"{self._fingerprint}:{self.latents.eid}".encode()
+            self._fingerprint = hashlib.sha256(joined).hexdigest()[:16]
 
     # ---- public ----------------------------------------------------------------------------------------
 
@@ -136,13 +158,18 @@ class StageData:
     def _load_index(self) -> None:
         shard_uris: list[str] = []
         frames, digest = [], hashlib.sha256()
+        self.entries: list[DataEntry] = []
         for entry in self.stage.data:
             try:
                 folder = find_shard_folder(entry)
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"stage {self.stage.name!r}: {err}") from None
             table = read_index(folder)
-            digest.update(_table_digest(table))
+            table_digest = _table_digest(table)
+            digest.update(table_digest)
+            self.entries.append(
+                DataEntry(folder, table_digest.hex()[:16], table["key"].astype(str).to_numpy())
+            )
             names = sorted(table["shard"].unique())
             ids = {name: len(shard_uris) + i for i, name in enumerate(names)}
             shard_uris += [join_uri(folder, name) for name in names]
@@ -208,13 +235,13 @@ class StageData:
     def _load(self, planned: PlannedBatch, epoch: int, position: DataPosition) -> Batch:
         t0 = time.perf_counter()
         bucket = self.stage.buckets[planned.bucket]
-        videos, captions, keys, skipped = [], [], [], []
+        items, captions, keys, skipped = [], [], [], []
         slot, bad_in_a_row = 0, 0
-        while len(videos) < planned.size:
+        while len(items) < planned.size:
             index = planned.slot(slot)
             slot += 1
             try:
-                video, caption = self._clip(index, epoch, bucket)
+                item, caption = self._sample(index, epoch, bucket)
             except BadClip as err:
                 self._bad[index] = err.reason
                 skipped.append((self.keys[index], err.reason))
@@ -226,11 +253,16 @@ class StageData:
                     ) from None
                 continue
             bad_in_a_row = 0
-            videos.append(video)
+            items.append(item)
             captions.append(caption)
             keys.append(self.keys[index])
+        encoded = None
+        if self.latents is not None:
+            stack = [torch.stack([getattr(s, name) for s in items]) for name in ("latents", "text", "mask")]
+            encoded = EncodedBatch(*stack, self.latents.empty_text, self.latents.empty_mask)
         return Batch(
-            video=torch.stack(videos),
+            video=None if encoded else torch.stack(items),
+            encoded=encoded,
             captions=captions,
             keys=keys,
             bucket=bucket.name,
@@ -239,27 +271,24 @@ class StageData:
             read_seconds=time.perf_counter() - t0,
         )
 
-    def _clip(self, index: int, epoch: int, bucket: BucketConfig) -> tuple[torch.Tensor, str]:
+    def _sample(self, index: int, epoch: int, bucket: BucketConfig) -> tuple[Any, str]:
+        """(video, caption), or (EncodedSample, caption) with precomputed latents; BadClip if unusable."""
         if index in self._bad:
             raise BadClip(self._bad[index], "seen before")
         key = self.keys[index]
+        if self.latents is not None:
+            sample = self.latents.read(self._reader, index, key)
+            return sample, sample.caption
         shard = self.shard_uris[self.shard_id[index]]
         try:
             span = (int(self.offset[index]), int(self.length[index])) if self.offset[index] >= 0 else None
             members = self._reader.read_sample(shard, key, span)
         except (OSError, tarfile.TarError) as err:
             raise BadClip("read_error", f"{shard}: {err}") from None
-        if VIDEO_MEMBER not in members:
-            raise BadClip("missing_video", f"{shard}: no {key}.{VIDEO_MEMBER}")
-        caption = members.get(CAPTION_MEMBER, b"").decode("utf-8", errors="replace").strip()
-        if not caption:
-            raise BadClip("missing_caption", f"{shard}: no caption for {key}")
-        rng = np.random.default_rng([self.seed, epoch, _key_hash(key)])
-        times = window_times(
-            int(self.num_frames[index]), float(self.fps[index]), bucket.num_frames, self._target_fps, rng
-        )
-        frames = decode_at(members[VIDEO_MEMBER], times)
-        return resize_crop(frames, bucket.height, bucket.width), caption
+        size = (bucket.height, bucket.width, bucket.num_frames)
+        rng = clip_rng(self.seed, epoch, key)
+        n, fps = int(self.num_frames[index]), float(self.fps[index])
+        return clip_from_members(members, shard, key, n, fps, size, self._target_fps, rng)
 
     def _count(self, batch: Batch) -> None:
         for key, reason in batch.skipped:
@@ -297,7 +326,3 @@ def _table_digest(table: pd.DataFrame) -> bytes:
     cols = ["shard", "key", "num_frames", "height", "width", "fps"]
     hashed = pd.util.hash_pandas_object(table[cols], index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).digest()
-
-
-def _key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")

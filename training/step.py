@@ -22,39 +22,80 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
 
 
 class StageStep:
-    """The encoders and the per-step math of one stage, independent of Ray (also used by the benchmark)."""
+    """The encoders and the per-step math of one stage, independent of Ray (also used by the benchmark).
+
+    The autoencoder and text encoder are built on first use: a stage trained on precomputed latents
+    (`batch.encoded`) never builds them (sample rendering still does, when the stage renders samples).
+    """
 
     def __init__(self, stage: StageConfig, device: torch.device, dtype: torch.dtype) -> None:
-        from model.autoencoders import build_autoencoder
-        from model.text_encoders import build_text_encoder
-
         self.stage = stage
         self.device = device
         self.dtype = dtype
-        self.autoencoder = build_autoencoder(
-            stage.autoencoder.name, stage.autoencoder.path, device=device, **stage.autoencoder.options
-        )
-        options = dict(stage.text_encoder.options)
-        options.setdefault("max_length", stage.text_encoder.max_length)
-        self.text_encoder = build_text_encoder(
-            stage.text_encoder.name, stage.text_encoder.path, device=device, **options
-        )
+        self._autoencoder = None
+        self._text_encoder = None
         self.model_config = stage.model_config()
 
-    def encode(self, video: torch.Tensor, captions: list[str], generator: torch.Generator):
-        """Latents (B, C, F, H, W) and text (embeddings, mask), with caption dropout → empty caption."""
-        drop = torch.rand(len(captions), generator=generator) < self.stage.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    @property
+    def autoencoder(self) -> Any:
+        if self._autoencoder is None:
+            self._autoencoder = build_stage_autoencoder(self.stage, self.device)
+        return self._autoencoder
+
+    @property
+    def text_encoder(self) -> Any:
+        if self._text_encoder is None:
+            self._text_encoder = build_stage_text_encoder(self.stage, self.device)
+        return self._text_encoder
+
+    def encode(self, batch: Any, generator: torch.Generator):
+        """Latents (B, C, F, H, W) and text (embeddings, mask) of a `training.data.Batch`, with caption
+        dropout → empty caption: encoded here from `batch.video`/`batch.captions`, or taken from the
+        precomputed `batch.encoded` (the empty caption's precomputed embedding for dropped captions). The
+        dropout draw comes first either way, so both paths consume the generator alike."""
+        drop = torch.rand(len(batch.captions), generator=generator) < self.stage.caption_dropout
+        if batch.encoded is not None:
+            return self._precomputed(batch.encoded, drop)
+        captions = ["" if d else c for c, d in zip(batch.captions, drop.tolist(), strict=True)]
         with torch.no_grad():
-            latents = self.autoencoder.encode(video.to(self.device, torch.float32))
+            latents = self.autoencoder.encode(batch.video.to(self.device, torch.float32))
             text, mask = self.text_encoder.encode(captions)
         return latents.float(), text.to(self.device, self.dtype), mask.to(self.device)
+
+    def _precomputed(self, encoded: Any, drop: torch.Tensor):
+        keep = ~drop.view(-1, 1, 1)
+        text = torch.where(keep, encoded.text, encoded.empty_text.unsqueeze(0))
+        mask = torch.where(keep[:, :, 0], encoded.mask, encoded.empty_mask.unsqueeze(0))
+        latents = encoded.latents.to(self.device, torch.float32, non_blocking=True)
+        return latents, text.to(self.device, self.dtype, non_blocking=True), mask.to(self.device)
 
     def noise(self, latents: torch.Tensor, generator: torch.Generator):
         return noise_latents(self.stage, latents, generator, self.dtype)
 
     def flops_and_tokens(self, latents: torch.Tensor, text_len: int) -> tuple[float, float]:
         return step_flops_and_tokens(self.model_config, tuple(latents.shape), text_len)
+
+
+def build_stage_autoencoder(
+    stage: StageConfig, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Any:
+    """The stage's autoencoder (`model.autoencoders`), as the trainer and `svp encode` build it."""
+    from model.autoencoders import build_autoencoder
+
+    spec = stage.autoencoder
+    return build_autoencoder(spec.name, spec.path, device=device, dtype=dtype, **spec.options)
+
+
+def build_stage_text_encoder(
+    stage: StageConfig, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Any:
+    """The stage's text encoder (`model.text_encoders`), as the trainer and `svp encode` build it."""
+    from model.text_encoders import build_text_encoder
+
+    spec = stage.text_encoder
+    options = dict(spec.options)
+    options.setdefault("max_length", spec.max_length)
+    return build_text_encoder(spec.name, spec.path, device=device, dtype=dtype, **options)
 
 
 def noise_latents(stage: StageConfig, latents: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
@@ -140,12 +181,11 @@ def build_engine(stage: StageConfig, model: torch.nn.Module, world_size: int, us
 def guarded_step(
     engine: Any,
     step_math: StageStep,
-    video: torch.Tensor,
-    captions: list[str],
+    batch: Any,
     generator: torch.Generator,
     data_wait_s: float = 0.0,
 ) -> tuple[Any, bool]:
-    """One optimizer step on a batch, skipped on every rank when any rank's loss is NaN/inf.
+    """One optimizer step on a `training.data.Batch`, skipped on every rank when any rank's loss is NaN/inf.
 
     Returns the step's totals summed over ranks (`training.metrics.StepTotals`, still on the device) and
     whether the step was applied. One all-reduce carries the loss, the non-finite flag and the throughput
@@ -162,7 +202,7 @@ def guarded_step(
     """
     from training.metrics import StepTotals
 
-    latents, text, mask = step_math.encode(video, captions, generator)
+    latents, text, mask = step_math.encode(batch, generator)
     noisy, timesteps, noise, weights = step_math.noise(latents, generator)
     flops, tokens = step_math.flops_and_tokens(latents, text.shape[1])
     loss = forward_loss(engine, step_math.stage, latents, noisy, text, mask, timesteps, noise, weights)

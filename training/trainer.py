@@ -197,9 +197,7 @@ class Trainer:
         self.last_position = batch.position
         generator = step_generator(self.stage.seed, self.rank, step)
         self.lr = self.engine.get_lr()[0]  # this step's rate (the scheduler moves on inside engine.step())
-        totals, applied = guarded_step(
-            self.engine, self.step_math, batch.video, batch.captions, generator, data_wait
-        )
+        totals, applied = guarded_step(self.engine, self.step_math, batch, generator, data_wait)
         if not applied:
             self.state.skipped_steps += 1
         elif self.ema is not None:

@@ -8,6 +8,7 @@ machine, which is what exact resume relies on.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 
@@ -15,6 +16,8 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from curation.format import CAPTION_MEMBER, VIDEO_MEMBER
 
 
 class BadClip(Exception):
@@ -129,3 +132,35 @@ def resize_crop(frames: np.ndarray, height: int, width: int) -> torch.Tensor:
         )
         video = video.permute(1, 0, 2, 3)
     return video.contiguous().div_(127.5).sub_(1.0).clamp_(-1.0, 1.0)
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def clip_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """The generator of a sample's window in an epoch: the same on any machine and in any process."""
+    return np.random.default_rng([seed, epoch, key_hash(key)])
+
+
+def clip_from_members(
+    members: dict[str, bytes],
+    where: str,
+    key: str,
+    num_frames: int,
+    fps: float,
+    size: tuple[int, int, int],
+    target_fps: float | None,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, str]:
+    """A sample's members (`shard_reader.ShardReader.read_sample`) → (video (3, T, H, W) in [-1, 1], caption)
+    at `size` = (height, width, frames), the window drawn from `rng`. BadClip says why a sample is unusable.
+    Shared by the training loader and `svp encode`, so precomputed latents see exactly the loader's pixels."""
+    if VIDEO_MEMBER not in members:
+        raise BadClip("missing_video", f"{where}: no {key}.{VIDEO_MEMBER}")
+    caption = members.get(CAPTION_MEMBER, b"").decode("utf-8", errors="replace").strip()
+    if not caption:
+        raise BadClip("missing_caption", f"{where}: no caption for {key}")
+    height, width, frames = size
+    times = window_times(num_frames, fps, frames, target_fps, rng)
+    return resize_crop(decode_at(members[VIDEO_MEMBER], times), height, width), caption

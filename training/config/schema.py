@@ -189,6 +189,9 @@ class StageConfig:
     sample: SampleSpec | None = None
     seed: int = Field(default=0, ge=0)
     num_workers: int = Field(default=2, ge=0)
+    # Precomputed latents (`svp encode`): auto uses them when every data folder has a current set, required
+    # fails without them, off always encodes clips while training.
+    latents: Literal["auto", "required", "off"] = "auto"
 
     @field_validator("name")
     @classmethod

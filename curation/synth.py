@@ -264,64 +264,79 @@ def make_corpus(
     pictures compress to almost nothing and decode unrealistically fast; grain brings the bitrate and the
     decode cost to those of camera footage (used by the benchmark). `scene` is "texture" (smooth random
     textures) or "shapes" (a moving shape on a flat background, captioned with what it shows)."""
-    if scene not in SCENES:
-        raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
-    if num_videos < 0:
-        raise ValueError(f"--videos must be >= 0, got {num_videos}")
-    if width % 2 or height % 2:
-        raise ValueError(f"synthetic frame size must be even, got {width}x{height}")
+    _check_corpus_args(num_videos, width, height, scene)
     out = Path(out)
     videos = out / VIDEOS_DIR
     videos.mkdir(parents=True, exist_ok=True)
+    # One generator for everything, drawn in a fixed order: the corpus is a function of the seed alone.
     rng = np.random.default_rng(seed)
     truth = GroundTruth(seed=seed)
+    spec = _VideoSpec(fps, width, height, shot_seconds, shots_per_video, grain, scene)
     for v in range(num_videos):
-        n_shots = int(rng.integers(shots_per_video[0], shots_per_video[1] + 1))
-        # Palettes a third of the hue circle apart from the previous shot: every cut is a real content change.
-        hue = float(rng.random())
-        frames: list[np.ndarray] = []
-        shots: list[Shot] = []
-        caption = None
-        for _ in range(n_shots):
-            length = int(round(fps * rng.uniform(*shot_seconds)))
-            motion = int(MOTION_LEVELS[rng.integers(len(MOTION_LEVELS))])
-            start = len(frames)
-            if scene == "shapes":
-                shot, shot_caption = render_shape_shot(
-                    int(rng.integers(1 << 31)), height, width, length, motion, hue
-                )
-                caption = caption or shot_caption  # the first shot's: the clip a short video keeps
-            else:
-                shot = render_shot(int(rng.integers(1 << 31)), height, width, length, motion, hue)
-            if grain > 0:
-                shot = [_add_grain(f, rng, grain) for f in shot]
-            frames += shot
-            shots.append(Shot(start, len(frames), motion))
-            hue = (hue + 0.33 + 0.1 * float(rng.random())) % 1.0
+        frames, shots, caption = _render_video(rng, spec)
         name = f"video_{v:03d}.mp4"
         write_mp4(frames, videos / name, fps)
         caption = caption or _caption(rng)
         sidecar = "txt" if v % 2 == 0 else "json"
         _write_sidecar(videos / name, caption, sidecar)
-        truth.videos.append(
-            VideoTruth(
-                file=name,
-                num_frames=len(frames),
-                fps=fps,
-                width=width,
-                height=height,
-                cuts=[s.start for s in shots[1:]],
-                shots=shots,
-                caption=caption,
-                caption_sidecar=sidecar,
-            )
-        )
+        cuts = [s.start for s in shots[1:]]
+        truth.videos.append(VideoTruth(name, len(frames), fps, width, height, cuts, shots, caption, sidecar))
     if broken:
         truth.broken = _write_broken(videos, rng, fps, height, width)
     tmp = out / f".{GROUND_TRUTH_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(truth), indent=2))
     os.replace(tmp, out / GROUND_TRUTH_FILE)
     return truth
+
+
+@dataclass(frozen=True)
+class _VideoSpec:
+    """What every video of a corpus shares (`make_corpus`'s arguments)."""
+
+    fps: float
+    width: int
+    height: int
+    shot_seconds: tuple[float, float]
+    shots_per_video: tuple[int, int]
+    grain: float
+    scene: str
+
+
+def _check_corpus_args(num_videos: int, width: int, height: int, scene: str) -> None:
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
+    if num_videos < 0:
+        raise ValueError(f"--videos must be >= 0, got {num_videos}")
+    if width % 2 or height % 2:
+        raise ValueError(f"synthetic frame size must be even, got {width}x{height}")
+
+
+def _render_video(
+    rng: np.random.Generator, spec: _VideoSpec
+) -> tuple[list[np.ndarray], list[Shot], str | None]:
+    """One video's frames and shots, and for shapes the caption of its first shot (the clip a short video
+    keeps); None for textures, which get a random caption."""
+    n_shots = int(rng.integers(spec.shots_per_video[0], spec.shots_per_video[1] + 1))
+    hue = float(rng.random())
+    frames: list[np.ndarray] = []
+    shots: list[Shot] = []
+    caption = None
+    for _ in range(n_shots):
+        length = int(round(spec.fps * rng.uniform(*spec.shot_seconds)))
+        motion = int(MOTION_LEVELS[rng.integers(len(MOTION_LEVELS))])
+        shot_seed = int(rng.integers(1 << 31))
+        if spec.scene == "shapes":
+            shot, shot_caption = render_shape_shot(shot_seed, spec.height, spec.width, length, motion, hue)
+            caption = caption or shot_caption
+        else:
+            shot = render_shot(shot_seed, spec.height, spec.width, length, motion, hue)
+        if spec.grain > 0:
+            shot = [_add_grain(f, rng, spec.grain) for f in shot]
+        shots.append(Shot(len(frames), len(frames) + len(shot), motion))
+        frames += shot
+        # Palettes a third of the hue circle apart from the previous shot: every cut is a real content change.
+        hue = (hue + 0.33 + 0.1 * float(rng.random())) % 1.0
+    return frames, shots, caption
 
 
 def load_ground_truth(out: str | os.PathLike) -> GroundTruth:

@@ -59,6 +59,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="work folder (default: beside --out)")
     p.add_argument("--data", default=None, help="an existing curation output (skips synth + curate)")
     p.add_argument("--tiny", action="store_true", help="CPU: tiny preset, 2 gloo workers")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=2,
+        help="workers of run A (1: the kill and resume on one GPU, no 2 -> 1 step)",
+    )
     p.add_argument("--steps", type=int, default=None, help="default: 8 on GPUs, 30 with --tiny")
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: 4 on GPUs, 10 with --tiny")
     p.add_argument("--videos", type=int, default=4, help="synthetic source videos")
@@ -140,9 +146,10 @@ def write_pipeline(args: argparse.Namespace) -> Path:
 
 
 def run_a(args, pipeline: Path, variables: dict, gpus: float) -> TrainRun:
-    """2 workers: kill one after the first checkpoint, let Ray resume, then Ctrl-C the driver."""
+    """args.gpus workers: kill one after the first checkpoint, let Ray resume, then Ctrl-C the driver."""
     work = args.work / "train"
-    run = TrainRun("run A (2 workers)", svp_train_argv(pipeline, work, 2, gpus, variables), args.work / "a.log",
+    argv = svp_train_argv(pipeline, work, args.gpus, gpus, variables)
+    run = TrainRun(f"run A ({args.gpus} workers)", argv, args.work / "a.log",
                    f"sqlite:///{work / 'mlflow.db'}", PIPELINE, STAGE)  # fmt: skip
     every = args.checkpoint_every
     run.start()
@@ -225,9 +232,9 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
     every = args.checkpoint_every
     replayed = sorted(set(losses[0]) & set(losses[1]))
     resume = [r for r in history if "train/resumed_from_step" in r]
-    two, one = _speed([by_attempt[0], by_attempt[1]], 2), _speed([by_attempt[2]], 1)
+    two, one = _speed([by_attempt[0], by_attempt[1]], args.gpus), _speed([by_attempt[2]], 1)
     report["two_gpus"], report["one_gpu"] = two, one
-    if two.get("tokens_per_s_per_gpu") and one.get("tokens_per_s_per_gpu"):
+    if args.gpus > 1 and two.get("tokens_per_s_per_gpu") and one.get("tokens_per_s_per_gpu"):
         report["scaling_efficiency"] = two["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"]
     report["checkpoint"] = {
         "save_s": {f"a{r['attempt']}/{r['step']}": r["perf/checkpoint_save_s"] for r in history

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,23 +60,30 @@ def choose_auth_mode(argv: list[str]) -> None:
         a == "--address" or a.startswith("--address=") for a in argv
     )
     if not joining:
+        _token_mode_if_not_imported()
+
+
+def _token_mode_if_not_imported() -> None:
+    """Token auth for the private Ray about to start, if Ray has not read the mode yet. Once `ray` is
+    imported, setting it would reach only the processes Ray spawns (a GCS that wants a token), not this
+    driver (which then sends none): it is left as it is, the same mode on both sides."""
+    if "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def connect(address: str | None = None, **init_kwargs: Any) -> bool:
     """Start or join Ray by the rule above. Returns True when this call connected (the caller then
     disconnects with `ray.shutdown()`), False when this process already was."""
+    target = target_address(address)
+    if target == LOCAL:
+        _token_mode_if_not_imported()
     import ray
 
     if ray.is_initialized():
         return False
-    target = target_address(address)
     init_kwargs.setdefault("configure_logging", False)
     if target == LOCAL:
         init_kwargs.setdefault("include_dashboard", False)
-        # Ray 2.60 turns token auth on for every new local Ray and warns that it did unless the mode is
-        # set; say so explicitly: the same protection, without a warning on every command.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     else:
         # The core logs every refused connection attempt (20 lines of InvalidAuthToken); the one-line error
         # below says what matters.

@@ -9,6 +9,9 @@ import pytest
 # DeepSpeed picks its accelerator at import time; CPU machines must say so before anything imports it.
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# As `svp` does for its private Ray (orchestration.ray_connect): Ray 2.60 reads the mode when first imported,
+# so it is set here, before any test module imports Ray; subprocess `svp` runs inherit it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")

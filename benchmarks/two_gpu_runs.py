@@ -164,6 +164,7 @@ def _gpu_of(pid: int) -> str | None:
 def svp_train_argv(pipeline: Path, work_dir: Path, workers: int, gpus: float, variables: dict) -> list[str]:
     argv = [sys.executable, "-m", "orchestration.cli", "train", str(pipeline), "--work-dir", str(work_dir)]
     argv += ["--workers", str(workers), "--gpus-per-worker", str(gpus)]
+    argv += ["--log-every", "1"]  # every step's figures (the kill waits for the step after a checkpoint)
     for name, value in variables.items():
         argv += ["--var", f"{name}={value}"]
     return argv

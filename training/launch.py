@@ -178,8 +178,12 @@ def run_stage(
     max_failures: int = 3,
     fault: FaultInjection | None = None,
     force: bool = False,
+    log_every: int | None = None,
 ) -> StageResult:
     """Train one stage to its last step and export it (see the module docstring).
+
+    `log_every`: steps between the workers' reads of the step's numbers (MLflow, progress); default 1 on CPU
+    workers and GPU_LOG_EVERY on GPUs, where each read waits for the GPU's queued work.
 
     Skipped when its export is complete and was made from the same inputs (`training.stage_plan`);
     `force` retrains it anyway (the old export and Ray run are set aside, a new MLflow run is made).
@@ -191,14 +195,10 @@ def run_stage(
         raise UserError(f"--workers must be >= 1, got {workers}")
     work_dir = resolve_work_dir(pipeline, work_dir)
     export_dir = export_dir_of(work_dir, pipeline, stage.name)
-    stage_index = pipeline.stage_names.index(stage.name)
     decision = decide_stage(pipeline, stage, work_dir, force=force)
     inputs = decision.inputs
     if decision.action == SKIP:
-        log.info(f"stage {stage.name}: skipped, {decision.reason} ({export_dir})")
-        return StageResult(
-            stage.name, export_dir, True, fingerprint=inputs.fingerprint, reason=decision.reason
-        )
+        return _skipped(stage, export_dir, decision)
     log.info(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
     use_gpu = gpus_per_worker > 0
@@ -206,14 +206,11 @@ def run_stage(
 
     name, storage = _prepare_ray_run(pipeline, stage, work_dir, inputs, workers, force)
 
-    run_id = None
     owns_parent = tracker is not None and parent_run_id is None  # else the caller ends the parent run
-    if tracker is not None:
-        parent_run_id = parent_run_id or tracker.parent_run()
-        run_id = _track_stage(
-            tracker, parent_run_id, stage, stage_index, name, init_from, workers, inputs, fresh=force
-        )
-    job = _stage_job(pipeline, stage, work_dir, storage / name, init_from, use_gpu, fault)
+    run_id, parent_run_id = _open_runs(
+        tracker, parent_run_id, pipeline, stage, name, init_from, workers, inputs, force
+    )
+    job = _stage_job(pipeline, stage, work_dir, storage / name, init_from, use_gpu, fault, log_every)
     job.tracking_uri, job.mlflow_run_id = (tracker.tracking_uri if tracker else None), run_id
     log.info(f"stage {stage.name}: workers' logs in {job.logs_dir}")
     try:
@@ -227,9 +224,9 @@ def run_stage(
         raise
     if tracker is not None and run_id is not None:
         tracker.log_export(run_id, export_dir)
-        tracker.finish(run_id)
-        if owns_parent:
-            tracker.finish(parent_run_id)
+        for finished in (run_id, parent_run_id if owns_parent else None):
+            if finished is not None:
+                tracker.finish(finished)
     log.info(f"stage {stage.name}: exported to {export_dir}")
     return StageResult(
         stage.name,
@@ -241,6 +238,32 @@ def run_stage(
         fingerprint=inputs.fingerprint,
         reason=decision.reason,
     )
+
+
+def _skipped(stage: Any, export_dir: Path, decision: Any) -> StageResult:
+    log.info(f"stage {stage.name}: skipped, {decision.reason} ({export_dir})")
+    fingerprint = decision.inputs.fingerprint
+    return StageResult(stage.name, export_dir, True, fingerprint=fingerprint, reason=decision.reason)
+
+
+def _open_runs(
+    tracker: Tracker | None,
+    parent_run_id: str | None,
+    pipeline: Any,
+    stage: Any,
+    name: str,
+    init_from: str | None,
+    workers: int,
+    inputs: StageInputs,
+    force: bool,
+) -> tuple[str | None, str | None]:
+    """(the stage's MLflow child run, the parent run), made or re-attached; (None, parent) without tracking."""
+    if tracker is None:
+        return None, parent_run_id
+    parent_run_id = parent_run_id or tracker.parent_run()
+    index = pipeline.stage_names.index(stage.name)
+    run_id = _track_stage(tracker, parent_run_id, stage, index, name, init_from, workers, inputs, fresh=force)
+    return run_id, parent_run_id
 
 
 def end_runs_after(tracker: Tracker, error: BaseException, *run_ids: str | None) -> None:
@@ -281,6 +304,7 @@ def _stage_job(
     init_from: str | None,
     use_gpu: bool,
     fault: FaultInjection | None,
+    log_every: int | None = None,
 ) -> StageJob:
     """What every worker of the stage gets (tracking and progress are filled in by `run_stage`)."""
     return StageJob(
@@ -291,7 +315,7 @@ def _stage_job(
         samples_dir=str(stage_dir(work_dir, pipeline, stage.name) / "samples"),
         staging_dir=str(staging_dir(run_dir)),
         logs_dir=str(worker_logs_dir(work_dir, pipeline, stage)),
-        log_every=GPU_LOG_EVERY if use_gpu else 1,
+        log_every=log_every or (GPU_LOG_EVERY if use_gpu else 1),
         fault=fault,
     )
 

@@ -50,6 +50,7 @@ def run_pipeline(
     force_from: str | None = None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
+    log_every: int | None = None,
 ) -> list[StageResult]:
     """Train the pipeline's stages (all, or those named in `stages`, in pipeline order).
 
@@ -79,6 +80,7 @@ def run_pipeline(
                 parent_run_id=parent,
                 max_failures=max_failures,
                 force=stage.name in forced,
+                log_every=log_every,
             )
             status = "skipped" if result.skipped else "run"
             tracker.record_step(parent, stage.name, status, result.fingerprint)

@@ -59,6 +59,11 @@ def train(
     from_stage: str = typer.Option(
         None, "--from", help="Retrain this stage and every later one, whatever their fingerprints say."
     ),
+    log_every: int = typer.Option(
+        None,
+        min=1,
+        help="Steps between reads of the step's numbers (MLflow, progress bar); default 1 on CPUs, 10 on GPUs.",
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", help="Stream the workers' output and every library's messages here too."
     ),
@@ -88,6 +93,7 @@ def train(
             max_failures=max_failures,
             force=force,
             force_from=from_stage,
+            log_every=log_every,
         )
     for result in results:
         status = "already exported" if result.skipped else "exported"

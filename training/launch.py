@@ -223,11 +223,12 @@ def run_stage(
             end_runs_after(tracker, err, run_id, parent_run_id if owns_parent else None)
         raise
     if tracker is not None and run_id is not None:
-        tracker.log_export(run_id, export_dir)
-        for finished in (run_id, parent_run_id if owns_parent else None):
-            if finished is not None:
-                tracker.finish(finished)
+        _finish_runs(tracker, export_dir, run_id, parent_run_id if owns_parent else None)
     log.info(f"stage {stage.name}: exported to {export_dir}")
+    return _trained(stage, export_dir, result, run_id, decision)
+
+
+def _trained(stage: Any, export_dir: Path, result: Any, run_id: str | None, decision: Any) -> StageResult:
     return StageResult(
         stage.name,
         export_dir,
@@ -235,9 +236,17 @@ def run_stage(
         metrics=dict(result.metrics or {}),
         checkpoint=result.checkpoint.path,
         mlflow_run_id=run_id,
-        fingerprint=inputs.fingerprint,
+        fingerprint=decision.inputs.fingerprint,
         reason=decision.reason,
     )
+
+
+def _finish_runs(tracker: Tracker, export_dir: Path, *run_ids: str | None) -> None:
+    """The stage's run gets its export recorded; it and the parent (when this call owns it) end FINISHED."""
+    tracker.log_export(run_ids[0], export_dir)
+    for run_id in run_ids:
+        if run_id is not None:
+            tracker.finish(run_id)
 
 
 def _skipped(stage: Any, export_dir: Path, decision: Any) -> StageResult:

@@ -67,13 +67,11 @@ _VLM_TEMPLATE = (
 )
 
 
-def save_tiny_qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
-    """A random two-layer Qwen2.5-VL with a word-level tokenizer, saved with save_pretrained (offline)."""
+def _save_tiny_vlm_processor(folder: Path) -> dict[str, int]:
+    """A word-level tokenizer over _VLM_WORDS with Qwen2.5-VL's processors, saved; returns its vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         PreTrainedTokenizerFast,
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
         Qwen2VLVideoProcessor,
@@ -97,8 +95,15 @@ def save_tiny_qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
         video_processor=Qwen2VLVideoProcessor(**pixels),
         chat_template=_VLM_TEMPLATE,
     ).save_pretrained(folder)
+    return vocab
+
+
+def _tiny_qwen2_5_vl_config(vocab: dict[str, int]):
+    """One text layer and one vision block, 32 wide, with the special tokens' ids from `vocab`."""
+    from transformers import Qwen2_5_VLConfig
+
     ids = {t: vocab[t] for t in _VLM_SPECIAL}
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(vocab),
             "hidden_size": 32,
@@ -127,9 +132,17 @@ def save_tiny_qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
+
+
+def save_tiny_qwen2_5_vl(folder: Path, seed: int = 0) -> Path:
+    """A random two-layer Qwen2.5-VL with a word-level tokenizer, saved with save_pretrained (offline)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    vocab = _save_tiny_vlm_processor(folder)
+    config = _tiny_qwen2_5_vl_config(vocab)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = vocab["<|im_end|>"]
+    model.generation_config.pad_token_id = vocab["<|endoftext|>"]
     model.save_pretrained(folder)
     return folder

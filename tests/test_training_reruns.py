@@ -33,6 +33,50 @@ def two_stage_pipeline(data, **overrides):
     return load_preset("tiny", variables={"data_root": str(data)}, overrides=values)
 
 
+def _check_old_export_kept(work, video_fp: str) -> None:
+    """The superseded export stays reachable under its fingerprint; export/ is the new one."""
+    old = work / "tiny" / "video" / "exports" / video_fp
+    assert json.loads((old / FINGERPRINT_FILE).read_text())["fingerprint"] == video_fp
+    assert (old / "model.safetensors").read_bytes() != (
+        work / "tiny" / "video" / "export" / "model.safetensors"
+    ).read_bytes()
+
+
+def _check_rerun_is_a_new_child_run(tracker, video_fp: str, rerun_fp: str) -> None:
+    """A retrain is a new MLflow child run; the old one keeps its metrics and fingerprint."""
+    client = MlflowClient(tracker.tracking_uri)
+    parent = tracker.parent_run()
+    runs = client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TAG_STAGE}` = 'video'",
+    )
+    assert sorted(r.data.tags[TAG_STAGE_FINGERPRINT] for r in runs) == sorted([video_fp, rerun_fp])
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert steps == [1, 2], steps
+    assert client.get_run(parent).data.tags["svp.step.video.status"] == "run"
+    assert client.get_run(parent).data.tags["svp.step.image.status"] == "skipped"
+
+
+def _check_unfinished_exports_rerun(pipeline, changed, work, image_fp: str) -> None:
+    """An export whose weights were truncated, or whose fingerprint was never written, is not finished."""
+    export = work / "tiny" / "image" / "export"
+    weights = export / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    decision = decide_stage(changed, changed.stage("image"), work)
+    assert decision.action == RERUN and "model.safetensors is 100 bytes" in decision.reason
+    shutil.rmtree(export)
+    assert decide_stage(changed, changed.stage("image"), work).action == RUN
+    partial = work / "tiny" / "video" / "export"
+    (partial / FINGERPRINT_FILE).unlink()
+    decision = decide_stage(changed, changed.stage("video"), work, upstream={"image": image_fp})
+    assert decision.action == RERUN and f"no {FINGERPRINT_FILE}" in decision.reason
+    # Forcing (--from) reruns whatever the fingerprints say.
+    assert decide_stage(
+        pipeline, pipeline.stage("video"), work, force=True, upstream={"image": image_fp}
+    ).reason.startswith("forced")
+
+
 def test_changed_stage_reruns_with_reason_and_keeps_the_old_export(
     ray_session, tmp_path, tmp_path_factory, caplog
 ):
@@ -63,42 +107,6 @@ def test_changed_stage_reruns_with_reason_and_keeps_the_old_export(
     )
     assert [r.skipped for r in rerun] == [True, False]
     assert rerun[0].fingerprint == image_fp and rerun[1].fingerprint != video_fp
-    # The superseded export stays reachable under its fingerprint; export/ is the new one.
-    old = work / "tiny" / "video" / "exports" / video_fp
-    assert json.loads((old / FINGERPRINT_FILE).read_text())["fingerprint"] == video_fp
-    assert (old / "model.safetensors").read_bytes() != (
-        work / "tiny" / "video" / "export" / "model.safetensors"
-    ).read_bytes()
-
-    # A retrain is a new MLflow child run; the old one keeps its metrics and fingerprint.
-    client = MlflowClient(tracker.tracking_uri)
-    parent = tracker.parent_run()
-    runs = client.search_runs(
-        [tracker.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{TAG_STAGE}` = 'video'",
-    )
-    assert sorted(r.data.tags[TAG_STAGE_FINGERPRINT] for r in runs) == sorted(
-        [video_fp, rerun[1].fingerprint]
-    )
-    for run in runs:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert steps == [1, 2], steps
-    assert client.get_run(parent).data.tags["svp.step.video.status"] == "run"
-    assert client.get_run(parent).data.tags["svp.step.image.status"] == "skipped"
-
-    # An export whose weights were truncated, or whose fingerprint was never written, is not finished.
-    export = work / "tiny" / "image" / "export"
-    weights = export / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    decision = decide_stage(changed, changed.stage("image"), work)
-    assert decision.action == RERUN and "model.safetensors is 100 bytes" in decision.reason
-    shutil.rmtree(export)
-    assert decide_stage(changed, changed.stage("image"), work).action == RUN
-    partial = work / "tiny" / "video" / "export"
-    (partial / FINGERPRINT_FILE).unlink()
-    decision = decide_stage(changed, changed.stage("video"), work, upstream={"image": image_fp})
-    assert decision.action == RERUN and f"no {FINGERPRINT_FILE}" in decision.reason
-    # Forcing (--from) reruns whatever the fingerprints say.
-    assert decide_stage(
-        pipeline, pipeline.stage("video"), work, force=True, upstream={"image": image_fp}
-    ).reason.startswith("forced")
+    _check_old_export_kept(work, video_fp)
+    _check_rerun_is_a_new_child_run(tracker, video_fp, rerun[1].fingerprint)
+    _check_unfinished_exports_rerun(pipeline, changed, work, image_fp)

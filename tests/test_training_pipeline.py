@@ -37,19 +37,8 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
     return out
 
 
-def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_factory, monkeypatch, capsys):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = tiny_data(tmp_path_factory.getbasetemp())
-    work = tmp_path / "work"
-    argv = ["train", "tiny", "--var", f"data_root={data}", "--work-dir", str(work), "--workers", "1"]
-
-    assert main(argv) == 0
-    exports = {name: work / "tiny" / name / "export" for name in STAGES}
-    assert all((e / "model.safetensors").is_file() for e in exports.values())
-
-    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
-    experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id])
+def _check_stage_runs(client: MlflowClient, runs, exports: dict[str, Path], tmp_path: Path) -> None:
+    """One finished parent run with one finished child per stage, each chained from the previous export."""
     parents = [r for r in runs if r.data.tags[TAG_STAGE] == "-"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {
@@ -60,29 +49,35 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     init_keys = {}
     for index, name in enumerate(STAGES):
         run = children[name]
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["svp.stage_index"] == str(index)
-        assert (
-            len(run.data.tags[TAG_DATASET]) >= 8 and run.data.tags[TAG_THRESHOLDS] and run.data.tags[TAG_GIT]
-        )
-        assert run.data.tags[TAG_EXPORT] == exports[name].resolve().as_uri()
-        assert run.data.params["steps"] == "8" and run.data.params["optimizer.lr"] == "0.001"
-        losses = client.get_metric_history(run.info.run_id, "train/loss")
-        assert sorted(m.step for m in losses) == list(range(1, 9))
-        artifacts = _artifacts(client, run.info.run_id)
-        assert {
-            "config/stage.json",
-            "export/model.safetensors",
-            "export/config.json",
-            "export/pointer.json",
-        } <= artifacts
-        assert any(a.startswith("samples/") and a.endswith(".mp4") for a in artifacts), artifacts
+        _check_stage_run(client, run, index, exports[name])
         if index:
             # Each stage started from the previous stage's export.
             assert run.data.tags[TAG_INIT_FROM] == str(exports[STAGES[index - 1]])
             local = client.download_artifacts(run.info.run_id, "init_from/keys.json", str(tmp_path / name))
             init_keys[name] = json.loads(Path(local).read_text())
             assert init_keys[name]["loaded"] and not init_keys[name]["unexpected"]
+    _check_stage_changes(children, exports, init_keys)
+
+
+def _check_stage_run(client: MlflowClient, run, index: int, export: Path) -> None:
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["svp.stage_index"] == str(index)
+    assert len(run.data.tags[TAG_DATASET]) >= 8 and run.data.tags[TAG_THRESHOLDS] and run.data.tags[TAG_GIT]
+    assert run.data.tags[TAG_EXPORT] == export.resolve().as_uri()
+    assert run.data.params["steps"] == "8" and run.data.params["optimizer.lr"] == "0.001"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(1, 9))
+    artifacts = _artifacts(client, run.info.run_id)
+    assert {
+        "config/stage.json",
+        "export/model.safetensors",
+        "export/config.json",
+        "export/pointer.json",
+    } <= artifacts
+    assert any(a.startswith("samples/") and a.endswith(".mp4") for a in artifacts), artifacts
+
+
+def _check_stage_changes(children: dict, exports: dict[str, Path], init_keys: dict[str, dict]) -> None:
     # The latent space and patch size change at video-hires: embedding and head are dropped and re-learned.
     hires = json.loads((exports["video-hires"] / "config.json").read_text())
     assert hires["in_channels"] == 192 and hires["patch_size"] == [1, 1, 1]
@@ -94,17 +89,12 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     for name in ("video", "video-hires", "long-video-ar"):
         assert children[name].data.params["image_condition_prob"] == "0.5"
 
-    # Rerunning the same command finds every export and trains nothing; the parent run is re-attached.
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert capsys.readouterr().out.count("already exported") == 4
-    assert len(client.search_runs([experiment.experiment_id])) == 5
 
-    # 2 s at the stage's 8 fps = 16 latent frames (space-to-depth has no temporal stride) = 4 blocks of 4.
-    video = tmp_path / "long.mp4"
+def _generate_long_video(export: Path, video: Path, capsys) -> list[str]:
+    """2 s at the stage's 8 fps = 16 latent frames (space-to-depth has no temporal stride) = 4 blocks of 4."""
     gen = [
         "generate",
-        str(exports["long-video-ar"]),
+        str(export),
         "--prompt",
         "a red square moves right",
         "--seconds",
@@ -117,9 +107,12 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert "linear attention: PyTorch path" in said and "matmuls: native; compiled: False" in said, said
     frames = read_frames(video)
     assert frames.shape == (16, 64, 64, 3)
+    return gen
 
-    # Image-to-video from the same export: space-to-depth is lossless, so the first frame is the image (up
-    # to H.264); an unreadable image is one line.
+
+def _check_image_to_video(gen: list[str], tmp_path: Path, capsys) -> None:
+    """Image-to-video from the same export: space-to-depth is lossless, so the first frame is the image (up
+    to H.264); an unreadable image is one line."""
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:48, 8:40] = (220, 30, 30)
     Image.fromarray(image).save(tmp_path / "start.png")
@@ -135,9 +128,11 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert main([*gen, "--out", str(started), "--image", str(tmp_path / "broken.png")]) == 2
     assert capsys.readouterr().err.startswith(f"svp: error: cannot read image {tmp_path / 'broken.png'}")
 
-    # Continuation: the long video (16 frames) and 1 s (8 frames = 2 blocks of 4) more, in one mp4.
+
+def _check_continuation(export: Path, video: Path, tmp_path: Path, capsys) -> None:
+    """The long video (16 frames) and 1 s (8 frames = 2 blocks of 4) more, in one mp4."""
     more = tmp_path / "more.mp4"
-    cont = ["generate", str(exports["long-video-ar"]), "--prompt", "it keeps moving", "--block-frames", "4"]
+    cont = ["generate", str(export), "--prompt", "it keeps moving", "--block-frames", "4"]
     assert main([*cont, "--continue", str(video), "--seconds", "1", "--out", str(more), "--steps", "2"]) == 0
     assert read_frames(more).shape == (24, 64, 64, 3)
     record = json.loads(more.with_suffix(".json").read_text())
@@ -149,6 +144,32 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
         main([*cont, "--continue", str(tmp_path / "broken.png"), "--seconds", "1", "--out", str(more)]) == 2
     )
     assert capsys.readouterr().err.startswith(f"svp: error: cannot read video {tmp_path / 'broken.png'}")
+
+
+def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_factory, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_data(tmp_path_factory.getbasetemp())
+    work = tmp_path / "work"
+    argv = ["train", "tiny", "--var", f"data_root={data}", "--work-dir", str(work), "--workers", "1"]
+
+    assert main(argv) == 0
+    exports = {name: work / "tiny" / name / "export" for name in STAGES}
+    assert all((e / "model.safetensors").is_file() for e in exports.values())
+
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    experiment = client.get_experiment_by_name("tiny")
+    _check_stage_runs(client, client.search_runs([experiment.experiment_id]), exports, tmp_path)
+
+    # Rerunning the same command finds every export and trains nothing; the parent run is re-attached.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already exported") == 4
+    assert len(client.search_runs([experiment.experiment_id])) == 5
+
+    video = tmp_path / "long.mp4"
+    gen = _generate_long_video(exports["long-video-ar"], video, capsys)
+    _check_image_to_video(gen, tmp_path, capsys)
+    _check_continuation(exports["long-video-ar"], video, tmp_path, capsys)
 
     # What the demo shows after the long video (training.generation.write_conditioning_samples).
     samples = write_conditioning_samples(

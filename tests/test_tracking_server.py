@@ -78,6 +78,73 @@ def _wait(condition, proc: subprocess.Popen, what: str, timeout_s: float = 420) 
         time.sleep(0.2)
 
 
+def _start_svp_train(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestration.cli", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _restart_server_mid_stage(
+    mlflow_server, client: MlflowClient, proc: subprocess.Popen, work: Path
+) -> tuple[list[int], str]:
+    """Kills the server once metrics arrive, waits for training to go on without it, restarts it and waits for
+    `svp train` to end; returns the steps logged before the kill and the command's output."""
+    _wait(lambda: _logged_steps(client), proc, "metrics on the server")
+    before = _logged_steps(client)
+    mlflow_server.kill()  # mid-stage: the worker's next sends fail
+    checkpoints = work / "ray"
+    seen = {p.name for p in checkpoints.glob("*/checkpoint_*")}
+    # Training goes on without the server: a new checkpoint (whose flush fails) or the end of the stage.
+    _wait(
+        lambda: {p.name for p in checkpoints.glob("*/checkpoint_*")} - seen or proc.poll() is not None,
+        proc,
+        "progress while the server was down",
+    )
+    mlflow_server.start()
+    output = proc.communicate(timeout=600)[0]
+    return before, output
+
+
+def _check_served_run(client: MlflowClient, before: list[int], worker_logs: str, work: Path):
+    """Metrics: what was sent before the loss, then what was buffered and sent after the restart, each step
+    once and in order. All of it when the server came back within the worker's wait at the stage's end
+    (2 minutes); else the worker said what was lost. Returns the stage's run."""
+    logged = _logged_steps(client)
+    assert logged == list(range(1, len(logged) + 1)) and len(logged) >= len(before), logged
+    assert len(logged) == STEPS or "metric values are lost" in worker_logs, logged
+    child = _child_run(client)
+    assert child.info.status == "FINISHED"
+    assert child.data.params["steps"] == str(STEPS)
+    assert child.data.params["checkpoint.every"] == "4"
+    tags = child.data.tags
+    assert tags[TAG_STAGE] == "image" and tags[TAG_DATASET] and tags[TAG_GIT]
+    assert tags[TAG_EXPORT] == (work / "served" / "image" / "export").resolve().as_uri()
+    parent = client.get_run(tags[PARENT_TAG])
+    assert parent.info.status == "FINISHED"
+    return child
+
+
+def _check_served_artifacts(client: MlflowClient, child, mlflow_server, worker_logs: str, work: Path) -> None:
+    """Artifacts went through the server (--serve-artifacts) into its artifact store; a sample the worker could
+    not upload is named in its warning with the local file, which is kept."""
+    run_id = child.info.run_id
+    names = {
+        a.path for folder in ("config", "export", "samples") for a in client.list_artifacts(run_id, folder)
+    }
+    assert {"config/stage.json", "export/model.safetensors", "export/pointer.json"} <= names, names
+    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
+    assert {"stage.json", "model.safetensors"} <= stored, stored
+    for sample in ("step00000008.mp4", "step00000016.mp4"):
+        local = work / "served" / "image" / "samples" / sample
+        assert local.is_file()
+        assert f"samples/{sample}" in names and sample in stored or str(local) in worker_logs, names
+
+
 def test_a_stage_logs_to_a_postgres_backed_server_and_survives_its_restart(mlflow_server, tmp_path):
     work = tmp_path / "work"
     args = [
@@ -92,28 +159,9 @@ def test_a_stage_logs_to_a_postgres_backed_server_and_survives_its_restart(mlflo
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", MLFLOW_TRACKING_URI=mlflow_server.uri)
     client = MlflowClient(mlflow_server.uri)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", *args],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_svp_train(args, env)
     try:
-        _wait(lambda: _logged_steps(client), proc, "metrics on the server")
-        before = _logged_steps(client)
-        mlflow_server.kill()  # mid-stage: the worker's next sends fail
-        checkpoints = work / "ray"
-        seen = {p.name for p in checkpoints.glob("*/checkpoint_*")}
-        # Training goes on without the server: a new checkpoint (whose flush fails) or the end of the stage.
-        _wait(
-            lambda: {p.name for p in checkpoints.glob("*/checkpoint_*")} - seen or proc.poll() is not None,
-            proc,
-            "progress while the server was down",
-        )
-        mlflow_server.start()
-        output = proc.communicate(timeout=600)[0]
+        before, output = _restart_server_mid_stage(mlflow_server, client, proc, work)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -126,32 +174,5 @@ def test_a_stage_logs_to_a_postgres_backed_server_and_survives_its_restart(mlflo
     assert "cannot reach the tracking server" in worker_logs, output[-3000:]
     assert before and before[-1] < STEPS, f"the server went away after the stage had ended ({before})"
 
-    # Metrics: what was sent before the loss, then what was buffered and sent after the restart, each step
-    # once and in order. All of it when the server came back within the worker's wait at the stage's end
-    # (2 minutes); else the worker said what was lost.
-    logged = _logged_steps(client)
-    assert logged == list(range(1, len(logged) + 1)) and len(logged) >= len(before), logged
-    assert len(logged) == STEPS or "metric values are lost" in worker_logs, logged
-    child = _child_run(client)
-    assert child.info.status == "FINISHED"
-    assert child.data.params["steps"] == str(STEPS)
-    assert child.data.params["checkpoint.every"] == "4"
-    tags = child.data.tags
-    assert tags[TAG_STAGE] == "image" and tags[TAG_DATASET] and tags[TAG_GIT]
-    assert tags[TAG_EXPORT] == (work / "served" / "image" / "export").resolve().as_uri()
-    parent = client.get_run(tags[PARENT_TAG])
-    assert parent.info.status == "FINISHED"
-
-    # Artifacts went through the server (--serve-artifacts) into its artifact store; a sample the worker could
-    # not upload is named in its warning with the local file, which is kept.
-    run_id = child.info.run_id
-    names = {
-        a.path for folder in ("config", "export", "samples") for a in client.list_artifacts(run_id, folder)
-    }
-    assert {"config/stage.json", "export/model.safetensors", "export/pointer.json"} <= names, names
-    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
-    assert {"stage.json", "model.safetensors"} <= stored, stored
-    for sample in ("step00000008.mp4", "step00000016.mp4"):
-        local = work / "served" / "image" / "samples" / sample
-        assert local.is_file()
-        assert f"samples/{sample}" in names and sample in stored or str(local) in worker_logs, names
+    child = _check_served_run(client, before, worker_logs, work)
+    _check_served_artifacts(client, child, mlflow_server, worker_logs, work)

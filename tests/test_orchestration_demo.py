@@ -58,19 +58,8 @@ def _summary_figures(output: str) -> dict[str, tuple[float, float]]:
     return rows
 
 
-def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for name, value in (("TQDM_DISABLE", "1"), ("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_LOG_TO_DRIVER", "0")):
-        monkeypatch.setenv(name, value)  # what the CLI sets, undone after the test
-    out = tmp_path / "demo"
-    assert main(["demo", str(out)]) == 0
-    printed = capsys.readouterr().out
-    result = SimpleNamespace(
-        raw=out / "raw", curated=out / "curated", work_dir=out / "runs", video=out / "demo.mp4"
-    )
-    result.report = json.loads((result.curated / "report.json").read_text())
-
-    # Curation: every raw file is accounted for, broken ones rejected, kept clips in shards.
+def _check_curation(result: SimpleNamespace) -> None:
+    """Every raw file is accounted for, broken ones rejected, kept clips in shards."""
     truth = load_ground_truth(result.raw)
     sources = pd.read_parquet(result.curated / "sources.parquet")
     assert len(sources) == len(truth.videos) + len(truth.broken)
@@ -78,7 +67,10 @@ def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_p
     index = pd.read_parquet(result.curated / "shards" / "index.parquet")
     assert len(index) == result.report["clips"]["kept"] > 0
 
-    # Training: four exports, one MLflow parent run with a child per stage tagged with the data it saw.
+
+def _check_training_runs(result: SimpleNamespace) -> tuple[MlflowClient, list]:
+    """Four exports, one MLflow parent run with a child per stage tagged with the data it saw; returns the
+    client and the child runs."""
     for stage in STAGES:
         assert (result.work_dir / "tiny" / stage / "export" / "model.safetensors").is_file(), stage
     client = MlflowClient(f"sqlite:///{result.work_dir.resolve()}/mlflow.db")
@@ -90,12 +82,11 @@ def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_p
     assert thresholds == {result.report["thresholds_hash"]}
     assert all(r.data.tags[TAG_DATASET] for r in children)
     assert all(r.data.metrics["train/loss"] > 0 for r in children)
+    return client, children
 
-    # Generation: several blocks of the last (block-AR) stage, a real mp4.
-    frames = read_frames(result.video)
-    assert frames.ndim == 4 and frames.shape[0] >= 16 and frames.shape[-1] == 3
 
-    # It learned: every stage's loss fell, and the video looks like the training clips (see THRESHOLDS).
+def _check_it_learned(client: MlflowClient, children: list, printed: str) -> None:
+    """Every stage's loss fell, and the video looks like the training clips (see THRESHOLDS)."""
     for run in children:
         history = client.get_metric_history(run.info.run_id, "train/loss")
         steps = sorted(history, key=lambda m: m.step)
@@ -111,6 +102,28 @@ def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_p
     assert abs(generated - training) <= MEAN_TOLERANCE, figures
     generated, training = figures["contrast (std)"]
     assert abs(generated - training) <= STD_TOLERANCE, figures
+
+
+def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name, value in (("TQDM_DISABLE", "1"), ("RAY_DATA_LOG_LEVEL", "WARNING"), ("RAY_LOG_TO_DRIVER", "0")):
+        monkeypatch.setenv(name, value)  # what the CLI sets, undone after the test
+    out = tmp_path / "demo"
+    assert main(["demo", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = SimpleNamespace(
+        raw=out / "raw", curated=out / "curated", work_dir=out / "runs", video=out / "demo.mp4"
+    )
+    result.report = json.loads((result.curated / "report.json").read_text())
+
+    _check_curation(result)
+    client, children = _check_training_runs(result)
+
+    # Generation: several blocks of the last (block-AR) stage, a real mp4.
+    frames = read_frames(result.video)
+    assert frames.ndim == 4 and frames.shape[0] >= 16 and frames.shape[-1] == 3
+
+    _check_it_learned(client, children, printed)
     assert (out / "demo_frames.png").is_file()
 
     # A rerun redoes nothing: same shards, same exports.

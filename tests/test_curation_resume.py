@@ -87,12 +87,7 @@ def _kill_after_first_sources(cmd: list[str], out: Path, ray_tmp: str) -> tuple[
         proc.stdout.close()
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
-    truth = make_corpus(tmp_path, 6, seed=9)
-    videos = tmp_path / VIDEOS_DIR
-    total = len(truth.videos) + len(truth.broken)
-    config = tmp_path / "curate.yaml"
+def _write_one_at_a_time_config(config: Path) -> Path:
     # One decode task at a time and scorer batches of one clip, so finished sources reach the manifest one by
     # one and the kill lands while sources are still pending; small shards, so there are several of them.
     config.write_text(
@@ -104,6 +99,36 @@ def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
             }
         )
     )
+    return config
+
+
+def _check_same_output(reference: Path, resumed: Path) -> None:
+    # Same shards, byte for byte; same clips, none lost and none duplicated.
+    assert len(_digests(reference / "shards")) > 1
+    # First everything but the encoded video (names, order, rows, captions), then the whole tars: when only
+    # the second fails, the H.264 encoder is what differs between the runs, not the curation.
+    assert _members(resumed / "shards") == _members(reference / "shards")
+    assert _digests(resumed / "shards") == _digests(reference / "shards"), (
+        "mp4 bytes differ: encoder not deterministic"
+    )
+    ref_clips = pd.read_parquet(reference / "clips.parquet")
+    new_clips = pd.read_parquet(resumed / "clips.parquet")
+    assert new_clips["clip_id"].is_unique
+    pd.testing.assert_frame_equal(new_clips, ref_clips)
+    # Thumbnails too: one per clip, byte-identical, whether its source finished before or after the kill.
+    assert _digests(resumed / THUMBS_DIR, "*.jpg") == _digests(reference / THUMBS_DIR, "*.jpg")
+    assert sorted(p.stem for p in (resumed / THUMBS_DIR).glob("*.jpg")) == sorted(ref_clips["clip_id"])
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(resumed / "sources.parquet"), pd.read_parquet(reference / "sources.parquet")
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
+    truth = make_corpus(tmp_path, 6, seed=9)
+    videos = tmp_path / VIDEOS_DIR
+    total = len(truth.videos) + len(truth.broken)
+    config = _write_one_at_a_time_config(tmp_path / "curate.yaml")
 
     def command(out: Path) -> list[str]:
         return ["curate", "--input", str(videos), "--output", str(out), "--config", str(config)]
@@ -132,24 +157,7 @@ def test_killed_run_resumes_to_identical_shards(ray_session, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("*.parquet") if p.name in stamps} == stamps
     uris = [e["uri"] for e in _manifest_lines(resumed)]
     assert len(uris) == len(set(uris)) == total and done_before <= set(uris)
-    # Same shards, byte for byte; same clips, none lost and none duplicated.
-    assert len(_digests(reference / "shards")) > 1
-    # First everything but the encoded video (names, order, rows, captions), then the whole tars: when only
-    # the second fails, the H.264 encoder is what differs between the runs, not the curation.
-    assert _members(resumed / "shards") == _members(reference / "shards")
-    assert _digests(resumed / "shards") == _digests(reference / "shards"), (
-        "mp4 bytes differ: encoder not deterministic"
-    )
-    ref_clips = pd.read_parquet(reference / "clips.parquet")
-    new_clips = pd.read_parquet(resumed / "clips.parquet")
-    assert new_clips["clip_id"].is_unique
-    pd.testing.assert_frame_equal(new_clips, ref_clips)
-    # Thumbnails too: one per clip, byte-identical, whether its source finished before or after the kill.
-    assert _digests(resumed / THUMBS_DIR, "*.jpg") == _digests(reference / THUMBS_DIR, "*.jpg")
-    assert sorted(p.stem for p in (resumed / THUMBS_DIR).glob("*.jpg")) == sorted(ref_clips["clip_id"])
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(resumed / "sources.parquet"), pd.read_parquet(reference / "sources.parquet")
-    )
+    _check_same_output(reference, resumed)
 
 
 def test_manifest_survives_a_cut_line_and_rejects_stale_entries(tmp_path):

@@ -1,8 +1,10 @@
-"""Option pieces shared by several commands: NAME=VALUE lists, `--set KEY=VALUE` and the Ray address."""
+"""Option pieces shared by several commands: NAME=VALUE lists, `--set KEY=VALUE`, `--verbose` and the Ray address."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import typer
 
 from model.errors import UserError
 
@@ -19,6 +21,10 @@ def name_value_pairs(pairs: list[str] | None, option: str) -> dict[str, str]:
         values[name] = value
     return values
 
+
+VERBOSE_OPT = typer.Option(
+    False, "--verbose", help="Stream the workers' output and every library's messages here too."
+)
 
 SET_HELP = (
     "Set a config key by dotted path, e.g. stages.video.optimizer.lr=3e-3 (a stage by name or index); "

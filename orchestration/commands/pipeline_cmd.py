@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides, name_value_pairs
+from orchestration.commands.options import (
+    ADDRESS_HELP,
+    SET_HELP,
+    VERBOSE_OPT,
+    config_overrides,
+    name_value_pairs,
+)
 
 FROM_OPT = typer.Option(None, "--from", help="Rerun this step and every later one, whatever changed.")
 ONLY_OPT = typer.Option(None, "--only", help="Consider only this step.")
@@ -52,9 +58,7 @@ def run(
         "working directory can be removed while they run).",
     ),
     set_: list[str] = SET_OPT,
-    verbose: bool = typer.Option(
-        False, "--verbose", help="Stream the workers' output and every library's messages here too."
-    ),
+    verbose: bool = VERBOSE_OPT,
 ) -> None:
     """Run the steps whose fingerprint changed (the driver runs here; see `submit` for a Ray job)."""
     from orchestration.console import setup_logging

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides, name_value_pairs
+from orchestration.commands.options import (
+    ADDRESS_HELP,
+    SET_HELP,
+    VERBOSE_OPT,
+    config_overrides,
+    name_value_pairs,
+)
 
 # Options of `svp generate` whose help is long (module level keeps the command's signature short).
 CONTINUE_OPT = typer.Option(
@@ -29,6 +35,13 @@ COMPILE_OPT = typer.Option(
     True,
     "--compile/--no-compile",
     help="On CUDA, run every block torch.compile'd (first call slower).",
+)
+
+
+LOG_EVERY_OPT = typer.Option(
+    None,
+    min=1,
+    help="Steps between reads of the step's numbers (MLflow, progress bar); default 1 on CPUs, 10 on GPUs.",
 )
 
 
@@ -59,14 +72,8 @@ def train(
     from_stage: str = typer.Option(
         None, "--from", help="Retrain this stage and every later one, whatever their fingerprints say."
     ),
-    log_every: int = typer.Option(
-        None,
-        min=1,
-        help="Steps between reads of the step's numbers (MLflow, progress bar); default 1 on CPUs, 10 on GPUs.",
-    ),
-    verbose: bool = typer.Option(
-        False, "--verbose", help="Stream the workers' output and every library's messages here too."
-    ),
+    log_every: int = LOG_EVERY_OPT,
+    verbose: bool = VERBOSE_OPT,
 ) -> None:
     """Train the pipeline's stages in order; rerun the same command to resume after any failure."""
     from orchestration.console import setup_logging

@@ -21,6 +21,9 @@ OFFICIAL_NUMERICS: dict[str, Any] = {
     "timestep_truncation": True,
 }
 
+# What the model's output is (`LinearDiTConfig.prediction`); it always returns the velocity.
+PREDICTIONS = ("velocity", "sample")
+
 
 @dataclass
 class LinearDiTConfig:
@@ -60,6 +63,12 @@ class LinearDiTConfig:
     # When gradients are on, take the linear-attention core's fused Triton forward and backward on CUDA
     # (`model.kernels.linear_attention_training`) instead of the PyTorch path; CPU runs always take the latter.
     fused_attention_backward: bool = True
+    # What the output projection predicts. "velocity": v = ε − x0, as SANA-Video and every released
+    # checkpoint. "sample": the clean latents x0, turned into the velocity (x_t − x0)/σ before the model
+    # returns (`model.flow.velocity_from_sample`; JiT, Li & He 2025). A small model on tokens of many values
+    # (pixel-space latents: 8·8·3 a token) learns x0, which lies on the data's low-dimensional manifold, far
+    # sooner than v, which carries every value of the token's noise. Loss and samplers stay as they are.
+    prediction: str = "velocity"
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +86,8 @@ class LinearDiTConfig:
             raise UserError(f"compile_memory_budget must be in [0, 1], got {self.compile_memory_budget}")
         if self.temporal_kernel_size % 2 != 1:
             raise UserError(f"temporal_kernel_size must be odd, got {self.temporal_kernel_size}")
+        if self.prediction not in PREDICTIONS:
+            raise UserError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         for name in ("in_channels", "out_channels", "num_heads", "depth", "cross_attention_heads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -76,6 +76,12 @@ def _rename(key: str, renames: list[tuple[str, str]], reverse: bool = False) -> 
     return key
 
 
+def _require_velocity(config: LinearDiTConfig, target: str) -> None:
+    # The other code bases have no x0 head: their samplers would read our x0 as a velocity.
+    if config.prediction != "velocity":
+        raise UserError(f"{target} predicts the velocity; this model predicts {config.prediction!r}")
+
+
 def _vae_stride_for(in_channels: int, patch_size: tuple[int, int, int]) -> tuple[int, int, int]:
     """The VAE stride of the preset with the same latent space, else the dataclass default."""
     for values in PRESETS.values():
@@ -157,6 +163,7 @@ def to_diffusers(model: LinearDiT) -> torch.nn.Module:
     from diffusers import SanaVideoTransformer3DModel
 
     cfg = model.config
+    _require_velocity(cfg, "diffusers' SanaVideoTransformer3DModel")
     state = {_rename(k, DIFFUSERS_RENAMES): t.detach().clone() for k, t in model.state_dict().items()}
     # Built on the meta device to skip a random init; only the RoPE tables are buffers, rebuilt below.
     with torch.device("meta"):
@@ -171,6 +178,7 @@ def to_diffusers(model: LinearDiT) -> torch.nn.Module:
 
 def official_state_dict(model: LinearDiT) -> dict[str, torch.Tensor]:
     """The model's weights under the official SANA-Video (`SanaMSVideo`) key names."""
+    _require_velocity(model.config, "the official SanaMSVideo")
     ours = {k: t.detach() for k, t in model.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for index in range(model.config.depth):

@@ -27,6 +27,20 @@ def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
+# JiT clips σ at 0.05 in x0 → v's denominator: near σ = 0 that velocity is ill-conditioned.
+SAMPLE_PREDICTION_MIN_SIGMA = 0.05
+
+
+def velocity_from_sample(
+    noisy: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor | float
+) -> torch.Tensor:
+    """The velocity (x_σ − x0)/σ of a clean-sample prediction `x0` at model timesteps 1000·σ (scalar, (B,)
+    or (B, F)); σ is clipped below at `SAMPLE_PREDICTION_MIN_SIGMA`. A sampler's data prediction x_σ − σ·v
+    gives back `x0` exactly wherever σ is above the clip."""
+    sigma = expand_per_frame(torch.as_tensor(timesteps) / NUM_TRAIN_TIMESTEPS, noisy, "timesteps")
+    return (noisy - x0) / sigma.clamp(min=SAMPLE_PREDICTION_MIN_SIGMA)
+
+
 def expand_per_frame(sigma: torch.Tensor | float, like: torch.Tensor, name: str = "sigma") -> torch.Tensor:
     """Broadcast a noise level (or a weight) to a latent video (B, C, F, H, W).
 

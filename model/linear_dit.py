@@ -23,6 +23,7 @@ from model.block import LinearDiTBlock
 from model.cache import LinearDiTCache
 from model.config import LinearDiTConfig
 from model.embeddings import AdaLNSingle, CaptionProjection
+from model.flow import velocity_from_sample
 from model.norms import RMSNorm, modulated_layer_norm
 from model.rope import rope_tables
 
@@ -220,8 +221,10 @@ class LinearDiT(nn.Module):
                 cache.store_layer(index, *state)
 
         shift, scale = (self.scale_shift_table[None, None] + t_emb[:, :, None]).unbind(dim=2)
-        x = self.proj_out(modulated_layer_norm(x, shift, scale, cfg.norm_eps))
-        return self._unpatchify(x, grid)
+        x = self._unpatchify(self.proj_out(modulated_layer_norm(x, shift, scale, cfg.norm_eps)), grid)
+        if cfg.prediction == "sample":
+            return velocity_from_sample(latents, x, timesteps)
+        return x
 
     def _token_hw(self, height: int, width: int) -> tuple[int, int]:
         _, ph, pw = self.config.patch_size

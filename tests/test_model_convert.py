@@ -230,3 +230,13 @@ def test_official_load_errors_name_the_key_and_path(diffusers_model, tmp_path):
         from_official_state_dict(official, ours.config)
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_official(tmp_path / "nowhere.pth", LinearDiTConfig.from_preset("tiny"))
+
+
+def test_a_sample_prediction_model_is_not_exported_as_a_velocity_model():
+    from model.errors import UserError
+    from model.linear_dit import LinearDiT
+
+    model = LinearDiT(LinearDiTConfig.from_preset("tiny", prediction="sample"))
+    for export in (to_diffusers, official_state_dict):
+        with pytest.raises(UserError, match="predicts the velocity; this model predicts 'sample'"):
+            export(model)

@@ -7,6 +7,7 @@ import torch
 from model_test_support import one_thread  # noqa: F401  (fixture)
 
 from model.config import LinearDiTConfig
+from model.errors import UserError
 from model.flow import (
     add_noise,
     flow_matching_loss,
@@ -15,6 +16,7 @@ from model.flow import (
     sample_sigmas,
     shift_sigma,
     sigma_to_timestep,
+    velocity_from_sample,
 )
 from model.linear_dit import LinearDiT
 
@@ -145,3 +147,27 @@ def test_training_step_on_tiny_model_learns_a_fixed_batch():
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_sample_prediction_returns_the_velocity_of_its_x0():
+    """prediction="sample": the head's output is read as x0 and returned as the velocity (x_σ − x0)/σ (σ
+    clipped at 0.05), on the bidirectional and the block-AR path; a sampler's x_σ − σ·v gives that x0 back."""
+    torch.manual_seed(0)
+    velocity_model = LinearDiT(LinearDiTConfig.from_preset("tiny"))
+    sample_model = LinearDiT(LinearDiTConfig.from_preset("tiny", prediction="sample"))
+    sample_model.load_state_dict(velocity_model.state_dict())
+    g = torch.Generator().manual_seed(6)
+    x_t, text = torch.randn(1, 48, 4, 8, 8, generator=g), torch.randn(1, 6, 64, generator=g)
+    sigma = torch.tensor([[0.9, 0.5, 0.2, 0.01]])
+    with torch.no_grad():
+        x0 = velocity_model(x_t, text, sigma_to_timestep(sigma))  # same weights: the raw head output
+        v = sample_model(x_t, text, sigma_to_timestep(sigma))
+        block_x0 = velocity_model.forward_block(x_t[:, :, :2], text, 400.0, velocity_model.new_cache(1), 0)
+        block_v = sample_model.forward_block(x_t[:, :, :2], text, 400.0, sample_model.new_cache(1), 0)
+    clipped = torch.tensor([0.9, 0.5, 0.2, 0.05]).view(1, 1, 4, 1, 1)
+    torch.testing.assert_close(v, (x_t - x0) / clipped)
+    torch.testing.assert_close(x_t - clipped * v, x0)
+    torch.testing.assert_close(v, velocity_from_sample(x_t, x0, sigma_to_timestep(sigma)))
+    torch.testing.assert_close(block_v, (x_t[:, :, :2] - block_x0) / 0.4)
+    with pytest.raises(UserError, match="prediction must be one of velocity, sample, got 'eps'"):
+        LinearDiTConfig.from_preset("tiny", prediction="eps")

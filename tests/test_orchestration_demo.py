@@ -25,13 +25,15 @@ STAGES = ["image", "video", "video-hires", "long-video-ar"]
 # THRESHOLDS. An untrained model (or the preset's 64-wide one, which cannot learn these tokens) turns noise into
 # noise: consecutive frames differ by ~70-95 levels, the contrast is ~80 and the mean is grey, whatever the
 # clips are. The training clips (flat dark backgrounds, one bright moving shape, at the stage's 8 fps and
-# 64x64) differ by ~3 levels from frame to frame, with a mean of ~60 and a contrast of ~40. The demo's model
-# gets the colours and the contrast right (measured within ~6 levels) and bright shapes on a dark background,
-# but its frames still flicker (measured 15-23 levels from frame to frame): the bounds separate that from
-# noise, with room for run-to-run variation, without claiming the clips' smoothness.
-FRAME_DIFF_MAX = 30.0
+# 64x64) differ by ~3 levels from frame to frame, with a mean of ~60 and a contrast of ~40. The same 256-wide
+# model predicting the velocity (`prediction: velocity`) keeps per-pixel grain after the demo's few hundred
+# steps: 11-30 levels from frame to frame (18.8 in the demo before it predicted x0). Predicting x0, its frames
+# are smooth, of the prompt's background colour, and change by 1-15 levels (23 runs of settings near these,
+# median ~6; 3.2 in the README's run); the shape is missing, a blob or smeared along its row. The bounds
+# separate that from noise and grain, with room for run-to-run variation; they do not check the shape.
+FRAME_DIFF_MAX = 16.0
 MEAN_TOLERANCE = 25.0
-STD_TOLERANCE = 20.0
+STD_TOLERANCE = 25.0
 # Stages that start something from random weights (the image stage: everything; video-hires: the patch
 # embedding and output projection of its new latent space) must at least halve their loss; the others start
 # from a trained stage and must not get worse by more than the noise of a 10-step mean.
@@ -110,7 +112,9 @@ def test_demo_runs_the_platform_end_to_end_learns_and_resumes(ray_session, tmp_p
         monkeypatch.setenv(name, value)  # what the CLI sets, undone after the test
     out = tmp_path / "demo"
     assert main(["demo", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "it/s]" not in captured.out + captured.err, "a library's progress bar reached the console"
     result = SimpleNamespace(
         raw=out / "raw", curated=out / "curated", work_dir=out / "runs", video=out / "demo.mp4"
     )

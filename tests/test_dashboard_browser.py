@@ -88,10 +88,16 @@ def _external_requests(driver) -> list[str]:
     )
 
 
-def _loaded_images(driver) -> int:
-    return driver.execute_script(
-        "return [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
-    )
+def _loaded_images(driver, want: int, timeout: float = 60) -> int:
+    """How many <img> have their pixels, polled until `want` have: an <img> is in the page before its bytes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        loaded = driver.execute_script(
+            "return [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
+        )
+        if loaded >= want or time.monotonic() > deadline:
+            return loaded
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +133,14 @@ def test_both_pages_render_in_chromium(dashboard, tmp_path):
         _wait_for(driver, '[data-testid="stImage"] img', 2)  # histogram and keep-rate curve
         assert "clips kept" in driver.page_source and "Page not found" not in driver.page_source
         assert not driver.find_elements("css selector", '[data-testid="stException"]')
-        assert _loaded_images(driver) >= 2
+        assert _loaded_images(driver, 2) >= 2
         driver.save_screenshot(str(shots / "dashboard-curation.png"))
         tab = driver.find_element("xpath", "//*[@role='tab'][contains(., 'Boundary clips')]")
         tab.click()
         time.sleep(1)
         clips = len(pd.read_parquet(folder / "clips.parquet", columns=["clip_id"]))
-        assert _loaded_images(driver) >= 2 + min(6, clips)  # the thumbnails on both sides of the threshold
+        thumbnails = min(6, clips)  # on both sides of the threshold, next to the two charts
+        assert _loaded_images(driver, 2 + thumbnails) >= 2 + thumbnails
         assert "just above" in driver.page_source
         driver.save_screenshot(str(shots / "dashboard-boundary.png"))
         assert _external_requests(driver) == []

@@ -63,7 +63,7 @@ def _print_summary(result) -> None:
         ("std", "contrast (std)"),
     ):
         learned.add_row(label, f"{gen[key]:.1f}", f"{train[key]:.1f}")
-    loss = Table(title="training loss", title_justify="left")
+    loss = Table(title="training loss (median of 10 steps)", title_justify="left")
     for name in ("stage", "first 10 steps", "last 10 steps"):
         loss.add_column(name, justify="right" if name != "stage" else "left")
     for stage, (first, last) in figures["loss"].items():

@@ -4,8 +4,10 @@ Every video is a sequence of shots. A shot shows a smooth random texture in its 
 content changes completely at a cut) that is either static or translates by a whole number of pixels per
 frame (so its motion is known exactly). With `scene="shapes"` a shot is instead a flat background with one
 coloured square or disc translating the same way (wrapping round the edges): pictures a tiny model can learn
-in a few hundred steps, which is what `svp demo` trains on. Captions are written as sidecar `.txt` or `.json`
-files (for shapes they describe the shape and its colours). A set of
+in a few hundred steps, which is what `svp demo` trains on; every shot of a shapes video shows the same shape,
+colours and motion (a cut moves the shape and changes the background's shade), so the video's caption is
+true of each of its clips. Captions are written as sidecar `.txt` or `.json` files (for shapes they describe
+the shape, its colours and its motion). A set of
 broken files covers every rejection reason the probe knows. Everything is deterministic from the seed.
 
 `OUT/videos/` holds the inputs; `OUT/ground_truth.json` holds cut frames, per-shot motion and the reason
@@ -46,6 +48,8 @@ _HUE_NAMES = (
     (0.72, "blue"),
 )
 _HUE_NAMES += ((0.9, "purple"), (1.01, "red"))
+# Background values (HSV) of shape shots: a cut within a shapes video switches between them.
+SHAPE_SHADES = (0.35, 0.55)
 
 
 @dataclass
@@ -127,17 +131,27 @@ def hue_name(hue: float) -> str:
 
 
 def render_shape_shot(
-    seed: int, height: int, width: int, num_frames: int, px_per_frame: int, palette_hue: float
+    seed: int,
+    height: int,
+    width: int,
+    num_frames: int,
+    px_per_frame: int,
+    palette_hue: float,
+    *,
+    disc: bool | None = None,
+    shade: float = SHAPE_SHADES[0],
 ) -> tuple[list[np.ndarray], str]:
-    """A flat dark background of hue `palette_hue` with one bright square or disc of the opposite hue, moving
-    right by `px_per_frame` pixels per frame and wrapping round (a pure translation on a torus, like the
-    textures). Returns the frames and a caption that names the shape, its colour and its motion."""
+    """A flat dark background of hue `palette_hue` (value `shade`) with one bright square or disc (`disc`;
+    drawn from `seed` when None) of the opposite hue, moving right by `px_per_frame` pixels per frame and
+    wrapping round (a pure translation on a torus, like the textures). Returns the frames and a caption that
+    names the shape, its colour and its motion."""
     rng = np.random.default_rng(seed)
     shape_hue = (palette_hue + 0.5) % 1.0
-    background = _hsv_colour(palette_hue, 0.6, 0.35)
+    background = _hsv_colour(palette_hue, 0.6, shade)
     colour = _hsv_colour(shape_hue, 0.8, 0.95)
     size = height // 3
-    disc = bool(rng.integers(2))
+    drawn_disc = bool(rng.integers(2))  # drawn either way: the position below comes from the same stream
+    disc = drawn_disc if disc is None else disc
     top = int(rng.integers(0, height - size))
     left = int(rng.integers(0, width))
     # The shape drawn once on a canvas of one frame's width; each frame rolls the canvas along x.
@@ -314,28 +328,36 @@ def _check_corpus_args(num_videos: int, width: int, height: int, scene: str) -> 
 def _render_video(
     rng: np.random.Generator, spec: _VideoSpec
 ) -> tuple[list[np.ndarray], list[Shot], str | None]:
-    """One video's frames and shots, and for shapes the caption of its first shot (the clip a short video
-    keeps); None for textures, which get a random caption."""
+    """One video's frames and shots, and for shapes the caption of its shots (one for all); None for
+    textures, which get a random caption."""
     n_shots = int(rng.integers(spec.shots_per_video[0], spec.shots_per_video[1] + 1))
     hue = float(rng.random())
     frames: list[np.ndarray] = []
     shots: list[Shot] = []
     caption = None
-    for _ in range(n_shots):
+    # A shapes video shows one shape, one palette and one motion in every shot, so that its sidecar caption
+    # (the whole video's) is true of every clip cut from it; a cut moves the shape and switches the background
+    # between two shades of its hue. Textures change palette at every cut.
+    disc = bool(rng.integers(2)) if spec.scene == "shapes" else None
+    for index in range(n_shots):
         length = int(round(spec.fps * rng.uniform(*spec.shot_seconds)))
         motion = int(MOTION_LEVELS[rng.integers(len(MOTION_LEVELS))])
         shot_seed = int(rng.integers(1 << 31))
         if spec.scene == "shapes":
-            shot, shot_caption = render_shape_shot(shot_seed, spec.height, spec.width, length, motion, hue)
-            caption = caption or shot_caption
+            motion = shots[0].motion_px_per_frame if shots else motion
+            shade = SHAPE_SHADES[index % len(SHAPE_SHADES)]
+            shot, caption = render_shape_shot(
+                shot_seed, spec.height, spec.width, length, motion, hue, disc=disc, shade=shade
+            )
         else:
             shot = render_shot(shot_seed, spec.height, spec.width, length, motion, hue)
         if spec.grain > 0:
             shot = [_add_grain(f, rng, spec.grain) for f in shot]
         shots.append(Shot(len(frames), len(frames) + len(shot), motion))
         frames += shot
-        # Palettes a third of the hue circle apart from the previous shot: every cut is a real content change.
-        hue = (hue + 0.33 + 0.1 * float(rng.random())) % 1.0
+        if spec.scene != "shapes":
+            # Palettes a third of the hue circle apart from the previous shot: every cut is a real content change.
+            hue = (hue + 0.33 + 0.1 * float(rng.random())) % 1.0
     return frames, shots, caption
 
 

@@ -60,11 +60,17 @@ def test_shapes_scene_moves_a_shape_by_its_known_motion_and_captions_it(tmp_path
     assert caption.endswith("moving right on blue")
 
     truth = make_corpus(tmp_path, 3, seed=7, scene="shapes", broken=False)
+    assert any(video.cuts for video in truth.videos)
     for video in truth.videos:
         frames = read_frames(tmp_path / VIDEOS_DIR / video.file)
         assert frames.shape == (video.num_frames, video.height, video.width, 3)
         steps = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
         inside = np.delete(steps, [cut - 1 for cut in video.cuts])
-        for cut in video.cuts:  # the background changes colour at a cut
+        for cut in video.cuts:  # the background changes shade at a cut
             assert steps[cut - 1] > 3 * inside.max()
         assert video.caption.startswith("a ") and (" square " in video.caption or " disc " in video.caption)
+        # One caption for the video is true of every shot: same motion (and shape and colours) throughout.
+        assert len({shot.motion_px_per_frame for shot in video.shots}) == 1
+        assert video.caption.split(" on ")[0].endswith(
+            "still" if video.shots[0].motion_px_per_frame == 0 else "moving right"
+        )

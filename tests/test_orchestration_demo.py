@@ -30,7 +30,7 @@ STAGES = ["image", "video", "video-hires", "long-video-ar"]
 # model predicting the velocity (`prediction: velocity`) keeps per-pixel grain after the demo's few hundred
 # steps: 11-30 levels from frame to frame (18.8 in the demo before it predicted x0). Predicting x0, its frames
 # are smooth, of the prompt's background colour, and change by 1-15 levels (23 runs of settings near these,
-# median ~6; 3.2 in the README's run); the shape is missing, a blob or smeared along its row. The bounds
+# median ~6; 5.6 in the README's run); the shape is missing, a blob or smeared along its row. The bounds
 # separate that from noise and grain, with room for run-to-run variation; they do not check the shape.
 FRAME_DIFF_MAX = 16.0
 MEAN_TOLERANCE = 25.0

@@ -8,7 +8,6 @@ starts or joins Ray; `ray_log_dir()` is where the command tells the user to look
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import warnings
@@ -49,7 +48,6 @@ def setup_logging(verbose: bool = False) -> None:
     # TQDM_DISABLE: tqdm bakes it into its defaults on import; no nested bars from libraries.
     for name, value in (("RAY_LOG_TO_DRIVER", "0"), ("RAY_DATA_LOG_LEVEL", "WARNING"), ("TQDM_DISABLE", "1")):
         os.environ.setdefault(name, value)
-    _disable_tqdm_in_this_process()
     # Ray and MLflow configure their loggers when first imported: set the levels after that.
     import mlflow  # noqa: F401
     import ray  # noqa: F401
@@ -58,15 +56,6 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def _disable_tqdm_in_this_process() -> None:
-    """TQDM_DISABLE reaches the processes Ray starts, but this one imported tqdm with torch (`model` imports
-    it) before the variable was set: DeepSpeed's bars while an export is built would still print here."""
-    import tqdm.std
-
-    if os.environ.get("TQDM_DISABLE") == "1":
-        tqdm.std.tqdm.__init__ = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
 
 
 def ray_log_dir() -> Path | None:

@@ -17,10 +17,13 @@ appends its full log to `{work_dir}/logs/{pipeline}/{stage}/rank<N>.log` (`worke
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -385,7 +388,8 @@ def _fit_and_export(
     with result.checkpoint.as_directory() as checkpoint_dir:
         extra = {"stage": stage.name, "init_from": init_from, **export_extra(stage)}
         extra["fingerprint"] = inputs.fingerprint
-        export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
+        with _tqdm_off_if_asked():
+            export_stage(Path(checkpoint_dir), export_dir, stage.model_config(), extra)
     write_export_fingerprint(export_dir, inputs)  # last: only now does the export count as finished
     log.info(f"stage {stage.name}: export built in {time.perf_counter() - export_started:.1f} s")
     return result
@@ -422,3 +426,21 @@ def _track_stage(
         run_key=ray_name,
         fresh=fresh,
     )
+
+
+@contextlib.contextmanager
+def _tqdm_off_if_asked() -> Iterator[None]:
+    """With TQDM_DISABLE=1 (the CLI's quiet console), DeepSpeed's bars while the export is built stay off the
+    console: tqdm reads the variable when imported, and this process imported it (with torch) before the CLI
+    set it. For this call only: patching tqdm for the whole process broke Ctrl-C in Ray Data's bars."""
+    import tqdm.std
+
+    if os.environ.get("TQDM_DISABLE") != "1":
+        yield
+        return
+    original = tqdm.std.tqdm.__init__
+    tqdm.std.tqdm.__init__ = functools.partialmethod(original, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original

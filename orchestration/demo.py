@@ -17,8 +17,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 log = logging.getLogger(__name__)
 
 DEMO_PROMPT = "a red square moving right on blue"
@@ -61,7 +59,8 @@ class DemoResult:
     video: Path  # the generated long video
     report: dict
     figures: dict  # orchestration.demo_check.learning_figures: generated vs training statistics, loss curve
-    samples: dict  # training.generation.write_conditioning_samples: start_image, image_to_video, continued
+    samples: dict  # training.generation.write_conditioning_samples (start_image, image_to_video, continued)
+    clip: Path  # the training clip the prompt is the caption of, which the samples start from
 
 
 def run_demo(
@@ -77,8 +76,9 @@ def run_demo(
     from curation.config import load_config
     from curation.pipeline import run_curation
     from curation.synth import VIDEOS_DIR, make_corpus
+    from model.video_io import write_mp4
     from orchestration.console import ray_log_dir
-    from orchestration.demo_check import learning_figures
+    from orchestration.demo_check import learning_figures, showcase, training_clips
     from orchestration.ray_connect import ray_connection
     from training.config import load_preset
     from training.generation import generate_from_export, write_conditioning_samples
@@ -101,32 +101,33 @@ def run_demo(
         log.info("[3/4] training, %d stages: %s", len(pipeline.stages), work_dir)
         results = run_pipeline(pipeline, workers=workers, work_dir=work_dir)
     log.info("[4/4] generation: %s", out / "demo.mp4")
+    # The prompt is the caption of a clip the last stage trained on, and that clip starts the two conditioned
+    # tasks the video stages train (image_condition_prob): a video from its first frame, and the clip continued
+    # through the constant-memory cache. Unlike a prompt, a first frame says where the shape is.
+    stage = pipeline.stages[-1]
+    clips = training_clips(stage)
+    prompt, clip = showcase(clips)
+    prompt = prompt or DEMO_PROMPT
+    log.info("    prompt: %r", prompt)
     video = generate_from_export(
-        results[-1].export_dir, _prompt(curated), seconds, out / "demo.mp4", block_frames=4, **DEMO_SAMPLER
+        results[-1].export_dir, prompt, seconds, out / "demo.mp4", block_frames=4, **DEMO_SAMPLER
+    )
+    clip_path = write_mp4(clip, out / "samples" / "clip.mp4", stage.target_fps)
+    samples = write_conditioning_samples(
+        results[-1].export_dir,
+        out / "samples",
+        prompt,
+        clip_path,
+        seconds=len(clip) / stage.target_fps,
+        block_frames=4,
+        **DEMO_SAMPLER,
     )
     figures = learning_figures(
-        video,
-        pipeline.stages[-1],
+        {"generated": video, "image_to_video": samples["image_to_video"]},
+        prompt,
+        clips,
         resolve_tracking_uri(work_dir.resolve()),
         pipeline.name,
         out / "demo_frames.png",
     )
-    # The two conditioned tasks the video stages train (image_condition_prob): a video from the long video's
-    # first frame, and the long video continued through the constant-memory cache.
-    samples = write_conditioning_samples(
-        results[-1].export_dir,
-        out / "samples",
-        _prompt(curated),
-        video,
-        seconds=1.0,
-        block_frames=4,
-        **DEMO_SAMPLER,
-    )
-    return DemoResult(raw, curated, work_dir, video, report, figures, samples)
-
-
-def _prompt(curated: Path) -> str:
-    """A caption of a kept clip (so the prompt looks like what the model saw), else a fixed one."""
-    clips = pd.read_parquet(curated / "clips.parquet", columns=["caption", "kept"])
-    captions = clips.loc[clips["kept"], "caption"].dropna()
-    return str(captions.iloc[0]) if len(captions) else DEMO_PROMPT
+    return DemoResult(raw, curated, work_dir, video, report, figures, samples, clip_path)

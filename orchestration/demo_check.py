@@ -1,10 +1,11 @@
-"""Did the demo's model learn? The generated video's statistics next to those of the clips it trained on.
+"""Did the demo's model learn? Its videos' statistics next to those of the clips it trained on.
 
 A model that learned nothing turns noise into noise: per-pixel colours unrelated from one frame to the next
 (mean absolute difference of consecutive frames ~70/255) and a grey mean. One that learned the corpus (flat
 backgrounds with a moving shape, `curation.synth` scene "shapes") makes frames that change little from one to
-the next and have the corpus's colours. `learning_figures` measures both on the same footing: frames at the
-stage's frame rate and size, 0-255 levels.
+the next, in the background colour its prompt names, with a shape on it. `learning_figures` measures the
+video generated from a prompt and the one generated from a training clip's first frame on the same footing as
+the clips: frames at the stage's frame rate and size, 0-255 levels.
 """
 
 from __future__ import annotations
@@ -14,25 +15,63 @@ from typing import Any
 
 import numpy as np
 
+# A pixel belongs to the shape when one of its channels is this far from its frame's median colour (the
+# background): the corpus's shapes are bright on dark backgrounds of the opposite hue (> 100 levels apart).
+SHAPE_LEVELS = 64
+
 
 def frame_stats(frames: np.ndarray) -> dict[str, float]:
-    """Consecutive-frame mean absolute difference, mean level and standard deviation of (T, H, W, 3) uint8."""
+    """Of (T, H, W, 3) uint8 frames: consecutive-frame mean absolute difference, mean level, standard deviation,
+    and the share of pixels off the background (`SHAPE_LEVELS`)."""
     pixels = frames.astype(np.float32)
     diff = float(np.abs(np.diff(pixels, axis=0)).mean()) if len(frames) > 1 else 0.0
-    return {"frame_diff": diff, "mean": float(pixels.mean()), "std": float(pixels.std())}
+    background = np.median(pixels.reshape(len(pixels), -1, 3), axis=1)[:, None, None, :]
+    shape = float((np.abs(pixels - background).max(axis=-1) > SHAPE_LEVELS).mean())
+    return {"frame_diff": diff, "mean": float(pixels.mean()), "std": float(pixels.std()), "shape": shape}
 
 
-def training_frames(stage: Any, clips: int = 8) -> list[np.ndarray]:
-    """`clips` clips exactly as the stage's data loader gave them to the model, as uint8 (T, H, W, 3)."""
+def training_clips(stage: Any, clips: int = 8) -> list[tuple[str, np.ndarray]]:
+    """`clips` (caption, frames) pairs exactly as the stage's data loader gave them to the model; frames are
+    uint8 (T, H, W, 3)."""
     from training.data import StageData
 
     batches = StageData(stage, 0, 1, stage.seed).batches(None)
-    out: list[np.ndarray] = []
+    out: list[tuple[str, np.ndarray]] = []
     while len(out) < clips:
-        video = next(batches).video  # (B, 3, T, H, W) in [-1, 1]
+        batch = next(batches)
+        video = batch.video  # (B, 3, T, H, W) in [-1, 1]
         pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
-        out.extend(pixels)
+        out.extend(zip(batch.captions, pixels, strict=True))
     return out[:clips]
+
+
+def showcase(clips: list[tuple[str, np.ndarray]]) -> tuple[str, np.ndarray]:
+    """The captioned clip whose shape shows most (the largest contrast): the demo prompts with its caption and
+    starts its image-to-video sample from its first frame."""
+    captioned = [clip for clip in clips if clip[0].strip()] or clips
+    return max(captioned, key=lambda clip: float(clip[1].std()))
+
+
+def background_colour(frames: np.ndarray) -> np.ndarray:
+    """Each frame's median colour (the flat background of a shapes clip, whatever the shape does), averaged."""
+    return np.median(frames.reshape(len(frames), -1, 3).astype(np.float32), axis=1).mean(axis=0)
+
+
+def prompt_following(generated: np.ndarray, prompt: str, clips: list[tuple[str, np.ndarray]]) -> dict:
+    """How far the generated video's background colour is from that of the training clips with the prompt's
+    caption and from that of the clips with other captions (mean absolute difference over R, G, B, in
+    levels). A model that follows its prompt is much nearer the first; one that ignores it is as near both."""
+    colour = background_colour(generated)
+
+    def distance(selected: list[np.ndarray]) -> float | None:
+        if not selected:
+            return None
+        return float(np.mean([np.abs(colour - background_colour(frames)).mean() for frames in selected]))
+
+    return {
+        "same_caption": distance([frames for caption, frames in clips if caption == prompt]),
+        "other_captions": distance([frames for caption, frames in clips if caption != prompt]),
+    }
 
 
 def mean_stats(videos: list[np.ndarray]) -> dict[str, float]:
@@ -66,41 +105,52 @@ def loss_curve(tracking_uri: str, pipeline: str, window: int = 10) -> dict[str, 
     return curves
 
 
-def write_strip(
-    generated: np.ndarray, training: np.ndarray, path: Path, frames: int = 6, scale: int = 2
-) -> Path:
-    """A PNG of `frames` frames across time: the generated video on top, a training clip below."""
+def write_strip(rows: list[np.ndarray], path: Path, frames: int = 6, scale: int = 2) -> Path:
+    """A PNG of `frames` frames across time of each video in `rows`, one above the other (resized to the
+    first's frame size)."""
     import cv2
 
     def row(video: np.ndarray) -> np.ndarray:
         picks = np.linspace(0, len(video) - 1, frames).round().astype(int)
         return np.concatenate([video[i] for i in picks], axis=1)
 
-    top, bottom = row(generated), row(training)
-    if bottom.shape != top.shape:
-        bottom = cv2.resize(bottom, (top.shape[1], top.shape[0]), interpolation=cv2.INTER_AREA)
-    gap = np.full((4, top.shape[1], 3), 255, np.uint8)
-    strip = np.concatenate([top, gap, bottom], axis=0)
-    strip = cv2.resize(
-        strip, (strip.shape[1] * scale, strip.shape[0] * scale), interpolation=cv2.INTER_NEAREST
-    )
+    strips = [row(video) for video in rows]
+    height, width = strips[0].shape[:2]
+    gap = np.full((4, width, 3), 255, np.uint8)
+    parts: list[np.ndarray] = []
+    for strip in strips:
+        if strip.shape[:2] != (height, width):
+            strip = cv2.resize(strip, (width, height), interpolation=cv2.INTER_AREA)
+        parts += [gap, strip] if parts else [strip]
+    image = np.concatenate(parts, axis=0)
+    image = cv2.resize(image, (width * scale, image.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR)):
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write {path}")
     return path
 
 
-def learning_figures(video: Path, stage: Any, tracking_uri: str, pipeline: str, png: Path) -> dict[str, Any]:
-    """The generated video's statistics, the training clips' (the stage's data, 8 clips), the loss of each
-    stage (first, last), and `png`: frames of the generated video above frames of a training clip."""
+def learning_figures(
+    videos: dict[str, Path],
+    prompt: str,
+    clips: list[tuple[str, np.ndarray]],
+    tracking_uri: str,
+    pipeline: str,
+    png: Path,
+) -> dict[str, Any]:
+    """Statistics of each of `videos` (name → mp4 generated with `prompt`) and of the training clips
+    (`training_clips`, under "training"), how closely each video follows its prompt, the loss of each stage
+    (first, last), and `png`: frames of each video, one above the other, above the clip the prompt was taken
+    from (`showcase`)."""
     from model.video_io import read_frames
 
-    generated = read_frames(video)
-    clips = training_frames(stage)
-    write_strip(generated, max(clips, key=lambda clip: float(clip.std())), png)  # a clip whose shape shows
+    frames = {name: read_frames(path) for name, path in videos.items()}
+    write_strip([*frames.values(), showcase(clips)[1]], png)
     return {
-        "generated": frame_stats(generated),
-        "training": mean_stats(clips),
+        "videos": {name: frame_stats(video) for name, video in frames.items()},
+        "training": mean_stats([clip for _, clip in clips]),
+        "prompt": prompt,
+        "follows": {name: prompt_following(video, prompt, clips) for name, video in frames.items()},
         "loss": loss_curve(tracking_uri, pipeline),
         "frames_png": str(png),
     }

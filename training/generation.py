@@ -200,8 +200,8 @@ def write_conditioning_samples(
 ) -> dict[str, Path]:
     """The demo's image-to-video and continuation samples from one export, each with its `.json` record.
 
-    `clip` (an mp4 the export made, e.g. the demo's long video) gives the starting image — its first frame,
-    saved as `start.png` — and is itself continued by `seconds`. Writes `image-to-video.mp4` and
+    `clip` (an mp4 at the export's frame size: a video it made, or a training clip) gives the starting image —
+    its first frame, saved as `start.png` — and is itself continued by `seconds`. Writes `image-to-video.mp4` and
     `continued.mp4` under `out_dir`, both block by block; `options` are `generate_from_export`'s."""
     from PIL import Image
 

@@ -8,6 +8,18 @@ import typer
 
 from orchestration.commands.options import ADDRESS_HELP
 
+# The summary's rows: (figure, label, factor), and how far each video's background is from the clips'.
+STATISTICS = (
+    ("frame_diff", "frame-to-frame change", 1.0),
+    ("mean", "mean level", 1.0),
+    ("std", "contrast (std)", 1.0),
+    ("shape", "shape (% of pixels off background)", 100.0),
+)
+FOLLOWS = (
+    ("same_caption", "background vs its caption's clips"),
+    ("other_captions", "background vs other captions' clips"),
+)
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
@@ -48,21 +60,27 @@ def _print_summary(result) -> None:
     made.add_row("trained", str(result.work_dir))
     made.add_row("mlflow", f"mlflow ui --backend-store-uri sqlite:///{result.work_dir.resolve()}/mlflow.db")
     made.add_row("video", str(result.video))
-    made.add_row("frames", f"{figures['frames_png']}  (top: generated, bottom: a training clip)")
+    made.add_row(
+        "frames",
+        f"{figures['frames_png']}  (generated from the prompt; from the clip's first frame; the clip)",
+    )
     samples = result.samples
-    made.add_row("image→video", f"{samples['image_to_video']}  (from {samples['start_image']})")
-    made.add_row("continued", f"{samples['continued']}  (the video, then 1 s more)")
+    made.add_row("clip", f"{result.clip}  (a training clip; the prompt is its caption)")
+    made.add_row(
+        "image→video", f"{samples['image_to_video']}  (from its first frame, {samples['start_image']})"
+    )
+    made.add_row("continued", f"{samples['continued']}  (the clip, then as long again)")
     made.add_row("look", f"svp dashboard --curation {result.curated} --runs {result.work_dir}")
-    learned = Table(title="did it learn? (0-255 levels)", title_justify="left")
-    for name in ("", "generated", "training clips"):
+    learned = Table(title=f"did it learn? (0-255 levels; prompt {figures['prompt']!r})", title_justify="left")
+    for name in ("", "from the prompt", "from a first frame", "training clips"):
         learned.add_column(name, justify="right" if name else "left")
-    gen, train = figures["generated"], figures["training"]
-    for key, label in (
-        ("frame_diff", "frame-to-frame change"),
-        ("mean", "mean level"),
-        ("std", "contrast (std)"),
-    ):
-        learned.add_row(label, f"{gen[key]:.1f}", f"{train[key]:.1f}")
+    videos, train = figures["videos"], figures["training"]
+    for key, label, unit in STATISTICS:
+        cells = [stats[key] for stats in (videos["generated"], videos["image_to_video"], train)]
+        learned.add_row(label, *(f"{value * unit:.1f}" for value in cells))
+    for key, label in FOLLOWS:
+        cells = [figures["follows"][name][key] for name in ("generated", "image_to_video")]
+        learned.add_row(label, *("-" if value is None else f"{value:.1f}" for value in cells), "")
     loss = Table(title="training loss (median of 10 steps)", title_justify="left")
     for name in ("stage", "first 10 steps", "last 10 steps"):
         loss.add_column(name, justify="right" if name != "stage" else "left")

@@ -10,6 +10,7 @@ the clips: frames at the stage's frame rate and size, 0-255 levels.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ def training_clips(stage: Any, clips: int = 8) -> list[tuple[str, np.ndarray]]:
     uint8 (T, H, W, 3)."""
     from training.data import StageData
 
-    batches = StageData(stage, 0, 1, stage.seed).batches(None)
+    pixels_stage = dataclasses.replace(stage, latents="off")  # decoded frames, whatever `svp encode` stored
+    batches = StageData(pixels_stage, 0, 1, stage.seed).batches(None)
     out: list[tuple[str, np.ndarray]] = []
     while len(out) < clips:
         batch = next(batches)

@@ -13,6 +13,7 @@ source finished when its row has arrived and all of its clips have been scored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -234,9 +235,12 @@ def _score_sources(
     try:
         ds = _build_dataset(pending, cfg, stages, ledger, health)
         driver = _Driver(pending, state, ledger, health, cfg.ray.max_consecutive_stage_failures)
-        for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-            driver.add_clips(batch)
-            driver.settle()
+        # Closed on the way out, not when the generator is collected: on Ctrl-C, Ray Data's executor thread
+        # would otherwise still run when Ray shuts down, and its next call ends the process with exit 1.
+        with contextlib.closing(iter(ds.iter_batches(batch_format="pandas", batch_size=None))) as batches:
+            for batch in batches:
+                driver.add_clips(batch)
+                driver.settle()
         driver.close()
         return driver.failed
     finally:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,4 +118,20 @@ def ray_connection(address: str | None = None, **init_kwargs: Any) -> Iterator[N
         yield
     finally:
         if started:
+            _join_ray_data_threads()
             ray.shutdown()
+
+
+# Ray Data's driver-side threads: the streaming executor's loop and the block prefetchers of `iter_batches`.
+RAY_DATA_THREADS = ("StreamingExecutor-", "iter_threaded", "Prefetcher")
+
+
+def _join_ray_data_threads(timeout_s: float = 10.0) -> None:
+    """Wait (bounded) for Ray Data's threads of an iteration that was closed to finish their last step. After a
+    Ctrl-C one can still be inside a Ray call; under `ray.shutdown()` its next call ends the whole process on
+    the spot with exit 1 ("The core worker has already been shutdown"), and the 130 of the interrupt is lost.
+    (Callers close their iterations on the way out, `contextlib.closing`, so these threads are told to stop.)"""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.name.startswith(RAY_DATA_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))

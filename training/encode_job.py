@@ -16,6 +16,7 @@ bucketing and decoding, and curation may not import training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -174,8 +175,10 @@ def _encode_shards(stage: Any, tasks: list[ShardTask], gpus: float, actors: int,
             max_restarts=2,
             max_task_retries=2,
         )
-        for _ in ds.iter_batches(batch_size=None):
-            pass  # each shard's record is on disk once its row arrives
+        # Closed on the way out (Ctrl-C included), so Ray Data's executor stops before Ray does.
+        with contextlib.closing(iter(ds.iter_batches(batch_size=None))) as rows:
+            for _ in rows:
+                pass  # each shard's record is on disk once its row arrives
     finally:
         ctx.enable_progress_bars = saved
 

@@ -10,7 +10,6 @@ the clips: frames at the stage's frame rate and size, 0-255 levels.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ def training_clips(stage: Any, clips: int = 8) -> list[tuple[str, np.ndarray]]:
     uint8 (T, H, W, 3)."""
     from training.data import StageData
 
-    pixels_stage = dataclasses.replace(stage, latents="off")  # decoded frames, whatever `svp encode` stored
+    pixels_stage = stage.replace(latents="off")  # decoded frames, whatever `svp encode` stored
     batches = StageData(pixels_stage, 0, 1, stage.seed).batches(None)
     out: list[tuple[str, np.ndarray]] = []
     while len(out) < clips:

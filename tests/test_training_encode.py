@@ -5,6 +5,7 @@ encoder."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -35,7 +36,13 @@ from training.config.schema import AutoencoderSpec, ModelSpec, PipelineConfig, T
 from training.data import StageData
 from training.drills import FaultInjection, fault_drills
 from training.encode_job import run_encode
-from training.latent_store import ENCODE_WINDOW_SEED, WORK_DIR
+from training.latent_store import (
+    ENCODE_WINDOW_SEED,
+    WORK_DIR,
+    encoding_id,
+    encoding_identity,
+    latents_folder,
+)
 from training.launch import run_stage
 from training.shard_reader import ShardReader
 from training.step import StageStep, step_generator
@@ -234,3 +241,25 @@ def test_a_stage_trains_and_resumes_on_latents_without_building_the_encoders(enc
     after = fixed_loss(load_pretrained(result.export_dir), step_math, batch)
     assert after < 0.9 * before, (before, after)
     assert step_math._autoencoder is None and step_math._text_encoder is None
+
+
+def test_a_stage_never_encoded_trains_from_clips_without_a_word(tmp_path, caplog):
+    """The default (no `svp encode`) is not worth a console line per stage; an encoding the stage cannot use
+    is, and `latents: required` says which case it is."""
+    data = make_shards(tmp_path / "data", 2, clips_per_shard=2)
+    stage = load_preset("tiny", variables={"data_root": str(data)}).stage("video")
+    with caplog.at_level(logging.DEBUG, logger="svp.training"):
+        stage_data = StageData(stage, 0, 1, 0)
+    assert stage_data.latents is None
+    said = [r.levelno for r in caplog.records if "encoding clips while training" in r.getMessage()]
+    assert said == [logging.DEBUG], caplog.text
+    with pytest.raises(ValueError, match="nothing was encoded for this stage"):
+        StageData(stage.replace(latents="required"), 0, 1, 0)
+
+    # An encoding that was started and never finished (its folder, no record): said at INFO.
+    shards = stage_data.entries[0].folder
+    Path(latents_folder(shards, encoding_id(encoding_identity(stage)))).mkdir(parents=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="svp.training"):
+        assert StageData(stage, 0, 1, 0).latents is None
+    assert "has no complete encoding (run `svp encode` for this stage)" in caplog.text

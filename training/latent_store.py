@@ -181,7 +181,10 @@ def open_latents(stage: Any, entries: list[DataEntry]) -> LatentSource | None:
     if problem:
         if stage.latents == "required":
             raise ValueError(f"stage {stage.name!r}: latents: required, but {problem}")
-        log.info(f"stage {stage.name}: encoding clips while training ({problem})")
+        # Said at INFO only where `svp encode` left something this stage cannot use; a stage never encoded
+        # (the default, and every stage of the demo) trains from the clips without a word.
+        said = log.debug if problem.startswith(NEVER_ENCODED) else log.info
+        said(f"stage {stage.name}: encoding clips while training ({problem})")
         return None
     empty = load_safetensors(_read(join_uri(latents_folder(entries[0].folder, eid), EMPTY_CAPTION_FILE)))
     log.info(f"stage {stage.name}: using precomputed latents {eid}")
@@ -189,10 +192,15 @@ def open_latents(stage: Any, entries: list[DataEntry]) -> LatentSource | None:
     return LatentSource(eid, uris, rows, (empty["text"], empty["mask"]))
 
 
+NEVER_ENCODED = "nothing was encoded for this stage"
+
+
 def _why_unusable(folder: str, entry: DataEntry) -> str | None:
     try:
         record = json.loads(_read(join_uri(folder, ENCODING_FILE)))
     except FileNotFoundError:
+        if not is_remote(folder) and not Path(folder.removeprefix("file://")).exists():
+            return f"{NEVER_ENCODED} in {entry.folder} (`svp encode` does it)"
         return f"{folder} has no complete encoding (run `svp encode` for this stage)"
     if record.get("source_digest") != entry.digest:
         return (

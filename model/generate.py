@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # `precision` of generate_video: the model's own dtype, or float8 matmuls (model.kernels.fp8).
 PRECISIONS = ("native", "fp8")
+_PATH_SAID: dict[str, str | None] = {"last": None}
 
 
 def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextManager:
@@ -49,7 +50,10 @@ def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextMa
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     param = next(model.parameters())
-    log.info("%s; matmuls: %s", kernels.describe_path(param.device, param.dtype), precision)
+    path = f"{kernels.describe_path(param.device, param.dtype)}; matmuls: {precision}"
+    if path != _PATH_SAID["last"]:  # said when it changes: the demo generates three videos on one path
+        _PATH_SAID["last"] = path
+        log.info(path)
     if precision == "native":
         return contextlib.nullcontext()
     from model.kernels.fp8 import float8_inference

@@ -76,14 +76,10 @@ def run_demo(
     from curation.config import load_config
     from curation.pipeline import run_curation
     from curation.synth import VIDEOS_DIR, make_corpus
-    from model.video_io import write_mp4
     from orchestration.console import ray_log_dir
-    from orchestration.demo_check import learning_figures, showcase, training_clips
     from orchestration.ray_connect import ray_connection
     from training.config import load_preset
-    from training.generation import generate_from_export, write_conditioning_samples
     from training.pipeline import run_pipeline
-    from training.tracking import resolve_tracking_uri
 
     out = Path(out)
     raw, curated, work_dir = out / "raw", out / "curated", out / "runs"
@@ -101,20 +97,32 @@ def run_demo(
         log.info("[3/4] training, %d stages: %s", len(pipeline.stages), work_dir)
         results = run_pipeline(pipeline, workers=workers, work_dir=work_dir)
     log.info("[4/4] generation: %s", out / "demo.mp4")
-    # The prompt is the caption of a clip the last stage trained on, and that clip starts the two conditioned
-    # tasks the video stages train (image_condition_prob): a video from its first frame, and the clip continued
-    # through the constant-memory cache. Unlike a prompt, a first frame says where the shape is.
+    video, samples, clip, figures = _generate(out, pipeline, results[-1].export_dir, work_dir, seconds)
+    return DemoResult(raw, curated, work_dir, video, report, figures, samples, clip)
+
+
+def _generate(out: Path, pipeline, export_dir: Path, work_dir: Path, seconds: float) -> tuple:
+    """The long video from a prompt, the two conditioned samples, and the figures that say what was learned.
+
+    The prompt is the caption of a clip the last stage trained on, and that clip starts the two conditioned
+    tasks the video stages train (image_condition_prob): a video from its first frame, and the clip continued
+    through the constant-memory cache. Unlike a prompt, a first frame says where the shape is."""
+    from model.video_io import write_mp4
+    from orchestration.demo_check import learning_figures, showcase, training_clips
+    from training.generation import generate_from_export, write_conditioning_samples
+    from training.tracking import resolve_tracking_uri
+
     stage = pipeline.stages[-1]
     clips = training_clips(stage)
     prompt, clip = showcase(clips)
     prompt = prompt or DEMO_PROMPT
     log.info("    prompt: %r", prompt)
     video = generate_from_export(
-        results[-1].export_dir, prompt, seconds, out / "demo.mp4", block_frames=4, **DEMO_SAMPLER
+        export_dir, prompt, seconds, out / "demo.mp4", block_frames=4, **DEMO_SAMPLER
     )
     clip_path = write_mp4(clip, out / "samples" / "clip.mp4", stage.target_fps)
     samples = write_conditioning_samples(
-        results[-1].export_dir,
+        export_dir,
         out / "samples",
         prompt,
         clip_path,
@@ -130,4 +138,4 @@ def run_demo(
         pipeline.name,
         out / "demo_frames.png",
     )
-    return DemoResult(raw, curated, work_dir, video, report, figures, samples, clip_path)
+    return video, samples, clip_path, figures

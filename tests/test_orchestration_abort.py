@@ -5,19 +5,14 @@ run again finishes from there."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import reap_group
+from process_groups import own_session_svp, wait_until
 from training_runs import tiny_data
 
 from curation.resume import MANIFEST, RESULTS, WORK_DIR
@@ -30,30 +25,11 @@ pytestmark = pytest.mark.slow
 def _interrupt_when(args: list[str], ready: Callable[[], bool], timeout_s: float = 300) -> tuple[int, str]:
     """Run `svp ARGS` in its own session with its own Ray; SIGINT its process group once `ready()`.
     Returns (exit status, output)."""
-    ray_tmp = tempfile.mkdtemp(prefix="svpi", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = ray_tmp
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", *args],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
-            time.sleep(0.05)
-        assert proc.poll() is None, "finished before the interrupt:\n" + proc.stdout.read().decode()[-3000:]
-        assert ready(), "nothing finished within the time limit"
+    with own_session_svp(args) as proc:
+        wait_until(proc, ready, timeout_s, "the interrupt")
         os.killpg(proc.pid, signal.SIGINT)
         output = proc.communicate(timeout=120)[0].decode()
         return proc.returncode, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reap_group(proc.pid)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ctrl_c_during_curation_exits_130_and_the_rerun_resumes(ray_session, tmp_path):
@@ -113,31 +89,14 @@ def test_ctrl_c_during_training_exits_130_and_the_rerun_resumes(ray_session, tmp
 
     # The rerun, a real `svp train` again: it resumes, and its console is calm (the workers' output, DeepSpeed's
     # warnings and Ray Train's reports stay in the Ray session's log files, whose folder it prints).
-    ray_tmp = tempfile.mkdtemp(prefix="svpi", dir="/tmp")
-    try:
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_LOG_TO_DRIVER")}
-        rerun = subprocess.Popen(
-            [sys.executable, "-m", "orchestration.cli", *args],
-            env={**env, "RAY_TMPDIR": ray_tmp},
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            console = rerun.communicate(timeout=600)[0]
-        finally:
-            if rerun.poll() is None:
-                rerun.kill()
-            reap_group(rerun.pid)
+    with own_session_svp(args, drop_env=("RAY_LOG_TO_DRIVER",), text=True) as rerun:
+        console = rerun.communicate(timeout=600)[0]
         assert rerun.returncode == 0, console[-3000:]
         for noise in ("TrainingReport", "DeepSpeed", "WARNING", "it/s", "{'"):
             assert noise not in console, f"{noise!r} on the console:\n{console}"
         assert len(console.splitlines()) < 40, console
-        logs = Path(console.split("Ray workers' logs: ")[1].split()[0])
+        logs = Path(console.split("Ray workers' logs: ")[1].split()[0])  # in the Ray folder, removed after
         assert logs.is_dir() and any(logs.glob("worker-*.out")), logs
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert (export / "model.safetensors").is_file()
     client = MlflowClient(f"sqlite:///{work.resolve()}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("abort").experiment_id])

@@ -6,16 +6,12 @@ in a collective while rank 0 renders (rank 0 alone writes it and logs `time/samp
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import reap_group
+from process_groups import own_session_svp
 from training_runs import tiny_data
 
 pytestmark = pytest.mark.slow
@@ -25,27 +21,15 @@ STEPS = 4
 
 def _svp(args: list[str], timeout_s: float = 600) -> tuple[int, str]:
     """`svp ARGS` in its own session with its own private Ray; (exit status, console output)."""
-    ray_tmp = tempfile.mkdtemp(prefix="svpc", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_LOG_TO_DRIVER")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    # What ray_connect sets for a private Ray, here before Ray is imported: Ray 2.60 reads it at import, and
-    # this test is about the console, not about connecting.
-    env.setdefault("RAY_AUTH_MODE", "token")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", *args],
-        env={**env, "RAY_TMPDIR": ray_tmp},
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    # RAY_AUTH_MODE: what ray_connect sets for a private Ray, here before Ray is imported: Ray 2.60 reads it at
+    # import, and this test is about the console, not about connecting.
+    with own_session_svp(
+        args,
+        drop_env=("RAY_LOG_TO_DRIVER", "MLFLOW_TRACKING_URI"),
+        set_env={"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")},
         text=True,
-    )
-    try:
+    ) as proc:
         output = proc.communicate(timeout=timeout_s)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reap_group(proc.pid)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     return proc.returncode, output
 
 

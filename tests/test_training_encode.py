@@ -9,17 +9,13 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import reap_group
+from process_groups import own_session_svp, wait_until
 from shard_fixtures import broken_keys, make_shards
 from test_model_autoencoders import _tiny_wan
 from test_model_text_encoders import _tiny_gemma
@@ -178,29 +174,10 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _sigkill_when(args: list[str], ready, timeout_s: float = 300) -> None:
     """Run `svp ARGS` in its own session with its own Ray; SIGKILL the whole process group once `ready()`."""
-    ray_tmp = tempfile.mkdtemp(prefix="svpk", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = ray_tmp
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", *args],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
-            time.sleep(0.02)
-        assert proc.poll() is None, "finished before the kill:\n" + proc.stdout.read().decode()[-3000:]
-        assert ready(), "no shard finished within the time limit"
+    with own_session_svp(args) as proc:
+        wait_until(proc, ready, timeout_s, "the kill")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reap_group(proc.pid)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import reap_group
+from process_groups import own_session_svp, wait_until
 from training_runs import tiny_data
 
 from curation.format import thresholds_digest
@@ -232,29 +227,12 @@ def test_sigterm_ends_the_stage_and_pipeline_runs_killed(tmp_path, monkeypatch):
     pipeline = _tiny_image_pipeline(tmp_path, "term", steps=400, sample=None)
     work = tmp_path / "work"
     args = ["train", str(pipeline), "--var", f"data_root={tiny_data(tmp_path)}", "--work-dir", str(work)]
-    ray_tmp = tempfile.mkdtemp(prefix="svpt", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestration.cli", *args],
-        # RAY_AUTH_MODE: orchestration.ray_connect sets it after Ray is imported, too late for Ray 2.60 in a
-        # fresh process (the driver then refuses its own local Ray); a user's shell has it from the start.
-        env={**env, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token"},
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline and not any(work.glob("ray/term-image-*")):
-            time.sleep(0.1)
-        assert proc.poll() is None, "finished before the SIGTERM:\n" + proc.stdout.read().decode()[-3000:]
+    # RAY_AUTH_MODE: orchestration.ray_connect sets it after Ray is imported, too late for Ray 2.60 in a fresh
+    # process (the driver then refuses its own local Ray); a user's shell has it from the start.
+    with own_session_svp(args, set_env={"RAY_AUTH_MODE": "token"}) as proc:
+        wait_until(proc, lambda: any(work.glob("ray/term-image-*")), 300, "the SIGTERM")
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0].decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reap_group(proc.pid)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 143, output[-3000:]
     assert "svp: aborted" in output
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")

@@ -101,8 +101,11 @@ def run_demo(
     return DemoResult(raw, curated, work_dir, video, report, figures, samples, clip)
 
 
-def _generate(out: Path, pipeline, export_dir: Path, work_dir: Path, seconds: float) -> tuple:
-    """The long video from a prompt, the two conditioned samples, and the figures that say what was learned.
+def _generate(
+    out: Path, pipeline, export_dir: Path, work_dir: Path, seconds: float
+) -> tuple[Path, dict, Path, dict]:
+    """(video, samples, clip, figures): the long video from a prompt, the two conditioned samples, the training
+    clip they start from, and the figures that say what was learned.
 
     The prompt is the caption of a clip the last stage trained on, and that clip starts the two conditioned
     tasks the video stages train (image_condition_prob): a video from its first frame, and the clip continued

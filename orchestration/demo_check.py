@@ -20,12 +20,17 @@ import numpy as np
 SHAPE_LEVELS = 64
 
 
+def frame_medians(frames: np.ndarray) -> np.ndarray:
+    """Each frame's median colour, (T, 3): the flat background of a shapes clip, whatever the shape does."""
+    return np.median(frames.reshape(len(frames), -1, 3).astype(np.float32), axis=1)
+
+
 def frame_stats(frames: np.ndarray) -> dict[str, float]:
     """Of (T, H, W, 3) uint8 frames: consecutive-frame mean absolute difference, mean level, standard deviation,
     and the share of pixels off the background (`SHAPE_LEVELS`)."""
     pixels = frames.astype(np.float32)
     diff = float(np.abs(np.diff(pixels, axis=0)).mean()) if len(frames) > 1 else 0.0
-    background = np.median(pixels.reshape(len(pixels), -1, 3), axis=1)[:, None, None, :]
+    background = frame_medians(pixels)[:, None, None, :]
     shape = float((np.abs(pixels - background).max(axis=-1) > SHAPE_LEVELS).mean())
     return {"frame_diff": diff, "mean": float(pixels.mean()), "std": float(pixels.std()), "shape": shape}
 
@@ -53,21 +58,18 @@ def showcase(clips: list[tuple[str, np.ndarray]]) -> tuple[str, np.ndarray]:
     return max(captioned, key=lambda clip: float(clip[1].std()))
 
 
-def background_colour(frames: np.ndarray) -> np.ndarray:
-    """Each frame's median colour (the flat background of a shapes clip, whatever the shape does), averaged."""
-    return np.median(frames.reshape(len(frames), -1, 3).astype(np.float32), axis=1).mean(axis=0)
-
-
 def prompt_following(generated: np.ndarray, prompt: str, clips: list[tuple[str, np.ndarray]]) -> dict:
     """How far the generated video's background colour is from that of the training clips with the prompt's
     caption and from that of the clips with other captions (mean absolute difference over R, G, B, in
     levels). A model that follows its prompt is much nearer the first; one that ignores it is as near both."""
-    colour = background_colour(generated)
+    colour = frame_medians(generated).mean(axis=0)
 
     def distance(selected: list[np.ndarray]) -> float | None:
         if not selected:
             return None
-        return float(np.mean([np.abs(colour - background_colour(frames)).mean() for frames in selected]))
+        return float(
+            np.mean([np.abs(colour - frame_medians(frames).mean(axis=0)).mean() for frames in selected])
+        )
 
     return {
         "same_caption": distance([frames for caption, frames in clips if caption == prompt]),

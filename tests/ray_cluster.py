@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,10 @@ class Cluster:
     temp_dir: Path
     gcs: str
     dashboard: str  # http://127.0.0.1:PORT, the job server
-    side_node_manager_port: int
     env: dict[str, str]
+    cpus_per_node: int = 2
+    side_node_id: str = ""  # set by start_side()
+    side_node_manager_port: int = 0
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def state(self, resource: str, **params) -> list[dict]:
@@ -83,14 +86,65 @@ class Cluster:
     def nodes(self) -> list[dict]:
         return [n for n in self.state("nodes") if n["state"] == "ALIVE"]
 
-    def side_raylet(self) -> psutil.Process:
-        """The second node's raylet (found by its node-manager port)."""
+    def side_nodes(self, alive: bool) -> list[dict]:
+        """The second node as the cluster records it: alive, or each one that has ended (with Ray's reason)."""
+        return [
+            n
+            for n in self.state("nodes")
+            if "side" in n["resources_total"] and (n["state"] == "ALIVE") == alive
+        ]
+
+    def side_raylet(self) -> psutil.Process | None:
+        """The second node's raylet (found by its node-manager port), None once it has ended."""
         flag = f"--node_manager_port={self.side_node_manager_port}"
         for proc in psutil.process_iter(["name", "cmdline"]):
             cmdline = proc.info["cmdline"] or []
             if proc.info["name"] == "raylet" and flag in cmdline:
                 return proc
-        raise LookupError(f"no raylet with {flag}")
+        return None
+
+    def side_log_tail(self, lines: int = 30) -> str:
+        """The end of the second node's `ray start --block` output: when one of its processes ends, Ray prints
+        that process's log tail and exit code there (which is how a node that died on its own says why)."""
+        text = (self.temp_dir / "side.log").read_text(errors="replace").splitlines()
+        return "\n".join([line for line in text if not line.startswith("[state-dump]")][-lines:])
+
+    def start_side(self, timeout: float = 300.0) -> None:
+        """Start the second node (custom resource `side`) and wait until the cluster counts it alive."""
+        ports = _node_ports()
+        self.side_node_manager_port = int(ports[0].split("=")[1])
+        args = [
+            f"--address={self.gcs}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={self.cpus_per_node}",
+            '--resources={"side": 8}',
+            *ports,
+        ]
+        launched_ms = time.time() * 1000
+        self.procs.append(_start(args, self.temp_dir / "side.log", self.env))
+        deadline = time.monotonic() + timeout
+        while not (joined := [n for n in self.side_nodes(alive=True) if n["start_time_ms"] >= launched_ms]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the second node did not join: {self.side_log_tail()}")
+            time.sleep(1)
+        self.side_node_id = joined[0]["node_id"]
+
+    def live_side_raylet(self) -> psutil.Process:
+        """The second node's raylet. A second node that ended on its own (Ray ends a node when its agent or
+        raylet fails, which a loaded 2-core machine can provoke) is started again, with a warning that keeps
+        Ray's reason and the node's log, so the tests that need two nodes test what they are about."""
+        if (raylet := self.side_raylet()) is not None:
+            return raylet
+        reasons = [n.get("state_message") for n in self.side_nodes(alive=False)]
+        warnings.warn(
+            f"the second node had ended on its own (Ray: {reasons}); started again. "
+            f"Its log ends:\n{self.side_log_tail()}",
+            stacklevel=2,
+        )
+        self.start_side()
+        if (raylet := self.side_raylet()) is None:
+            raise LookupError(f"the second node's raylet ended again: {self.side_log_tail()}")
+        return raylet
 
     def stop(self) -> None:
         for proc in self.procs:  # `ray start --block` and the Ray processes of its group
@@ -114,7 +168,7 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         ["ray", "start", "--block", "--disable-usage-stats", *args],
         env=env,
-        stdout=log.open("w"),
+        stdout=log.open("a"),  # a node started again appends: its earlier end stays readable
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
@@ -123,10 +177,10 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
 def start_cluster(cpus_per_node: int = 2, timeout: float = 300.0) -> Cluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="svpray-", dir="/tmp"))  # short: Ray's socket paths are limited
     gcs_port, dashboard_port = free_port(), free_port()
-    side_ports = _node_ports()
-    side_nm = int(side_ports[0].split("=")[1])
     env = cluster_env(secrets.token_hex(32))
-    cluster = Cluster(temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", side_nm, env)
+    cluster = Cluster(
+        temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env, cpus_per_node
+    )
     try:
         head = [
             "--head",
@@ -142,21 +196,7 @@ def start_cluster(cpus_per_node: int = 2, timeout: float = 300.0) -> Cluster:
         ]
         cluster.procs.append(_start(head, temp_dir / "head.log", env))
         _wait_for_job_server(cluster, timeout)
-        side = [
-            f"--address={cluster.gcs}",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={cpus_per_node}",
-            '--resources={"side": 8}',
-            *side_ports,
-        ]
-        cluster.procs.append(_start(side, temp_dir / "side.log", env))
-        deadline = time.monotonic() + timeout
-        while len(cluster.nodes()) < 2:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the second node did not join: {(temp_dir / 'side.log').read_text()[-2000:]}"
-                )
-            time.sleep(1)
+        cluster.start_side(timeout)
     except BaseException:
         cluster.stop()
         raise

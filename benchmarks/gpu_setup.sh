@@ -4,9 +4,9 @@
 #     . benchmarks/gpu_setup.sh [BUNDLE]        # BUNDLE defaults to .gpu
 #
 # Unpacks BUNDLE/*.tar.xz (site-packages layout) and installs any BUNDLE/*.whl into /tmp/site (no index, no
-# dependency resolution: the bundle holds exactly what the machine lacks), puts /tmp/site and the checkout on
-# PYTHONPATH (Ray's workers inherit it), and keeps NVLink multicast off (NCCL, PyTorch, NVSHMEM) on hosts whose
-# GPUs others share.
+# dependency resolution: the bundle holds exactly what the machine lacks; once per machine), puts /tmp/site
+# and the checkout on PYTHONPATH (Ray's workers inherit it), and keeps NVLink multicast off (NCCL, PyTorch,
+# NVSHMEM) on hosts whose GPUs others share.
 
 svp_bundle=${1:-.gpu}
 svp_site=/tmp/site
@@ -16,13 +16,21 @@ if [ ! -d "$svp_bundle" ]; then
 fi
 mkdir -p "$svp_site"
 svp_t0=$(date +%s)
-for svp_tar in "$svp_bundle"/*.tar.xz; do
-    [ -e "$svp_tar" ] || continue
-    tar -xJf "$svp_tar" -C "$svp_site" || { echo "gpu_setup: cannot unpack $svp_tar" >&2; return 1 2>/dev/null || exit 1; }
-done
-if ls "$svp_bundle"/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$svp_site" \
-        "$svp_bundle"/*.whl || { echo "gpu_setup: pip install failed" >&2; return 1 2>/dev/null || exit 1; }
+# A bundle unpacked by an earlier call on the same (warm) machine is not unpacked again: the stamp names
+# the bundle's files with their sizes (a carried copy gets new times).
+svp_stamp=$(cd "$svp_bundle" && stat -c '%n %s' -- *.tar.xz *.whl 2>/dev/null)
+if [ "$svp_stamp" != "$(cat "$svp_site/.svp-bundle" 2>/dev/null)" ]; then
+    for svp_tar in "$svp_bundle"/*.tar.xz; do
+        [ -e "$svp_tar" ] || continue
+        tar -xJf "$svp_tar" -C "$svp_site" || { echo "gpu_setup: cannot unpack $svp_tar" >&2; return 1 2>/dev/null || exit 1; }
+    done
+    if ls "$svp_bundle"/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$svp_site" \
+            "$svp_bundle"/*.whl || { echo "gpu_setup: pip install failed" >&2; return 1 2>/dev/null || exit 1; }
+    fi
+    echo "$svp_stamp" > "$svp_site/.svp-bundle"
+else
+    echo "gpu_setup: $svp_bundle already unpacked in $svp_site"
 fi
 export PYTHONPATH="$svp_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$svp_site/bin:$PATH"

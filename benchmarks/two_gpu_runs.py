@@ -138,6 +138,14 @@ class TrainRun:
             self._proc.kill()
             self._proc.wait()
 
+    def to_json(self) -> dict[str, Any]:
+        """What a later run of the recipe needs of a finished run (`TrainRun.from_json`)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items() if k != "_proc"}
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> TrainRun:
+        return cls(**{**saved, "log_path": Path(saved["log_path"])})
+
     def essential_lines(self) -> list[str]:
         lines = self.log_path.read_text(errors="replace").splitlines()
         return [line[:300] for line in lines if any(key in line for key in _ESSENTIAL)][-60:]

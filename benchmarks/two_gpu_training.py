@@ -15,6 +15,8 @@ On a machine with 2 GPUs (benchmarks/gpu_setup.sh brings the packages a bare GPU
      nondeterminism). Once step E+3 is logged again, the driver gets SIGINT (Ctrl-C: no export);
   4. run B, the same command with `--workers 1`: the 2-GPU checkpoint is converted to a universal one, the
      stage continues on 1 GPU with the same per-GPU batch to the last step and is exported.
+With --stop-after-a the recipe ends after step 3 (for machines lent in calls of limited length); run again
+with the same --work, it finds run A recorded there (run_a.json, report.json) and goes on with step 4.
 Figures (steps/s, tokens/s per GPU on 2 and on 1 GPU, scaling efficiency, first-step time, checkpoint save
 and load time and size, export time, the losses around the kill and the 2 -> 1 resume) and svp's essential
 console lines go to the --out JSON; progress is printed as it goes.
@@ -69,6 +71,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=None, help="default: 4 on GPUs, 10 with --tiny")
     p.add_argument("--videos", type=int, default=4, help="synthetic source videos")
     p.add_argument("--timeout", type=float, default=3600, help="seconds for each svp train run")
+    p.add_argument(
+        "--stop-after-a",
+        action="store_true",
+        help="end after run A; the same command again (same --work) goes on with run B",
+    )
     args = p.parse_args()
     args.steps = args.steps or (30 if args.tiny else 8)
     args.checkpoint_every = args.checkpoint_every or (10 if args.tiny else 4)
@@ -253,7 +260,7 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
         "max_abs_loss_diff": max((abs(losses[0][s] - losses[1][s]) for s in replayed), default=None),
         "no_step_lost": min(losses[1], default=None) == every + 1,
         "kill_to_resumed_s": resume[0]["time"] - a.events[0]["time"] if resume else None,
-        "kill_to_next_step_s": _first_time(by_attempt[1]) - a.events[0]["time"] if by_attempt[1] else None,
+        "kill_to_next_step_s": _seconds_between(a.events[0]["time"] if a.events else None, by_attempt[1]),
     }
     tail = [losses[n][s] for n in (0, 1) for s in sorted(losses[n]) if s > 1]
     report["two_to_one"] = {
@@ -263,9 +270,9 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
         "loss_1gpu": losses[2],
         "final_step": max(losses[2], default=None),
         "start_to_resumed_s": resume[-1]["time"] - b.started if b and len(resume) > 1 else None,
-        "start_to_first_step_s": _first_time(by_attempt[2]) - b.started if b and by_attempt[2] else None,
+        "start_to_first_step_s": _seconds_between(b.started if b else None, by_attempt[2]),
     }
-    report["two_gpus"]["start_to_first_step_s"] = _first_time(by_attempt[0]) - a.started
+    report["two_gpus"]["start_to_first_step_s"] = _seconds_between(a.started, by_attempt[0])
     export = args.work / "train" / PIPELINE / STAGE / "export"
     report["export"] = {"bytes": folder_bytes(export) if export.is_dir() else None}
     report["export"]["build_s"] = _export_seconds(b.log_path) if b else None
@@ -280,9 +287,10 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
     }
 
 
-def _first_time(rows: list[dict]) -> float:
-    """When the attempt's first step was logged (epoch seconds)."""
-    return min(r["time"] for r in rows if "train/loss" in r)
+def _seconds_between(since: float | None, rows: list[dict]) -> float | None:
+    """From `since` (epoch seconds) to the attempt's first logged step; None if either is missing."""
+    times = [r["time"] for r in rows if "train/loss" in r]
+    return min(times) - since if since is not None and times else None
 
 
 def _export_seconds(log: Path) -> float | None:
@@ -319,14 +327,28 @@ def main() -> None:
 def run_recipe(args: argparse.Namespace, report: dict) -> None:
     gpus = 0.0 if args.tiny else 1.0
     t0 = time.time()
-    data = make_data(args, report)
-    weights = make_weights(args, report)
-    save(args, report)
+    done_a = args.work / "run_a.json"
+    if done_a.is_file():  # an earlier call ran steps 1-3 (--stop-after-a)
+        a = TrainRun.from_json(json.loads(done_a.read_text()))
+        earlier = json.loads((args.work / "report.json").read_text())
+        report.update({k: v for k, v in earlier.items() if k in ("data", "weights")})
+        data = Path(args.data).resolve() if args.data else args.work / "curated"
+        weights = None if args.tiny else args.work / "weights"
+        say(f"{a.label}: recorded in {done_a} (exit {a.returncode}); going on with run B")
+    else:
+        data = make_data(args, report)
+        weights = make_weights(args, report)
+        save(args, report)
     variables = {"data_root": data, **({"weights_root": weights} if weights else {})}
     pipeline = write_pipeline(args)
-    a = run_a(args, pipeline, variables, gpus)
+    if not done_a.is_file():
+        a = run_a(args, pipeline, variables, gpus)
+        done_a.write_text(json.dumps(a.to_json(), indent=1))
     figures(args, a, None, report)
     save(args, report)
+    if args.stop_after_a:
+        say(f"stopped after run A; run the same command again to go on with run B ({done_a})")
+        return
     try:
         run_b(args, pipeline, variables, gpus)
     finally:  # run B's figures so far, also when it failed or the time ran out
@@ -340,6 +362,7 @@ def save(args: argparse.Namespace, report: dict) -> None:
     """The JSON, and the console logs of curate and both runs beside it (`<out>.<name>.log`)."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str))
+    (args.work / "report.json").write_text(args.out.read_text())  # for a later call (--stop-after-a)
     for name in ("curate", "a", "b"):
         log = args.work / f"{name}.log"
         if log.is_file():

@@ -31,7 +31,7 @@ def test_plain_zero_checkpoint_on_another_world_size_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
-    ray_session, tmp_path, tmp_path_factory, caplog
+    ray_session, tmp_path, tmp_path_factory, caplog, capfd, monkeypatch
 ):
     caplog.set_level(logging.WARNING, logger="svp.training")
     pipeline = image_pipeline(tiny_data(tmp_path_factory.getbasetemp()))
@@ -46,8 +46,14 @@ def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
     (run_dir,) = [p for p in (work / "ray").iterdir() if p.name.startswith("tiny-image-")]
     assert (staging_dir(run_dir) / "rank00001" / "step00000008").is_dir()
 
-    # The same command on the one worker left: converted to universal, resumed at step 4, finished.
+    # The same command on the one worker left: converted to universal, resumed at step 4, finished; with
+    # the CLI's quiet console (TQDM_DISABLE=1) the conversion draws no progress bars in this process.
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    capfd.readouterr()
     result = run_stage(pipeline, "image", workers=1, work_dir=work, tracker=tracker)
+    printed = capfd.readouterr()
+    bars = [line for line in (printed.out + printed.err).splitlines() if "it/s]" in line]
+    assert not [line for line in bars if not line.lstrip().startswith("(")], bars  # "(pid=…)": a worker's
 
     # (The converted step-4 checkpoint itself is gone by now: keep_last=2 keeps steps 8 and 12.)
     assert (

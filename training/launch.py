@@ -166,7 +166,8 @@ def _prepare_resume(run_dir: Path, workers: int, zero_stage: int) -> None:
             f"{latest.name}: written by {state.world_size} workers (ZeRO-{state.zero_stage}), resuming on "
             f"{workers} (ZeRO-{zero_stage}): converting to a universal checkpoint"
         )
-        convert_to_universal(latest / "ds", ds_tag(state.step))
+        with _tqdm_off_if_asked():
+            convert_to_universal(latest / "ds", ds_tag(state.step))
 
 
 def run_stage(
@@ -430,9 +431,10 @@ def _track_stage(
 
 @contextlib.contextmanager
 def _tqdm_off_if_asked() -> Iterator[None]:
-    """With TQDM_DISABLE=1 (the CLI's quiet console), DeepSpeed's bars while the export is built stay off the
-    console: tqdm reads the variable when imported, and this process imported it (with torch) before the CLI
-    set it. For this call only: patching tqdm for the whole process broke Ctrl-C in Ray Data's bars."""
+    """With TQDM_DISABLE=1 (the CLI's quiet console), DeepSpeed's bars while a checkpoint is converted or the
+    export is built stay off the console: tqdm reads the variable when imported, and this process imported it
+    (with torch) before the CLI set it. For this call only: patching tqdm for the whole process broke Ctrl-C
+    in Ray Data's bars."""
     import tqdm.std
 
     if os.environ.get("TQDM_DISABLE") != "1":

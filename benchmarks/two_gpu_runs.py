@@ -89,15 +89,27 @@ class TrainRun:
         raise TimeoutError(f"{self.label}: no {what} within {timeout:.0f} s (see {self.log_path})")
 
     def train_workers(self) -> list[psutil.Process]:
-        """The Ray Train worker processes among this CLI's descendants (a private local Ray)."""
-        found = []
+        """The Ray Train worker processes among this CLI's descendants (a private local Ray).
+
+        Processes a worker forks keep its title (torch.compile's compile pool: on 2 H200s a first run found
+        six "RayTrainWorker"s for two workers, killed a compile helper, and the stage never noticed), so only
+        those whose parent is not itself one count.
+        """
+        titled = {}
         for proc in psutil.Process(self._proc.pid).children(recursive=True):
             try:
                 if "RayTrainWorker" in " ".join(proc.cmdline()):
-                    found.append(proc)
+                    titled[proc.pid] = proc
             except psutil.Error:
                 continue
-        return sorted(found, key=lambda p: p.pid)
+        workers = []
+        for proc in titled.values():
+            try:
+                if proc.ppid() not in titled:
+                    workers.append(proc)
+            except psutil.Error:
+                continue
+        return sorted(workers, key=lambda p: p.pid)
 
     def kill_worker(self, step_seen: int) -> dict[str, Any]:
         """SIGKILL one training worker process (the last of them by pid) and record which."""

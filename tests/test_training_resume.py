@@ -12,7 +12,16 @@ from ray.train.v2.api.exceptions import TrainingFailedError
 from training_runs import image_pipeline, sqlite_tracker, tiny_data
 
 from model.pretrained import load_pretrained
-from training.checkpoints import STATE_FILE, TrainState, export_complete, resume_point, staging_dir
+from training.checkpoints import (
+    RAY_STORAGE_MARKER,
+    STATE_FILE,
+    TrainState,
+    export_complete,
+    move_into_run,
+    rank_staging_dir,
+    resume_point,
+    staging_dir,
+)
 from training.drills import FaultInjection, fault_drills
 from training.errors import WorldSizeMismatchError
 from training.launch import run_stage
@@ -27,6 +36,36 @@ def test_plain_zero_checkpoint_on_another_world_size_is_refused(tmp_path):
         WorldSizeMismatchError, match="written by 2 workers with ZeRO-2; this run has 1 workers"
     ):
         resume_point(checkpoint, rank=0, world_size=1, zero_stage=2)
+
+
+def test_staged_checkpoints_of_every_rank_are_moved_not_copied_into_one_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    staged = rank_staging_dir(staging_dir(run_dir), 0) / "step00000004"
+    staged.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="not shared with this node"):  # no Ray storage marker: not Ray's
+        move_into_run(staged, run_dir, "checkpoint_step00000004")
+    (run_dir / RAY_STORAGE_MARKER).touch()
+    files = {0: ["ds/latest", "ds/step00000004/mp_rank_00_model_states.pt", "data/rank00000.json"]}
+    files[1] = ["ds/step00000004/zero_pp_rank_1_mp_rank_00_optim_states.pt", "data/rank00001.json"]
+    inodes = {}
+    for rank, names in files.items():
+        staged = rank_staging_dir(staging_dir(run_dir), rank) / "step00000004"
+        for name in names:
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
+            (staged / name).write_text(f"{rank}:{name}")
+            inodes[name] = (staged / name).stat().st_ino
+        (staged / "empty").mkdir()
+        assert (
+            move_into_run(staged, run_dir, "checkpoint_step00000004") == run_dir / "checkpoint_step00000004"
+        )
+        assert not [p for p in staged.rglob("*") if p.is_file()]  # nothing left behind: moved
+    merged = run_dir / "checkpoint_step00000004"
+    assert sorted(str(p.relative_to(merged)) for p in merged.rglob("*") if p.is_file()) == sorted(
+        files[0] + files[1]
+    )
+    for name, inode in inodes.items():  # the same files, renamed: no second copy on disk
+        assert (merged / name).stat().st_ino == inode and (merged / name).read_text().endswith(name)
+    assert (merged / "empty").is_dir()
 
 
 @pytest.mark.slow

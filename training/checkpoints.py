@@ -45,6 +45,7 @@ EMA_FILE = "ema.safetensors"
 EXPORT_STATE_FILE = "stage.json"
 UNIVERSAL_DIR = "universal"
 STAGING_DIR = ".staging"  # inside the Ray run folder: where each rank builds a checkpoint before reporting it
+RAY_STORAGE_MARKER = ".validate_storage_marker"  # Ray Train writes it in the run folder when the run starts
 
 
 def ds_tag(step: int) -> str:
@@ -95,6 +96,32 @@ def rank_staging_dir(root: Path | str, rank: int) -> Path:
     return Path(root) / f"rank{rank:05d}"
 
 
+def move_into_run(staged: Path, run_dir: Path, checkpoint_dir_name: str) -> Path:
+    """Ray's checkpoint upload for a checkpoint staged in its own run folder: every rank renames its files
+    into `run_dir/checkpoint_dir_name` (merged there, as Ray's copy merges them) and returns that folder.
+
+    Renaming, not copying: staging and checkpoints share one filesystem (`staging_dir`), and Ray's default
+    copy wrote every checkpoint twice — for the 2B model with EMA, 37 GB per save: twice the disk (a 64 GiB
+    GPU machine never finished its first save) and twice the write time.
+    """
+    # Ray's own upload refuses a storage folder this node cannot see (its marker file is missing); so do we,
+    # or the checkpoints of a cluster without shared storage would scatter over the nodes' local disks.
+    if not (run_dir / RAY_STORAGE_MARKER).is_file():
+        raise RuntimeError(
+            f"the stage's run folder {run_dir} is not shared with this node (no {RAY_STORAGE_MARKER}): "
+            "on a cluster, --work-dir must be a filesystem every node mounts"
+        )
+    target = run_dir / checkpoint_dir_name
+    for path in sorted(staged.rglob("*")):  # parents before children
+        moved = target / path.relative_to(staged)
+        if path.is_dir():
+            moved.mkdir(parents=True, exist_ok=True)
+        else:
+            moved.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, moved)
+    return target
+
+
 def clear_staging(root: Path | str, rank: int | None = None) -> None:
     """Remove stale staging (one rank's, or every rank's): nothing in it was ever reported, so it is garbage."""
     target = Path(root) if rank is None else rank_staging_dir(root, rank)
@@ -134,12 +161,18 @@ def save_checkpoint(
                 ema.save(tmp / EMA_FILE)
         if before_report is not None:
             before_report()
+        run_dir, name = Path(staging_root).parent, f"checkpoint_{ds_tag(state.step)}"
+        if rank == 0:  # what a save of this step killed while moving left there: never reported, garbage
+            shutil.rmtree(run_dir / name, ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
         ray.train.report(
             dict(metrics),
             checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-            checkpoint_dir_name=f"checkpoint_{ds_tag(state.step)}",
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=lambda checkpoint, dir_name: ray.train.Checkpoint.from_directory(
+                str(move_into_run(Path(checkpoint.path), run_dir, dir_name))
+            ),
         )
         # The controller registers a report only when it next polls the workers; a worker dying before that
         # would lose the checkpoint. Wait until it is committed, so a reported checkpoint is a durable one.

@@ -155,6 +155,7 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert main(argv) == 0
     exports = {name: work / "tiny" / name / "export" for name in STAGES}
     assert all((e / "model.safetensors").is_file() for e in exports.values())
+    assert f"image: trained (no export yet) and exported to {exports['image']}" in capsys.readouterr().out
 
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")

@@ -102,9 +102,11 @@ def train(
             force_from=from_stage,
             log_every=log_every,
         )
-    for result in results:
-        status = "already exported" if result.skipped else "exported"
-        typer.echo(f"{result.stage}: {status} to {result.export_dir} ({result.reason})")
+    for result in results:  # the reason: why a stage was skipped, or why it had to train
+        if result.skipped:
+            typer.echo(f"{result.stage}: already exported to {result.export_dir} ({result.reason})")
+        else:
+            typer.echo(f"{result.stage}: trained ({result.reason}) and exported to {result.export_dir}")
 
 
 def generate(

@@ -22,6 +22,7 @@ from training.checkpoints import (
     resume_point,
     staging_dir,
 )
+from training.disk_budget import disk_shortfall, stage_sizes
 from training.drills import FaultInjection, fault_drills
 from training.errors import WorldSizeMismatchError
 from training.launch import run_stage
@@ -111,3 +112,13 @@ def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
     assert client.get_run(result.mlflow_run_id).data.tags["svp.world_size"] == "1"
     assert not (staging_dir(run_dir) / "rank00001").exists()  # the rerun removed the stale staging
     load_pretrained(result.export_dir)  # the consolidated weights load through the model's own loader
+
+    # The sizes `svp train` checks the free disk against are those it writes (the tiny model's per-tensor
+    # files in the universal checkpoint add a few %, nothing at 2B).
+    checkpoint, export = stage_sizes(pipeline.stage("image"), use_gpu=False)
+    written = sum(f.stat().st_size for f in (run_dir / "checkpoint_step00000012").rglob("*") if f.is_file())
+    exported = sum(f.stat().st_size for f in result.export_dir.rglob("*") if f.is_file())
+    assert 0.95 < written / checkpoint < 1.1 and 0.95 < exported / export < 1.3, (written, exported)
+    assert disk_shortfall(pipeline.stage("image"), False, 10 * checkpoint) is None
+    short = disk_shortfall(pipeline.stage("image"), False, checkpoint)
+    assert "keep_last 2 + the one being written" in short and "lower checkpoint.keep_last" in short

@@ -38,6 +38,7 @@ from training.checkpoints import (
     read_state,
     staging_dir,
 )
+from training.disk_budget import warn_if_disk_short
 from training.drills import FaultInjection, check_drill_allowed
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
 from training.fingerprints import (
@@ -206,6 +207,7 @@ def run_stage(
     log.info(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
     use_gpu = gpus_per_worker > 0
+    warn_if_disk_short(stage, use_gpu, work_dir)
     ensure_ray(use_gpu)
 
     name, storage = _prepare_ray_run(pipeline, stage, work_dir, inputs, workers, force)

@@ -43,11 +43,14 @@ def disk_shortfall(stage: Any, use_gpu: bool, free_bytes: int) -> str | None:
     if need <= free_bytes:
         return None
     return (
-        f"stage {stage.name}: its checkpoints ({checkpoint / 1e9:.1f} GB each, keep_last {kept} + the one "
-        f"being written) and export need up to {need / 1e9:.1f} GB, and the work dir has "
-        f"{free_bytes / 1e9:.1f} GB free: a save will run out of space (free some, lower "
-        "checkpoint.keep_last, or use another --work-dir)"
+        f"stage {stage.name}: its checkpoints ({_size(checkpoint)} each, keep_last {kept} + the one being "
+        f"written) and export need up to {_size(need)}, and the work dir has {_size(free_bytes)} free: a "
+        "save will run out of space (free some, lower checkpoint.keep_last, or use another --work-dir)"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def warn_if_disk_short(stage: Any, use_gpu: bool, work_dir: Path) -> None:

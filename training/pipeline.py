@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from training.launch import StageResult, resolve_work_dir, run_stage
+from training.launch import StageResult, end_runs_after, resolve_work_dir, run_stage
 from training.preflight import check_before_training
 from training.tracking import Tracker, resolve_tracking_uri
 
@@ -86,8 +86,8 @@ def run_pipeline(
             tracker.record_step(parent, stage.name, status, result.fingerprint)
             results.append(result)
     except BaseException as err:
-        if owns_parent:
-            tracker.finish(parent, error=err)
+        if owns_parent:  # a tracking failure here (the disk full, the server away) must not hide `err`
+            end_runs_after(tracker, err, parent)
         raise
     if owns_parent:
         tracker.finish(parent)

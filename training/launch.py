@@ -207,10 +207,9 @@ def run_stage(
     log.info(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
     use_gpu = gpus_per_worker > 0
-    warn_if_disk_short(stage, use_gpu, work_dir)
     ensure_ray(use_gpu)
 
-    name, storage = _prepare_ray_run(pipeline, stage, work_dir, inputs, workers, force)
+    name, storage = _prepare_ray_run(pipeline, stage, work_dir, inputs, workers, force, use_gpu)
 
     owns_parent = tracker is not None and parent_run_id is None  # else the caller ends the parent run
     run_id, parent_run_id = _open_runs(
@@ -297,9 +296,11 @@ def end_runs_after(tracker: Tracker, error: BaseException, *run_ids: str | None)
 
 
 def _prepare_ray_run(
-    pipeline: Any, stage: Any, work_dir: Path, inputs: StageInputs, workers: int, force: bool
+    pipeline: Any, stage: Any, work_dir: Path, inputs: StageInputs, workers: int, force: bool, use_gpu: bool
 ) -> tuple[str, Path]:
-    """The stage's Ray run (name, storage folder), ready to start or resume."""
+    """The stage's Ray run (name, storage folder), ready to start or resume (and room for its checkpoints,
+    or a warning)."""
+    warn_if_disk_short(stage, use_gpu, work_dir)
     name = ray_run_name(pipeline, stage, inputs.fingerprint)
     storage = work_dir / "ray"
     remember(stage_dir(work_dir, pipeline, stage.name), inputs)

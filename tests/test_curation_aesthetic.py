@@ -77,7 +77,7 @@ def test_mlp_that_does_not_fit_the_clip_width_is_a_clear_error(tiny_weights, tmp
 def test_hub_folder_layout_loads_through_local_dir(tmp_path):
     import json
 
-    from curation_tiny_models import TINY_CLIP_CFG
+    from benchmarks.random_weights import TINY_CLIP_CFG
 
     folder = tmp_path / "clip"
     _, weights = save_tiny_clip(folder)

@@ -14,9 +14,11 @@ source finished when its row has arrived and all of its clips have been scored.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import pandas as pd
 import ray
 
 from curation import aesthetic, captions
+from curation.atomic import atomic_write_text
 from curation.config import CurationConfig
 from curation.report import finish_report
 from curation.resume import ResumeState
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # A resource only the head node has (what Ray Train pins its state actor with).
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+# In .svp-work/: the last scoring pass's per-stage work (rows, busy seconds) and wall time.
+STAGE_WORK_FILE = "stage_work.json"
 
 
 def require_ray() -> None:
@@ -232,6 +237,7 @@ def _score_sources(
     on_head = {"resources": {HEAD_NODE_RESOURCE: 0.001}}
     ledger = SourceLedger.options(**on_head).remote()
     health = StageHealth.options(**on_head).remote()
+    started = time.perf_counter()
     try:
         ds = _build_dataset(pending, cfg, stages, ledger, health)
         driver = _Driver(pending, state, ledger, health, cfg.ray.max_consecutive_stage_failures)
@@ -242,11 +248,21 @@ def _score_sources(
                 driver.add_clips(batch)
                 driver.settle()
         driver.close()
+        _record_stage_work(state.dir / STAGE_WORK_FILE, time.perf_counter() - started, ledger, health)
         return driver.failed
     finally:
         ray.kill(ledger)
         ray.kill(health)
         ctx.enable_progress_bars, ctx.max_errored_blocks = saved
+
+
+def _record_stage_work(path: Path, wall_s: float, ledger, health) -> None:
+    """What each stage of this scoring pass did and for how long (task/actor seconds summed over workers),
+    beside the pass's wall time: a stage whose busy seconds per worker approach the wall set the pace; the
+    others waited. Read by benchmarks and `svp curate report`-style summaries; never by the job itself."""
+    work = {"wall_s": wall_s, "decode": ray.get(ledger.decode_work.remote())}
+    work["scorers"] = ray.get(health.stage_work.remote())
+    atomic_write_text(path, json.dumps(work, indent=2, sort_keys=True) + "\n")
 
 
 def _dedupe(sources: list[dict], clips: dict[str, pd.DataFrame]) -> None:

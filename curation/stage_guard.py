@@ -10,6 +10,7 @@ that stage's real traceback (`StageBrokenError`), and nothing of the failed sour
 
 from __future__ import annotations
 
+import time
 import traceback
 
 import ray
@@ -26,9 +27,19 @@ class StageHealth:
     def __init__(self) -> None:
         self.failures: dict[str, int] = {}
         self.last_error: dict[str, str] = {}
+        self.work: dict[str, dict[str, float]] = {}
 
-    def succeeded(self, stage: str) -> None:
+    def succeeded(self, stage: str, rows: int = 0, seconds: float = 0.0) -> None:
         self.failures[stage] = 0
+        work = self.work.setdefault(stage, {"batches": 0, "rows": 0, "busy_s": 0.0})
+        work["batches"] += 1
+        work["rows"] += rows
+        work["busy_s"] += seconds
+
+    def stage_work(self) -> dict[str, dict[str, float]]:
+        """Per stage: batches and rows scored, and the seconds its actors spent in them (summed over actors):
+        with the job's wall time, this says which stage set the pace and which waited."""
+        return {stage: dict(work) for stage, work in self.work.items()}
 
     def failed(self, stage: str, error: str) -> None:
         self.failures[stage] = self.failures.get(stage, 0) + 1
@@ -61,11 +72,13 @@ class GuardedStage:
         self.health = health
 
     def __call__(self, batch: dict) -> dict:
+        start = time.perf_counter()
         try:
             out = self.stage(batch)
         except Exception:
             # Waited for: the driver must see the count once this block's failure reaches it.
             ray.get(self.health.failed.remote(self.name, traceback.format_exc()))
             raise
-        ray.get(self.health.succeeded.remote(self.name))
+        rows = len(next(iter(batch.values()))) if batch else 0
+        ray.get(self.health.succeeded.remote(self.name, rows, time.perf_counter() - start))
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,15 +39,25 @@ class SourceLedger:
         self.attempts: dict[str, int] = {}
         self.source_ids: dict[str, str] = {}
         self._new: list[str] = []
+        self.work = {"sources": 0, "video_s": 0.0, "busy_s": 0.0}
 
     def started(self, uri: str, source_id: str | None) -> None:
         self.attempts[uri] = self.attempts.get(uri, 0) + 1
         if source_id:
             self.source_ids[uri] = source_id
 
-    def report(self, row: dict) -> None:
+    def report(self, row: dict, seconds: float = 0.0) -> None:
+        """A source's row; `seconds`: the task's time on it (probe, decode, cuts, motion, frames)."""
         self.rows[row["uri"]] = row
         self._new.append(row["uri"])
+        if seconds:
+            self.work["sources"] += 1
+            self.work["video_s"] += float(row.get("duration_s") or 0.0)
+            self.work["busy_s"] += seconds
+
+    def decode_work(self) -> dict[str, float]:
+        """Sources decoded to the end, their hours of video and the task seconds spent on them (all tasks)."""
+        return dict(self.work)
 
     def drain(self) -> list[dict]:
         """Rows reported since the last call."""
@@ -119,6 +130,7 @@ def _clip_row(
 def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
     """Ray Data flat_map function: one input row (a `SourceEntry`) → its clip records."""
     cv2.setNumThreads(1)  # one task per CPU: OpenCV must not spread over cores Ray gave to others
+    started = time.perf_counter()
     cfg = CurationConfig.model_validate(config)
     entry = SourceEntry(**row)
     base = {"uri": entry.uri, "bytes": entry.bytes}
@@ -155,7 +167,8 @@ def process_source(row: dict, config: dict, ledger) -> Iterator[dict]:
             decoder.cuts, decoder.frames_decoded
         )
         lost = {"trimmed_s": trimmed / decoder.fps, "short_pieces_s": short / decoder.fps}
-        ray.get(ledger.report.remote(source_row(**base, **known, **lost, status="ok", num_clips=n)))
+        ok = source_row(**base, **known, **lost, status="ok", num_clips=n)
+        ray.get(ledger.report.remote(ok, time.perf_counter() - started))
     except DecodeError as err:
         ray.get(ledger.report.remote(source_row(**base, **known, status="rejected", reason=str(err))))
     except FileNotFoundError as err:

@@ -14,7 +14,8 @@ import yaml
 
 from curation.config import CurationConfig
 from curation.format import INDEX_COLUMNS, SHARDS_DIR, make_clip_id
-from curation.pipeline import run_curation
+from curation.pipeline import STAGE_WORK_FILE, run_curation
+from curation.resume import WORK_DIR
 from curation.synth import VIDEOS_DIR, make_corpus, write_phone_clip
 from curation.thresholds import load_thresholds, thresholds_hash
 from curation.thumbs import THUMB_COLUMN, THUMB_LONG_SIDE, THUMBS_DIR, thumb_path
@@ -112,6 +113,22 @@ def test_clips_table_has_every_score_and_decision(curated):
     assert len(uncaptioned) and not uncaptioned["kept"].any()
     assert all("caption.required" in f for f in uncaptioned["filtered_by"])
     assert list(clips["clip_id"]) == sorted(clips["clip_id"])
+
+
+def test_the_scoring_pass_records_what_each_stage_did_and_for_how_long(curated):
+    root, truth, out, report = curated
+    work = json.loads((out / WORK_DIR / STAGE_WORK_FILE).read_text())
+    sources = pd.read_parquet(out / "sources.parquet")
+    ok = sources[sources["status"] == "ok"]
+    # Every source decoded to its end, the duplicate too (it is recognised only after its clips are in).
+    assert work["decode"]["sources"] == len(ok) + 1
+    copy = sources[sources["uri"].str.endswith("zz_copy.mp4")]
+    assert work["decode"]["video_s"] == pytest.approx(ok["duration_s"].sum() + copy["duration_s"].sum())
+    assert work["decode"]["busy_s"] > 0 and work["wall_s"] > 0
+    assert work["scorers"], "no scorer stage reported its work"
+    for stage, done in work["scorers"].items():
+        assert done["rows"] >= report["clips"]["total"] and done["batches"] >= 1, stage
+        assert 0 < done["busy_s"] < work["wall_s"] * 4, stage
 
 
 def test_outputs_thresholds_report_and_shards(curated):

@@ -4,7 +4,7 @@ benchmarks/two_gpu_training.py (then `source benchmarks/gpu_setup.sh` there unpa
     python -m benchmarks.gpu_bundle [--out .gpu] [--cache /tmp/svp-gpu-wheels] [--max-mib 55]
 
 The GPU machine has Python 3.12, torch, transformers, pandas, pyarrow, … (GPU_PACKAGES, its package list of
-2026-11-17) and none of Ray, DeepSpeed, MLflow, pydantic, WebDataset, PyAV, diffusers, PySceneDetect. What the
+2026-11-17) and none of Ray, DeepSpeed, MLflow, pydantic, WebDataset, PyAV, diffusers, PySceneDetect, open_clip. What the
 recipe imports is the closure of ROOTS' requirements (read from this environment's installed metadata, so the
 versions are the ones svp is tested with, markers evaluated for CPython 3.12 on x86-64 Linux) minus that list.
 Every one is fetched as a cp312 / abi3 / py3 manylinux x86-64 wheel (`pip download --only-binary=:all:
@@ -42,6 +42,7 @@ ROOTS = (
     "av",
     "diffusers",
     "scenedetect-headless",
+    "open_clip_torch",  # the aesthetic scorer and CLIP similarity (benchmarks/gpu_pipeline.py)
 )
 # The GPU machine's image 'cuda' (device KINDS.md, read 2026-11-17): carried only when missing here.
 _GPU_IMAGE_PACKAGES = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build

@@ -7,7 +7,7 @@
 On a machine with 2 GPUs (benchmarks/gpu_setup.sh brings the packages a bare GPU machine lacks):
   1. data: a synthetic 480p corpus (`curation.synth`) curated by `svp curate` into shards at 480p, or --data;
   2. weights: random Wan2.1 VAE (diffusers AutoencoderKLWan) and random Gemma-2-2B, written where the real
-     loaders read them (benchmarks/two_gpu_weights.py);
+     loaders read them (benchmarks/random_weights.py);
   3. run A, `svp train --workers 2 --gpus-per-worker 1`: once the checkpoint of step E (--checkpoint-every)
      is committed and step E+1 is logged, one Ray Train worker process is SIGKILLed (found in the process
      table); Ray restarts the group on the same GPUs from that checkpoint; the steps after E run again and
@@ -120,7 +120,7 @@ def make_weights(args: argparse.Namespace, report: dict) -> Path | None:
     """Random Wan2.1 VAE + Gemma-2-2B on disk (GPU run only; --tiny uses the tiny preset's built-in ones)."""
     if args.tiny:
         return None
-    from benchmarks.two_gpu_weights import write_gemma2, write_wan_vae
+    from benchmarks.random_weights import write_gemma2, write_wan_vae
 
     root = args.work / "weights"
     t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def _after_first(rows: list[dict]) -> list[dict]:
     return [r for r in rows if "perf/step_time_s" in r and r["step"] > min(steps)] if steps else []
 
 
-def _speed(attempts: list[list[dict]], world: int) -> dict[str, Any]:
+def speed_of(attempts: list[list[dict]], world: int) -> dict[str, Any]:
     """Median step figures over the attempts' steps, each attempt's first step (compile) left out."""
     attempts = [rows for rows in attempts if any("perf/step_time_s" in r for r in rows)]
     if not attempts:
@@ -239,7 +239,7 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
     every = args.checkpoint_every
     replayed = sorted(set(losses[0]) & set(losses[1]))
     resume = [r for r in history if "train/resumed_from_step" in r]
-    two, one = _speed([by_attempt[0], by_attempt[1]], args.gpus), _speed([by_attempt[2]], 1)
+    two, one = speed_of([by_attempt[0], by_attempt[1]], args.gpus), speed_of([by_attempt[2]], 1)
     report["two_gpus"], report["one_gpu"] = two, one
     if args.gpus > 1 and two.get("tokens_per_s_per_gpu") and one.get("tokens_per_s_per_gpu"):
         report["scaling_efficiency"] = two["tokens_per_s_per_gpu"] / one["tokens_per_s_per_gpu"]

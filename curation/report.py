@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from curation.atomic import atomic_write_bytes
+from curation.durations import hms
 from curation.shards import TRANSCODE_ERROR, TRANSCODE_FILTER
 from curation.thresholds import Thresholds, apply_thresholds, issue_list, thresholds_hash
 
@@ -159,14 +160,6 @@ def read_report(out_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no curation report in {out_dir} (expected {path})")
     return json.loads(path.read_text())
-
-
-def hms(hours: float | None) -> str:
-    """Hours as hours:minutes:seconds (`1:02:03`), the way video durations are read."""
-    if hours is None or not math.isfinite(hours):
-        return "-"
-    seconds = round(hours * _HOUR)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _fmt(x: object) -> str:

@@ -17,6 +17,7 @@ import typer
 from model.errors import UserError
 from orchestration.aborts import aborted_status, interrupt_received, watch_interrupts
 from orchestration.commands import register_all
+from orchestration.console import claim_console
 from orchestration.ray_connect import choose_auth_mode
 
 try:  # typer >= 0.2x bundles its own click, whose exceptions are not click's
@@ -68,6 +69,8 @@ register_all(app)
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `svp` console script."""
     choose_auth_mode(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the `svp` program itself, not a call from another program (whose stderr is its own)
+        claim_console()
     with watch_interrupts():
         try:
             code = _dispatch(argv)

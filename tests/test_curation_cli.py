@@ -1,5 +1,6 @@
 """`svp synth`, `svp curate`, `svp curate filter`, `svp curate report`: the commands a user types, run
-through the real CLI entry point (in this process, on the session's Ray)."""
+through the real CLI entry point (in this process, on the session's Ray; `svp curate` itself as a user runs it,
+in a process of its own, whose console must stay calm)."""
 
 from __future__ import annotations
 
@@ -14,35 +15,42 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from process_groups import own_session_svp
 
 from orchestration.cli import main
+
+# Library chatter a user must not see on `svp curate`'s console without --verbose: Ray's C++ log lines
+# (`[DATE TIME E PID TID] core_worker.cc:N: … max_restarts > 0`), its Python INFO lines, matplotlib's font cache.
+CHATTER = re.compile(
+    r"\[\d{4}-\d\d-\d\d [\d:,]+ [IWE] \d+ \d+\]|core_worker\.cc|logging\.cc|fontManager| INFO "
+)
 
 
 @pytest.fixture(scope="module")
 def curated(ray_session, tmp_path_factory):
+    """`svp curate` as a user runs it: its own process and private Ray; (corpus root, output, console)."""
     root = tmp_path_factory.mktemp("cli")
     assert main(["synth", str(root / "corpus"), "--videos", "3", "--seed", "4"]) == 0
     assert (root / "corpus" / "ground_truth.json").is_file()
     out = root / "out"
-    code = main(
-        [
-            "curate",
-            "--input",
-            str(root / "corpus" / "videos"),
-            "--output",
-            str(out),
-            "--min-clip-s",
-            "1",
-            "--max-clip-s",
-            "2",
-        ]
-    )
-    assert code == 0
-    return root, out
+    args = ["curate", "--input", str(root / "corpus" / "videos"), "--output", str(out)]
+    # An empty matplotlib cache: the report's chart builds the font cache, which matplotlib announces.
+    env = {"MPLCONFIGDIR": str(root / "mpl")}
+    with own_session_svp([*args, "--min-clip-s", "1", "--max-clip-s", "2"], set_env=env, text=True) as proc:
+        console = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, console[-3000:]
+    return root, out, console
+
+
+def test_curate_console_shows_no_library_chatter(curated):
+    console = curated[2]
+    assert "Curation: in and out" in console  # the report, and nothing of Ray's or matplotlib's
+    assert not CHATTER.search(console), console
+    assert (curated[0] / "mpl").is_dir()  # matplotlib did build its font cache in this run
 
 
 def test_curate_writes_the_output_folder(curated, capsys):
-    root, out = curated
+    root, out, _ = curated
     for name in (
         "sources.parquet",
         "clips.parquet",
@@ -62,7 +70,7 @@ def test_curate_writes_the_output_folder(curated, capsys):
 
 
 def test_filter_rewrites_decisions_without_decoding(curated):
-    root, out = curated
+    root, out, _ = curated
     clips = pd.read_parquet(out / "clips.parquet")
     cut = float(clips["motion_score"].median())
     strict = root / "strict.yaml"
@@ -94,7 +102,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_sidecars_of_a_single_file_and_a_glob_and_missing_captions_are_null(curated, tmp_path):
-    root, _ = curated
+    root, _, _ = curated
     videos = root / "corpus" / "videos"
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -139,7 +147,7 @@ def test_filter_history_dry_run_kept_transcodes_and_prune(curated, tmp_path, mon
     from curation import shards
     from curation.thresholds import load_thresholds, thresholds_hash
 
-    root, out = curated
+    root, out, _ = curated
     every = tmp_path / "every.yaml"
     every.write_text(yaml.safe_dump({"caption": {"require_caption": False, "max_caption_issues": None}}))
     before = load_thresholds(out / "thresholds.yaml")
@@ -187,7 +195,7 @@ def test_filter_history_dry_run_kept_transcodes_and_prune(curated, tmp_path, mon
 
 
 def test_report_shows_times_rejected_files_and_scene_time_lost(curated):
-    root, out = curated
+    root, out, _ = curated
     data = json.loads((out / "report.json").read_text())
     s = data["sources"]
     seconds = round(s["hours_in"] * 3600)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,6 +133,8 @@ def test_both_pages_render_in_chromium(dashboard, tmp_path):
         _wait_for(driver, '[data-testid="stMetric"]', 4)
         _wait_for(driver, '[data-testid="stImage"] img', 2)  # histogram and keep-rate curve
         assert "clips kept" in driver.page_source and "Page not found" not in driver.page_source
+        # Kept time as `svp curate report` prints it (h:mm:ss), not as fractions of an hour.
+        assert re.search(r"\d+:\d\d:\d\d of \d+:\d\d:\d\d", driver.page_source)
         assert not driver.find_elements("css selector", '[data-testid="stException"]')
         assert _loaded_images(driver, 2) >= 2
         driver.save_screenshot(str(shots / "dashboard-curation.png"))

@@ -30,9 +30,19 @@ def _page(name: str, monkeypatch, curation=(), tracking_uri=None) -> AppTest:
 
 
 def _kept(at: AppTest) -> tuple[int, float]:
+    """(clips kept, hours kept) as the page shows them; time as h:mm:ss, as `svp curate report` prints it."""
     clips = next(m for m in at.metric if m.label == "clips kept").value
-    hours = next(m for m in at.metric if m.label == "hours kept").value
-    return int(re.match(r"([\d,]+) of", clips)[1].replace(",", "")), float(hours.split(" of ")[0])
+    time = next(m for m in at.metric if m.label == "time kept").value
+    h, m, s = re.fullmatch(r"(\d+):(\d\d):(\d\d) of \d+:\d\d:\d\d", time).groups()
+    return int(re.match(r"([\d,]+) of", clips)[1].replace(",", "")), (
+        int(h) * 3600 + int(m) * 60 + int(s)
+    ) / 3600
+
+
+def _hashes(at: AppTest) -> tuple[str, str]:
+    """(the edited thresholds' hash, the folder's), from the page's caption."""
+    caption = next(c.value for c in at.caption if " · thresholds " in c.value)
+    return re.search(r"thresholds (\w+) \(folder: (\w+)\)", caption).groups()
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +57,7 @@ def test_moving_a_threshold_gives_the_counts_svp_curate_filter_produces(folders,
     at = _page("curation_page", monkeypatch, [page_folder])
     assert not at.exception and not at.error
     before = _kept(at)
+    assert at.text_input(key="save:name").value == f"thresholds-{_hashes(at)[1]}.yaml"
     clips = pd.read_parquet(page_folder / CLIPS_FILE)
     assert before[0] == int(clips["kept"].sum())  # starts at the folder's own thresholds
     motion = clips["motion_score"].dropna().to_numpy()
@@ -56,6 +67,9 @@ def test_moving_a_threshold_gives_the_counts_svp_curate_filter_produces(folders,
     assert not at.exception
     moved = _kept(at)
     assert moved[0] != before[0]
+    # The proposed file name follows the edits: the hash of the thresholds as moved, not the folder's.
+    edited, folder_hash = _hashes(at)
+    assert edited != folder_hash and at.text_input(key="save:name").value == f"thresholds-{edited}.yaml"
 
     at.text_input(key="save:name").set_value("tighter.yaml").run()
     at.button(key="save:go").click().run()
@@ -78,6 +92,11 @@ def test_moving_a_threshold_gives_the_counts_svp_curate_filter_produces(folders,
     at.run()
     assert not at.exception
     assert _kept(at)[0] == moved[0]
+    # The applied report's tables are plain text, not highlighted as Python.
+    assert any("Curation: in and out" in c.value for c in at.code)
+    assert {c.proto.language for c in at.code} <= {"", "plaintext", "text"}, [
+        c.proto.language for c in at.code
+    ]
     applied = pd.read_parquet(page_folder / CLIPS_FILE)
     assert applied["kept"].tolist() == pd.read_parquet(cli_folder / CLIPS_FILE)["kept"].tolist()
 
@@ -110,8 +129,10 @@ def test_curation_page_bad_inputs_are_messages(folders, monkeypatch, tmp_path):
     page_folder, _ = folders
     at = _page("curation_page", monkeypatch, [page_folder])
     key = next(w.key for w in at.number_input if w.key.endswith(":motion_score:min"))
+    at.text_input(key="save:name").set_value("mine.yaml")
     at.number_input(key=key).set_value(1e6).run()
     assert not at.exception and any("above every score" in w.value for w in at.warning)
+    assert at.text_input(key="save:name").value == "mine.yaml"  # a name the user typed stays
 
     lacking = tmp_path / "lacking"
     shutil.copytree(page_folder, lacking)
@@ -142,6 +163,34 @@ def test_experiments_page_shows_only_the_changed_params(ray_session, monkeypatch
     MlflowClient(empty).search_experiments()  # a store with its tables and no runs
     at = _page("experiments_page", monkeypatch, tracking_uri=empty)
     assert not at.exception and "no training runs" in at.error[0].value
+
+
+def test_compare_opens_on_the_latest_sample_step_every_run_has(
+    ray_session, monkeypatch, tmp_path_factory, tmp_path
+):
+    """One run sampled at steps 2 and 4, the other at step 2 only: the page starts on step 2, both side by side
+    (not on step 4, which one run lacks)."""
+    from training.tracking import TAG_PIPELINE, TAG_STAGE
+
+    base = tmp_path_factory.getbasetemp() / "dashboard"
+    two_runs(base)  # made once per session: a real sample video to log
+    video = next(base.rglob("step00000002.mp4"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("samples", artifact_location=str(tmp_path / "artifacts"))
+    for name, steps in (("short", (2,)), ("long", (2, 4))):
+        run = client.create_run(experiment, tags={TAG_PIPELINE: "samples", TAG_STAGE: "image"}, run_name=name)
+        for step in steps:
+            copy = tmp_path / name / f"step{step:08d}.mp4"
+            copy.parent.mkdir(exist_ok=True)
+            shutil.copyfile(video, copy)
+            client.log_artifact(run.info.run_id, str(copy), "samples")
+        client.set_terminated(run.info.run_id)
+    at = _page("experiments_page", monkeypatch, tracking_uri=uri)
+    at.multiselect(key="exp:pick").set_value(at.multiselect(key="exp:pick").options).run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="exp:sample").value == "step00000002.mp4"
+    assert len(at.get("video")) == 2
 
 
 def test_a_failed_apply_says_so_and_leaves_tables_and_thresholds(folders, monkeypatch, tmp_path):

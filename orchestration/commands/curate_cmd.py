@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from model.errors import UserError
-from orchestration.commands.options import ADDRESS_HELP, SET_HELP, config_overrides
+from orchestration.commands.options import ADDRESS_HELP, SET_HELP, VERBOSE_OPT, config_overrides
 
 
 def register(app: typer.Typer) -> None:
@@ -58,6 +58,7 @@ def curate(
         help=ADDRESS_HELP,
     ),
     set_: list[str] = typer.Option(None, "--set", help=f"Curation config: {SET_HELP}"),
+    verbose: bool = VERBOSE_OPT,
 ) -> None:
     """svp curate --input IN --output OUT [--config FILE] [--set KEY=VALUE] [--address ADDR]"""
     if ctx.invoked_subcommand is not None:
@@ -68,10 +69,10 @@ def curate(
         )
     from curation.config import load_config
     from curation.pipeline import check_curation, run_curation
-    from orchestration.console import setup_logging
+    from orchestration.console import ray_init_options, setup_logging
     from orchestration.ray_connect import ray_connection
 
-    setup_logging()
+    setup_logging(verbose)
     options = {
         "scenes.min_clip_s": min_clip_s,
         "scenes.max_clip_s": max_clip_s,
@@ -79,7 +80,7 @@ def curate(
     }
     cfg = load_config(config, {**options, **config_overrides(set_)})
     request = check_curation(input, output, cfg)  # before Ray starts: a bad request fails in a second
-    with ray_connection(address):  # workers' output stays in Ray's log files (setup_logging)
+    with ray_connection(address, **ray_init_options(verbose)):  # workers' output: Ray's log files
         report = run_curation(input, output, cfg, request=request)
     _print_report(output, report, limit=20)
 

@@ -13,8 +13,18 @@ from orchestration.dashboard.keep_math import ClipFacts, summarize
 JOB_KEY = "apply_job"
 
 
+def _propose_name(t: Thresholds) -> None:
+    """Name the file after the thresholds as edited now, and follow the edits, until the user types a name
+    of their own (a keyed widget would otherwise keep the first proposal: the folder's own hash)."""
+    proposal = f"thresholds-{thresholds_hash(t)}.yaml"
+    if st.session_state.get("save:name") in (None, st.session_state.get("save:proposed")):
+        st.session_state["save:name"] = proposal
+    st.session_state["save:proposed"] = proposal
+
+
 def _save(out: Path, t: Thresholds) -> None:
-    target = st.text_input("Save thresholds as…", f"thresholds-{thresholds_hash(t)}.yaml", key="save:name")
+    _propose_name(t)
+    target = st.text_input("Save thresholds as…", key="save:name")
     overwrite = st.checkbox("overwrite if it exists", value=False, key="save:overwrite")
     if st.button("Save thresholds", key="save:go"):
         try:
@@ -44,7 +54,7 @@ def _progress(out: Path) -> None:
         return
     if not job.done:
         st.info(f"re-filtering… {job.elapsed():.0f} s")
-        st.code("\n".join(job.lines[-8:]) or "starting")
+        st.code("\n".join(job.lines[-8:]) or "starting", language=None)  # log lines: plain text
         return
     if job.error:
         st.error(
@@ -54,7 +64,7 @@ def _progress(out: Path) -> None:
         from curation.report import format_report  # pulls in the shard writer: only once a report exists
 
         st.success(f"applied {job.thresholds_path.name} in {job.elapsed():.1f} s")
-        st.code(format_report(job.report))
+        st.code(format_report(job.report), language=None)  # the report's tables: plain text
     if not st.session_state.get(f"reloaded:{id(job)}"):
         st.session_state[f"reloaded:{id(job)}"] = True
         # New thresholds on disk: restart the inputs from them and reload the tables.

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
+from curation.durations import hms, signed_hms
 from curation.tables import SOURCES_FILE, read_table
 from curation.thresholds import CaptionRules, ScoreRange, Thresholds, thresholds_hash
 from orchestration.dashboard import charts, curation_actions, gallery
@@ -94,10 +95,11 @@ def _counts(summary, base) -> None:
     change = diff(summary, base)
     a, b, c, d = st.columns(4)
     a.metric("clips kept", f"{summary.kept_clips:,} of {summary.clips:,}", delta=f"{change['kept_clips']:+,}")
+    # h:mm:ss as `svp curate report` prints it (a demo's few seconds are not "0.004 hours").
     b.metric(
-        "hours kept",
-        f"{summary.kept_hours:.3f} of {summary.total_hours:.3f}",
-        delta=f"{change['kept_hours']:+.3f}",
+        "time kept",
+        f"{hms(summary.kept_hours)} of {hms(summary.total_hours)}",
+        delta=signed_hms(change["kept_hours"]),
     )
     c.metric("newly kept", f"{change['newly_kept']:,}")
     d.metric("newly dropped", f"{change['newly_dropped']:,}")

@@ -55,7 +55,10 @@ def _samples(client, rows) -> None:
     if not steps:
         st.caption("no sample videos logged by these runs")
         return
-    step = st.selectbox("sample of step", steps, index=len(steps) - 1, key="exp:sample")
+    # Start at the latest step every compared run has a sample of (side by side), else the latest of any.
+    shared = set.intersection(*[set(v) for v in videos.values()])
+    start = steps.index(max(shared)) if shared else len(steps) - 1
+    step = st.selectbox("sample of step", steps, index=start, key="exp:sample")
     for slot, (label, files) in zip(st.columns(len(videos)), videos.items(), strict=True):
         slot.caption(label)
         if step in files:

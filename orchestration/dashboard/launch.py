@@ -31,6 +31,14 @@ def config_env(curation: list[Path], tracking_uri: str | None) -> dict[str, str]
     return {CONFIG_ENV: json.dumps(payload)}
 
 
+def server_env(curation: list[Path], tracking_uri: str | None) -> dict[str, str]:
+    """The Streamlit server's environment: what to show, no usage statistics, and no MLflow download bars in
+    this terminal each time a page fetches a run's sample videos (unless the user's environment asks for them)."""
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env = {**quiet, **os.environ, **config_env(curation, tracking_uri)}
+    return {**env, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+
+
 def streamlit_command(host: str, port: int) -> list[str]:
     """Headless, no usage statistics, no file watcher: a server for a browser, not a dev loop."""
     return [
@@ -65,8 +73,7 @@ def run_dashboard(
     if not 0 < port < 65536:
         raise UserError(f"--port {port} is not a TCP port")
     print(f"svp dashboard: http://{host}:{port}  (Ctrl-C stops it)", flush=True)
-    env = {**os.environ, **config_env(curation, uri), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen(streamlit_command(host, port), env=env)  # noqa: S603 - argv list, no shell
+    proc = subprocess.Popen(streamlit_command(host, port), env=server_env(curation, uri))  # noqa: S603 - no shell
     # SIGTERM (a service manager, a test) stops the server like Ctrl-C does, rather than orphaning it.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -30,6 +30,9 @@ def client(address: str | None) -> Any:
     """A `JobSubmissionClient` for the head's dashboard (`http://HEAD:8265`); a refusal is one line."""
     from ray.job_submission import JobSubmissionClient
 
+    from orchestration.console import quiet_job_client
+
+    quiet_job_client()  # no "Uploading package …" INFO lines of Ray's job client
     try:
         return JobSubmissionClient(address)
     except Exception as err:

@@ -111,6 +111,32 @@ def test_pipeline_file_errors_are_one_line(tmp_path, capsys):
     assert err == f"svp: error: {path}: curate.inptu: unknown key", err
 
 
+def test_training_typos_name_the_users_file_or_flag_not_the_preset(tmp_path, capsys):
+    """A typo in the training part is said against the pipeline file's key or the `--set` flag that holds
+    it; the bundled preset's path would send the user to a file they never wrote."""
+    path = write_pipeline(tmp_path, **{"stages.*.stepz": 6})
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = f"svp: error: {path}: training.overrides: stages.*.stepz: unknown key 'stepz' (did you mean"
+    assert err.startswith(expected) and "presets" not in err, err
+
+    spec = yaml.safe_load(write_pipeline(tmp_path).read_text())
+    spec["training"]["stages"] = ["image", "vidoe"]
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = (
+        f"svp: error: {path}: training.stages: preset tiny has no stage 'vidoe' (did you mean 'video'?)"
+    )
+    assert err.startswith(expected) and "presets" not in err, err
+
+    path = write_pipeline(tmp_path)
+    assert main(["pipeline", "plan", str(path), "--set", "training.stages.video.optimizer.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "svp: error: --set training.stages.video.optimizer.lrr: unknown key 'lrr' (did you mean 'lr'?)"
+    assert err.startswith(expected) and "presets" not in err, err
+
+
 def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipeline, capsys, monkeypatch):
     """What a job stopped during the filter step leaves (an index written empty, a shard gone, a forced
     rerun cut between the shards and the clips table) is never skipped as finished: `run` redoes the step,

@@ -108,7 +108,20 @@ def test_pipeline_file_errors_are_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "x", "curate": {"input": "in", "inptu": 1}}))
     assert main(["pipeline", "plan", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"svp: error: {path}: curate.inptu: unknown key", err
+    expected = (
+        "curate.inptu: unknown key 'inptu' (did you mean 'input'?); keys of curate: config, input, output"
+    )
+    assert err == f"svp: error: {path}: {expected}", err
+
+    # A misspelt key is the cause even where it also leaves a required key missing.
+    spec = {"name": "x", "curate": {"input": "in"}, "filter": {"threshold": "t.yaml"}, "training": {}}
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = (
+        "filter.threshold: unknown key 'threshold' (did you mean 'thresholds'?); keys of filter: thresholds"
+    )
+    assert err == f"svp: error: {path}: {expected}", err
 
 
 def test_training_typos_name_the_users_file_or_flag_not_the_preset(tmp_path, capsys):

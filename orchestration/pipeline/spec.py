@@ -128,13 +128,28 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"]) or "<top>"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise UserError(f"{path}: {key}: {message}") from None
+        raise UserError(f"{path}: {_first_problem(err)}") from None
     spec._base, spec._source = str(path.resolve().parent), str(path)
     spec._overrides = dict(overrides or {})
     return spec
+
+
+def _first_problem(err: ValidationError) -> str:
+    """The first error as `KEY: what is wrong`. A misspelt key also makes the key it meant missing: the
+    unknown key is the cause, said as `--set` says it (with the key it may have meant, and the keys there)."""
+    from model.dotted_keys import set_dotted
+
+    errors = err.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = (unknown or errors)[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<top>"
+    if unknown:
+        try:
+            set_dotted({}, key, None, PipelineSpec)
+        except UserError as problem:
+            return str(problem)
+        return f"{key}: unknown key"
+    return f"{key}: {first['msg']}"
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:

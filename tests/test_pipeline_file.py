@@ -7,6 +7,9 @@ second stage's lr → only that stage; `--from` → that step onward; a half-wri
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pandas as pd
 import pytest
 import yaml
@@ -31,7 +34,12 @@ def finished_pipeline(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
     path = make_pipeline(folder, videos=2)
     assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "run")
-    assert main(["pipeline", "run", str(path)]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # capsys is per test; this fixture runs once for the module
+        assert main(["pipeline", "run", str(path)]) == 0
+    # Each stage says what became of it, as `svp train` does: trained, why, and where its export is.
+    export = (folder / "work" / "pipe" / "image" / "export").resolve()
+    assert f"image: trained (no export yet) and exported to {export}" in out.getvalue(), out.getvalue()
     return folder
 
 

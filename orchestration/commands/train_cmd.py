@@ -81,7 +81,7 @@ def train(
     from orchestration.console import setup_logging
 
     setup_logging(verbose)  # before anything imports Ray
-    from orchestration.console import ray_init_options, ray_log_dir
+    from orchestration.console import ray_init_options, ray_log_dir, stage_summary
     from orchestration.ray_connect import ray_connection
     from training.config import load_pipeline_or_preset
     from training.pipeline import check_pipeline, run_pipeline
@@ -105,10 +105,7 @@ def train(
             log_every=log_every,
         )
     for result in results:  # the reason: why a stage was skipped, or why it had to train
-        if result.skipped:
-            typer.echo(f"{result.stage}: already exported to {result.export_dir} ({result.reason})")
-        else:
-            typer.echo(f"{result.stage}: trained ({result.reason}) and exported to {result.export_dir}")
+        typer.echo(stage_summary(result))
 
 
 def generate(

@@ -60,7 +60,7 @@ def compare(
     client, table = _client_and_table(runs, tracking_uri, None)
     rows = rt.resolve(table, names)
     if len(rows) < 2:
-        raise UserError(f"svp runs compare needs two or more runs; {', '.join(names)} gives one")
+        raise UserError(f"svp runs compare needs two or more runs; {' '.join(names)} names only one")
     params, lineage = rt.differing_params(client, rows), rt.differing_lineage(client, rows)
     perf = rt.perf_table(client, rows)
     curves = rt.metric_curves(client, rows, metric)

@@ -14,6 +14,10 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.launch import StageResult
 
 # For `ray.init(**ray_init_options(verbose))` wherever svp starts or joins Ray.
 RAY_QUIET_INIT = {"log_to_driver": False}
@@ -104,3 +108,11 @@ def ray_log_dir() -> Path | None:
     except AttributeError:
         return None
     return Path(session) / "logs"
+
+
+def stage_summary(result: StageResult) -> str:
+    """What became of a training stage, as `svp train` and `svp pipeline run` both print it: skipped or
+    trained, why, and where its export is."""
+    if result.skipped:
+        return f"{result.stage}: skipped, already exported to {result.export_dir} ({result.reason})"
+    return f"{result.stage}: trained ({result.reason}) and exported to {result.export_dir}"

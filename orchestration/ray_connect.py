@@ -37,12 +37,15 @@ def target_address(address: str | None) -> str:
     return (address or os.environ.get("RAY_ADDRESS") or LOCAL).strip()
 
 
+# What a client of a cluster with token authentication sets: either way of giving the token works.
+TOKEN_HINT = (
+    "set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN, or in a file named by "
+    "RAY_AUTH_TOKEN_PATH (default ~/.ray/auth_token; `ray get-auth-token` on the head prints it)"
+)
+
+
 def _auth_message(target: str) -> str:
-    return (
-        f"the Ray cluster at {target} refused the connection: it uses token authentication; set "
-        "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or a file named by "
-        "RAY_AUTH_TOKEN_PATH, default ~/.ray/auth_token; `ray get-auth-token` on the head prints it)"
-    )
+    return f"the Ray cluster at {target} refused the connection: it uses token authentication; {TOKEN_HINT}"
 
 
 def _is_auth_failure(err: BaseException) -> bool:
@@ -100,8 +103,7 @@ def connect(address: str | None = None, **init_kwargs: Any) -> bool:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(
                 f"cannot connect to the Ray cluster at {target} ({first}): check the address; if the cluster "
-                "uses token authentication, set RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN (or "
-                "RAY_AUTH_TOKEN_PATH)"
+                f"uses token authentication, {TOKEN_HINT}"
             ) from None
         raise
     reclaim_sigterm()  # a SIGTERM must end the command cleanly (MLflow runs KILLED), not crash it

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import matplotlib.image as mpimg
+import pandas as pd
+import pytest
 from dashboard_fixtures import LRS, two_runs
 from mlflow.tracking import MlflowClient
 
+from model.errors import UserError
 from orchestration.cli import main
+from orchestration.dashboard.run_table import resolve
 
 
 def test_runs_list_and_compare_print_tables_and_plot_both_curves(
@@ -35,6 +39,30 @@ def test_runs_list_and_compare_print_tables_and_plot_both_curves(
     assert len(curves) == 2 and all(len(c["step"]) == 2 for c in curves.values())
     lr_rows = [k for k in payload["params"] if "lr" in k]
     assert lr_rows and {float(v) for v in payload["params"][lr_rows[0]].values()} == set(LRS)
+
+    # Four characters of a run id are enough when no other id starts with them.
+    assert main(["runs", "compare", ids[0][:4], ids[1][:4], "--runs", str(store), "--json"]) == 0
+    assert {r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]} == set(ids)
+    # A stage name alone compares every run of that stage.
+    assert main(["runs", "compare", "image", "--runs", str(store), "--json"]) == 0
+    assert {r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]} == set(ids)
+    assert main(["runs", "compare", ids[0][:3], "image", "--runs", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert f"no run or stage '{ids[0][:3]}'" in err and "first 4+ characters" in err, err
+
+    # The pipelines the store holds are the trainer's: not MLflow's own empty `Default` experiment.
+    assert main(["runs", "list", "--runs", str(store), "--pipeline", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "svp: error: no pipeline named 'nope' in the store (pipelines: tiny)", err
+
+
+def test_an_ambiguous_run_id_prefix_says_so():
+    """Two runs whose ids start alike: their common prefix names both, which is said (with both ids)."""
+    table = pd.DataFrame({"run_id": ["1c68aaaa11", "1c68bbbb22", "07a6cccc33"], "stage": ["video"] * 3})
+    with pytest.raises(UserError, match=r"prefix '1c68' matches 2 runs \(1c68aaaa, 1c68bbbb\): give more"):
+        resolve(table, ["1c68", "07a6"])
+    assert list(resolve(table, ["1c68b", "07a6"])["run_id"]) == ["1c68bbbb22", "07a6cccc33"]
+    assert len(resolve(table, ["video"])) == 3 and len(resolve(table, ["video", "07a6"])) == 2
 
 
 def test_runs_bad_input_is_one_line(tmp_path, capsys):

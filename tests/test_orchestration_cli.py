@@ -27,6 +27,20 @@ def test_user_errors_are_one_line_and_exit_2(argv, expected, capsys):
     assert err.startswith(expected) and "\n" not in err and "Traceback" not in err
 
 
+def test_jobs_without_any_address_say_what_to_set(capsys, monkeypatch):
+    """No --address and neither address variable: what to set, not the names of unset variables as if they
+    were an address (nor a guess at a cluster that happens to run on this machine)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    for argv in (["jobs", "list"], ["jobs", "status", "raysubmit_x"], ["jobs", "logs", "raysubmit_x"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            "svp: error: no Ray job server address: give --address http://HEAD:8265 or set "
+            "RAY_API_SERVER_ADDRESS=http://HEAD:8265 (the head's dashboard port)"
+        ), err
+
+
 def test_version_and_help_exit_0(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("svp ")

@@ -7,6 +7,9 @@ second stage's lr → only that stage; `--from` → that step onward; a half-wri
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pandas as pd
 import pytest
 import yaml
@@ -31,7 +34,12 @@ def finished_pipeline(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
     path = make_pipeline(folder, videos=2)
     assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "run")
-    assert main(["pipeline", "run", str(path)]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # capsys is per test; this fixture runs once for the module
+        assert main(["pipeline", "run", str(path)]) == 0
+    # Each stage says what became of it, as `svp train` does: trained, why, and where its export is.
+    export = (folder / "work" / "pipe" / "image" / "export").resolve()
+    assert f"image: trained (no export yet) and exported to {export}" in out.getvalue(), out.getvalue()
     return folder
 
 
@@ -108,7 +116,46 @@ def test_pipeline_file_errors_are_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "x", "curate": {"input": "in", "inptu": 1}}))
     assert main(["pipeline", "plan", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"svp: error: {path}: curate.inptu: unknown key", err
+    expected = (
+        "curate.inptu: unknown key 'inptu' (did you mean 'input'?); keys of curate: config, input, output"
+    )
+    assert err == f"svp: error: {path}: {expected}", err
+
+    # A misspelt key is the cause even where it also leaves a required key missing.
+    spec = {"name": "x", "curate": {"input": "in"}, "filter": {"threshold": "t.yaml"}, "training": {}}
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = (
+        "filter.threshold: unknown key 'threshold' (did you mean 'thresholds'?); keys of filter: thresholds"
+    )
+    assert err == f"svp: error: {path}: {expected}", err
+
+
+def test_training_typos_name_the_users_file_or_flag_not_the_preset(tmp_path, capsys):
+    """A typo in the training part is said against the pipeline file's key or the `--set` flag that holds
+    it; the bundled preset's path would send the user to a file they never wrote."""
+    path = write_pipeline(tmp_path, **{"stages.*.stepz": 6})
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = f"svp: error: {path}: training.overrides: stages.*.stepz: unknown key 'stepz' (did you mean"
+    assert err.startswith(expected) and "presets" not in err, err
+
+    spec = yaml.safe_load(write_pipeline(tmp_path).read_text())
+    spec["training"]["stages"] = ["image", "vidoe"]
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = (
+        f"svp: error: {path}: training.stages: preset tiny has no stage 'vidoe' (did you mean 'video'?)"
+    )
+    assert err.startswith(expected) and "presets" not in err, err
+
+    path = write_pipeline(tmp_path)
+    assert main(["pipeline", "plan", str(path), "--set", "training.stages.video.optimizer.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "svp: error: --set training.stages.video.optimizer.lrr: unknown key 'lrr' (did you mean 'lr'?)"
+    assert err.startswith(expected) and "presets" not in err, err
 
 
 def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipeline, capsys, monkeypatch):

@@ -60,6 +60,13 @@ def follow(cluster, job: str) -> str:
     return done.stdout
 
 
+def test_no_jobs_yet_says_so(cluster):
+    """Before any submission (the first test of the module): a line saying so, not empty output."""
+    listing = svp(cluster, "jobs", "list", "--address", cluster.dashboard)
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert listing.stdout.strip() == "no jobs", listing.stdout
+
+
 def curate_tasks(cluster, job_id: str | None = None) -> list[dict]:
     tasks = [t for t in cluster.state("tasks") if CURATE_TASK in (t.get("name") or "")]
     return [t for t in tasks if job_id is None or t.get("job_id") == job_id]
@@ -161,6 +168,7 @@ def test_cluster_without_its_token_is_one_line(cluster, tmp_path):
     jobs = svp(cluster, "jobs", "list", "--address", cluster.dashboard, env=env)
     assert jobs.returncode == 2
     assert jobs.stderr.strip().splitlines() == [jobs.stderr.strip()] and "RAY_AUTH_TOKEN" in jobs.stderr
+    assert "RAY_AUTH_TOKEN_PATH" in jobs.stderr  # the token file does as well as the variable
     # A request that passes the checks made before connecting (one input file), so the refusal is what fails.
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.mp4").write_bytes(b"never decoded: the connection is refused first")

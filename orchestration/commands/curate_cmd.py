@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from model.errors import UserError
-from orchestration.commands.options import ADDRESS_HELP, SET_HELP, VERBOSE_OPT, config_overrides
+from orchestration.commands.options import ADDRESS_HELP, VERBOSE_OPT, config_overrides, set_help
 
 
 def register(app: typer.Typer) -> None:
@@ -57,7 +57,7 @@ def curate(
         "--address",
         help=ADDRESS_HELP,
     ),
-    set_: list[str] = typer.Option(None, "--set", help=f"Curation config: {SET_HELP}"),
+    set_: list[str] = typer.Option(None, "--set", help=set_help("curation config", "scenes.min_clip_s=2")),
     verbose: bool = VERBOSE_OPT,
 ) -> None:
     """svp curate --input IN --output OUT [--config FILE] [--set KEY=VALUE] [--address ADDR]"""
@@ -96,7 +96,7 @@ def filter_(
     set_: list[str] = typer.Option(
         None,
         "--set",
-        help="Thresholds key, e.g. scores.aesthetic_score.min=5 (read as YAML). Repeatable.",
+        help=set_help("thresholds", "scores.aesthetic_score.min=5"),
     ),
 ) -> None:
     """Re-apply thresholds to clips.parquet and rewrite shards, without decoding anything for scoring.

@@ -18,8 +18,11 @@ def register(app: typer.Typer) -> None:
         """Every job the cluster knows: id, status, entrypoint."""
         from orchestration.pipeline.jobs import client
 
-        for job in sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0):
+        jobs = sorted(client(address).list_jobs(), key=lambda j: j.start_time or 0)
+        for job in jobs:
             typer.echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {job.entrypoint}")
+        if not jobs:
+            typer.echo("no jobs")
 
     @jobs_app.command("status")
     def status(job: str = typer.Argument(..., help="Job (submission) id."), address: str = ADDRESS) -> None:

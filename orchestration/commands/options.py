@@ -26,10 +26,14 @@ VERBOSE_OPT = typer.Option(
     False, "--verbose", help="Stream the workers' output and every library's messages here too."
 )
 
-SET_HELP = (
-    "Set a config key by dotted path, e.g. stages.video.optimizer.lr=3e-3 (a stage by name or index); "
-    "the value is read as YAML. Repeatable."
-)
+
+def set_help(config: str, example: str) -> str:
+    """The help of a command's `--set`, with an example that this command accepts (each command's config
+    has its own keys; tests/test_cli_help.py runs every example)."""
+    return (
+        f"Set a key of the {config} by dotted path, e.g. {example} (a list item by name, index or *); "
+        "the value is read as YAML. Repeatable."
+    )
 
 
 def config_overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -8,15 +8,15 @@ import typer
 
 from orchestration.commands.options import (
     ADDRESS_HELP,
-    SET_HELP,
     VERBOSE_OPT,
     config_overrides,
     name_value_pairs,
+    set_help,
 )
 
 FROM_OPT = typer.Option(None, "--from", help="Rerun this step and every later one, whatever changed.")
 ONLY_OPT = typer.Option(None, "--only", help="Consider only this step.")
-SET_OPT = typer.Option(None, "--set", help=f"Pipeline file: {SET_HELP} Training keys: training.stages.…")
+SET_OPT = typer.Option(None, "--set", help=set_help("pipeline file", "training.stages.video.steps=100"))
 
 
 def register(app: typer.Typer) -> None:

@@ -43,7 +43,11 @@ def list_(
 
 
 def compare(
-    names: list[str] = typer.Argument(..., help="Two or more run ids (or prefixes) or stage names."),
+    names: list[str] = typer.Argument(
+        ...,
+        help="Run ids (or their first 4+ characters) or stage names: a stage name is its newest run, or "
+        "every run of that stage when it is the only name.",
+    ),
     metric: str = typer.Option("train/loss", "--metric", help="Metric to overlay."),
     plot: Path = typer.Option(None, "--plot", help="Write the overlaid curves to this PNG."),
     runs: Path = RUNS_OPT,
@@ -53,10 +57,10 @@ def compare(
     """What differs between runs: params, lineage, final metrics; optionally a plot of `--metric`."""
     from orchestration.dashboard import run_table as rt
 
-    if len(names) < 2:
-        raise UserError("svp runs compare needs two or more runs or stages")
     client, table = _client_and_table(runs, tracking_uri, None)
     rows = rt.resolve(table, names)
+    if len(rows) < 2:
+        raise UserError(f"svp runs compare needs two or more runs; {' '.join(names)} names only one")
     params, lineage = rt.differing_params(client, rows), rt.differing_lineage(client, rows)
     perf = rt.perf_table(client, rows)
     curves = rt.metric_curves(client, rows, metric)

@@ -9,10 +9,10 @@ import typer
 
 from orchestration.commands.options import (
     ADDRESS_HELP,
-    SET_HELP,
     VERBOSE_OPT,
     config_overrides,
     name_value_pairs,
+    set_help,
 )
 
 # Options of `svp generate` whose help is long (module level keeps the command's signature short).
@@ -64,7 +64,9 @@ def train(
         help="Checkpoints, exports, MLflow store (default: the YAML's work_dir, else ./svp-work).",
     ),
     var: list[str] = typer.Option(None, "--var", help="Set a ${NAME} variable of the YAML: NAME=VALUE."),
-    set_: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    set_: list[str] = typer.Option(
+        None, "--set", help=set_help("training pipeline", "stages.video.optimizer.lr=3e-3")
+    ),
     max_failures: int = typer.Option(3, help="Ray retries of a stage after worker failures."),
     force: bool = typer.Option(
         False, "--force", help="Retrain the picked stages even when their export is current."
@@ -79,7 +81,7 @@ def train(
     from orchestration.console import setup_logging
 
     setup_logging(verbose)  # before anything imports Ray
-    from orchestration.console import ray_init_options, ray_log_dir
+    from orchestration.console import ray_init_options, ray_log_dir, stage_summary
     from orchestration.ray_connect import ray_connection
     from training.config import load_pipeline_or_preset
     from training.pipeline import check_pipeline, run_pipeline
@@ -103,10 +105,7 @@ def train(
             log_every=log_every,
         )
     for result in results:  # the reason: why a stage was skipped, or why it had to train
-        if result.skipped:
-            typer.echo(f"{result.stage}: already exported to {result.export_dir} ({result.reason})")
-        else:
-            typer.echo(f"{result.stage}: trained ({result.reason}) and exported to {result.export_dir}")
+        typer.echo(stage_summary(result))
 
 
 def generate(

@@ -77,7 +77,9 @@ def _all_runs(client, pipeline: str | None) -> list:
     experiments = client.search_experiments()
     ids = [e.experiment_id for e in experiments if pipeline is None or e.name == pipeline]
     if pipeline is not None and not ids:
-        names = ", ".join(sorted(e.name for e in experiments)) or "none"
+        # Experiments that hold runs: not MLflow's own empty `Default`, which no svp command writes to.
+        held = [e.name for e in experiments if client.search_runs([e.experiment_id], max_results=1)]
+        names = ", ".join(sorted(held)) or "none"
         raise UserError(f"no pipeline named {pipeline!r} in the store (pipelines: {names})")
     return list(client.search_runs(ids, max_results=50000)) if ids else []
 
@@ -119,22 +121,30 @@ def stage_table(client, pipeline: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+MIN_PREFIX = 4  # characters of a run id that may stand for it (when no other run id starts with them)
+
+
 def resolve(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
-    """Rows for run ids (or unique prefixes of 6+ characters) or stage names (newest run of that stage)."""
+    """Rows for run ids (or unique prefixes of 4+ characters) or stage names: a stage name is its newest run,
+    or every run of the stage when it is the only name given (`svp runs compare video`)."""
     picked = []
     for name in names:
-        by_id = table[table["run_id"].str.startswith(name)] if len(name) >= 6 else table.iloc[0:0]
-        if len(by_id) == 1:
-            picked.append(by_id.iloc[0])
-            continue
+        by_id = table[table["run_id"].str.startswith(name)] if len(name) >= MIN_PREFIX else table.iloc[0:0]
         by_stage = table[table["stage"] == name]
-        if len(by_stage):
-            picked.append(by_stage.iloc[0])
-            continue
-        raise UserError(
-            f"no run or stage {name!r} in the store (stages: {', '.join(sorted(set(table['stage'])))})"
-        )
-    return pd.DataFrame(picked).reset_index(drop=True)
+        if len(by_id) > 1 and not len(by_stage):
+            ids = ", ".join(rid[:8] for rid in by_id["run_id"])
+            raise UserError(f"run id prefix {name!r} matches {len(by_id)} runs ({ids}): give more characters")
+        if len(by_id) == 1:
+            picked.append(by_id)
+        elif len(by_stage):
+            picked.append(by_stage if len(names) == 1 else by_stage.iloc[:1])
+        else:
+            stages = ", ".join(sorted(set(table["stage"])))
+            raise UserError(
+                f"no run or stage {name!r} in the store (a run id or its first {MIN_PREFIX}+ characters, "
+                f"or a stage: {stages})"
+            )
+    return pd.concat(picked).drop_duplicates("run_id").reset_index(drop=True)
 
 
 def _labels(rows: pd.DataFrame) -> list[str]:

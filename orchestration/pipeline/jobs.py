@@ -11,6 +11,7 @@ the entrypoint, so `svp pipeline run` inside it joins that cluster (`orchestrati
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -26,20 +27,34 @@ JOB_FILE = "pipeline.yaml"
 PLATFORM_PACKAGES = ("model", "curation", "training", "orchestration")
 
 
+# Where Ray's job client looks for the job server when no address is given, in this order.
+ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+NO_ADDRESS = (
+    "no Ray job server address: give --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS=http://HEAD:8265 "
+    "(the head's dashboard port)"
+)
+
+
 def client(address: str | None) -> Any:
-    """A `JobSubmissionClient` for the head's dashboard (`http://HEAD:8265`); a refusal is one line."""
+    """A `JobSubmissionClient` for the head's dashboard (`http://HEAD:8265`, else the address variables); no
+    address at all, or a refusal, is one line saying what to set. Never a cluster that merely runs on this
+    machine (`orchestration.ray_connect`'s rule): without an address, Ray's client would guess one."""
     from ray.job_submission import JobSubmissionClient
 
     from orchestration.console import quiet_job_client
+    from orchestration.ray_connect import TOKEN_HINT
 
     quiet_job_client()  # no "Uploading package …" INFO lines of Ray's job client
+    named = [f"{name}={os.environ[name]}" for name in ADDRESS_VARS if os.environ.get(name)]
+    if not address and not named:
+        raise UserError(NO_ADDRESS)
     try:
         return JobSubmissionClient(address)
     except Exception as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        where = address or "RAY_API_SERVER_ADDRESS/RAY_ADDRESS"
+        where = address or f"{named[0]} (no --address given)"
         if "auth" in text.lower() or "401" in text:
-            text += " (token auth: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN)"
+            text += f" (token authentication: {TOKEN_HINT})"
         raise UserError(f"cannot reach the Ray job server at {where}: {text}") from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from orchestration.console import stage_summary
 from orchestration.pipeline.plan import check_step, decide_curation_step
 from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec, training_pipeline
 from orchestration.pipeline.steps import curate_inputs, filter_inputs, run_curate, run_filter
@@ -62,7 +63,7 @@ def run_pipeline_file(
                 parent_run_id=parent,
             )
             for result in results:
-                echo(f"{result.stage}: {'skipped' if result.skipped else 'trained'} ({result.reason})")
+                echo(stage_summary(result))
     except BaseException as err:
         tracker.finish(parent, error=err)
         raise

@@ -23,6 +23,7 @@ reading the curate step's output follow the filter step, the others read what is
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -127,13 +128,28 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"]) or "<top>"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise UserError(f"{path}: {key}: {message}") from None
+        raise UserError(f"{path}: {_first_problem(err)}") from None
     spec._base, spec._source = str(path.resolve().parent), str(path)
     spec._overrides = dict(overrides or {})
     return spec
+
+
+def _first_problem(err: ValidationError) -> str:
+    """The first error as `KEY: what is wrong`. A misspelt key also makes the key it meant missing: the
+    unknown key is the cause, said as `--set` says it (with the key it may have meant, and the keys there)."""
+    from model.dotted_keys import set_dotted
+
+    errors = err.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = (unknown or errors)[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<top>"
+    if unknown:
+        try:
+            set_dotted({}, key, None, PipelineSpec)
+        except UserError as problem:
+            return str(problem)
+        return f"{key}: unknown key"
+    return f"{key}: {first['msg']}"
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
@@ -167,27 +183,57 @@ def settle_files(spec: PipelineSpec) -> PipelineSpec:
 
 def training_pipeline(spec: PipelineSpec) -> Any:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
-    point at the filter step's output (the curation folder, whose shards it rewrites)."""
+    point at the filter step's output (the curation folder, whose shards it rewrites). An error names what
+    the user wrote (the file's key or the `--set` flag), never the bundled preset's file."""
     from training.config import load_preset
-    from training.config.loader import _build
+    from training.config.loader import _build, preset_path
 
     data = str(spec.curated)
     section = spec.training
     variables = {"data_root": data, **{k: spec.path(str(v)) for k, v in (section.variables or {}).items()}}
     if section.preset is not None:
-        pipeline = load_preset(section.preset, variables=variables, overrides=section.overrides)
-        keep = section.stages or pipeline.stage_names
-        for name in keep:
-            pipeline.stage(name)
-        stages = [s for s in pipeline.stages if s.name in keep]
-        return pipeline.model_copy(update={"name": spec.name, "stages": stages})
+        try:
+            pipeline = load_preset(section.preset, variables=variables, overrides=section.overrides)
+        except UserError as err:
+            message = str(err).removeprefix(f"{preset_path(section.preset)}: ")
+            raise UserError(_training_error(spec, message, f"training (preset {section.preset})")) from None
+        return _preset_stages(spec, pipeline)
     raw: dict[str, Any] = {"name": spec.name, "stages": [_bind_data(s, data) for s in section.stages]}
     if section.defaults is not None:
         raw["defaults"] = section.defaults
     try:
         return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
     except UserError as err:  # ConfigKeyError, or a bad key of training.overrides
-        raise UserError(f"{spec.source}: training.{err}") from None
+        raise UserError(_training_error(spec, str(err), "training.")) from None
+
+
+def _preset_stages(spec: PipelineSpec, pipeline: Any) -> Any:
+    """The preset's stages that `training.stages` names (all when it names none), under the file's name."""
+    section = spec.training
+    keep = section.stages or pipeline.stage_names
+    for name in keep:
+        if name not in pipeline.stage_names:
+            close = difflib.get_close_matches(name, pipeline.stage_names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(
+                f"{spec.source}: training.stages: preset {section.preset} has no stage {name!r}{hint}; "
+                f"its stages: {', '.join(pipeline.stage_names)}"
+            )
+    stages = [s for s in pipeline.stages if s.name in keep]
+    return pipeline.model_copy(update={"name": spec.name, "stages": stages})
+
+
+def _training_error(spec: PipelineSpec, message: str, where: str) -> str:
+    """`message` (`KEY: what is wrong`) said against its source: the `--set` flag that gave the key, or the
+    file's `training.overrides`, else the file's training section (`where`)."""
+    for key in spec.training.overrides:
+        if message.startswith(f"{key}: "):
+            flag = f"training.{key}"
+            if flag in spec.overrides:
+                return f"--set {flag}: {message.removeprefix(f'{key}: ')}"
+            return f"{spec.source}: training.overrides: {message}"
+    separator = "" if where.endswith(".") else ": "
+    return f"{spec.source}: {where}{separator}{message}"
 
 
 def reads_curated(spec: PipelineSpec, stage: Any) -> bool:

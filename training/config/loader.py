@@ -52,8 +52,12 @@ def load_preset(name: str, variables: dict[str, str] | None = None, **kwargs: An
     """A bundled pipeline (`tiny`: CPU scale, `sana-video`: the real four stages)."""
     if name not in PRESET_NAMES:
         raise UserError(f"unknown training preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
-    path = Path(str(resources.files("training") / "presets" / f"{name}.yaml"))
-    return load_pipeline(path, variables=variables, **kwargs)
+    return load_pipeline(preset_path(name), variables=variables, **kwargs)
+
+
+def preset_path(name: str) -> Path:
+    """The bundled file of a preset (its errors start with this path)."""
+    return Path(str(resources.files("training") / "presets" / f"{name}.yaml"))
 
 
 def load_pipeline_or_preset(

@@ -159,8 +159,8 @@ class Recipe:
             "caption": {**clip, "backend": "vlm", "vlm_path": str(self.weights_dir / "qwen2.5-vl"),
                         "vlm_regenerate": True, "vlm_max_new_tokens": a.caption_tokens,
                         "vlm_batch_size": a.caption_batch},
-            # Both GPU stages share the one GPU; the decoders take the CPUs.
-            "ray": {"gpus_per_scorer": 0.5, "scorer_batch_size": a.caption_batch},
+            # The scorers' GPU and CPU shares are the defaults: sized from the machine (curation.scorer_resources).
+            "ray": {"scorer_batch_size": a.caption_batch},
         }  # fmt: skip
         (self.work / "curate.yaml").write_text(yaml.safe_dump(curate))
         self._keep_the_most_moving(0)  # the curate step's own thresholds: every clip

@@ -91,7 +91,15 @@ class RayConfig(_Strict):
         None, ge=1, description="let Ray Data grow each scorer pool up to this many actors under load"
     )
     scorer_batch_size: int = Field(16, ge=1)
-    gpus_per_scorer: float = Field(1.0, gt=0, le=8, description="used only when the cluster has GPUs")
+    gpus_per_scorer: float | None = Field(
+        None,
+        gt=0,
+        le=8,
+        description="used only when the cluster has GPUs (None: the GPUs shared by all scorers)",
+    )
+    cpus_per_scorer: float | None = Field(
+        None, gt=0, description="None: 1, or less where the cluster would keep no CPU for a decoder"
+    )
     max_retries: int = Field(2, ge=0, description="retries of a source whose worker crashed")
     max_consecutive_stage_failures: int = Field(
         3,

@@ -30,6 +30,7 @@ from curation.atomic import atomic_write_text
 from curation.config import CurationConfig
 from curation.report import finish_report
 from curation.resume import ResumeState
+from curation.scorer_resources import scorer_share
 from curation.shards import mark_transcode_failures, transcode_failures, write_shards
 from curation.sources import SourceEntry, fingerprint, list_sources, open_source
 from curation.stage_guard import GuardedStage, StageHealth, raise_if_broken
@@ -114,7 +115,16 @@ def _build_dataset(
         max_retries=cfg.ray.max_retries,
         runtime_env=cfg.ray.runtime_env,
     )
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    cluster = ray.cluster_resources()
+    share = scorer_share(
+        len(stages) * cfg.ray.scorer_concurrency,
+        cluster.get("CPU", 0.0),
+        cluster.get("GPU", 0.0),
+        cfg.ray.cpus_per_scorer,
+        cfg.ray.gpus_per_scorer,
+    )
+    if stages:
+        log.info("scorer actors: %g CPU and %g GPU each", share.cpus, share.gpus)
     for name, cls, sub in stages:
         ds = ds.map_batches(
             GuardedStage,
@@ -125,7 +135,8 @@ def _build_dataset(
                 min_size=cfg.ray.scorer_concurrency,
                 max_size=cfg.ray.scorer_max_concurrency or cfg.ray.scorer_concurrency,
             ),
-            num_gpus=cfg.ray.gpus_per_scorer if has_gpu else 0,
+            num_cpus=share.cpus,
+            num_gpus=share.gpus,
             max_restarts=cfg.ray.max_retries,
             max_task_retries=cfg.ray.max_retries,
             runtime_env=cfg.ray.runtime_env,

@@ -29,7 +29,7 @@ def run_pipeline_file(
 ) -> list[Any]:
     """Run the steps that need it; returns the training stages' results."""
     from training.pipeline import run_pipeline
-    from training.tracking import Tracker, resolve_tracking_uri
+    from training.tracking import Tracker, ending_run, resolve_tracking_uri
 
     training = training_pipeline(spec)
     names = spec.step_names(training.stage_names)
@@ -41,7 +41,7 @@ def run_pipeline_file(
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(work), spec.name, work)
     parent = tracker.parent_run()
-    try:
+    with ending_run(tracker, parent):
         curate = curate_inputs(spec)
         curated = _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
         filt = filter_inputs(spec, curate.fingerprint)
@@ -63,10 +63,6 @@ def run_pipeline_file(
             )
             for result in results:
                 echo(f"{result.stage}: {'skipped' if result.skipped else 'trained'} ({result.reason})")
-    except BaseException as err:
-        tracker.finish(parent, error=err)
-        raise
-    tracker.finish(parent)
     return results
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import training
 from orchestration.cli import main
-from training.launch import DEFAULT_WORK_DIR
+from training.stage_run import DEFAULT_WORK_DIR
 
 COMMANDS = [
     ["synth"],

@@ -11,6 +11,7 @@ see). A driver that finds a live holder refuses at once with one line naming it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -99,7 +100,12 @@ class StageLock:
     """`with StageLock(path, stage):` holds the stage for this process (see the module docstring)."""
 
     def __init__(
-        self, path: Path, stage: str, *, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S
+        self,
+        path: Path,
+        stage: str,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         self.path, self.stage = Path(path), stage
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
@@ -152,10 +158,8 @@ class StageLock:
         except FileNotFoundError:
             return
         if stale_reason(aside, read_holder(aside), self.stale_after_s) is None:
-            try:
-                os.link(aside, self.path)  # put it back, unless yet another lock is there already
-            except FileExistsError:
-                pass
+            with contextlib.suppress(FileExistsError):  # put it back, unless yet another lock is there
+                os.link(aside, self.path)
             aside.unlink(missing_ok=True)
             return
         aside.unlink(missing_ok=True)

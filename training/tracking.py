@@ -1,6 +1,6 @@
 """MLflow tracking: one experiment per pipeline, a parent run per pipeline run, a child run per stage.
 
-The driver (`training.pipeline` / `training.launch`) creates or re-attaches the runs and logs what is known
+The driver (`training.pipeline` / `training.stage_run`) creates or re-attaches the runs and logs what is known
 before training (resolved config, tags); world rank 0 of the Ray Train worker group logs metrics and sample
 videos into the child run by its id. Everything goes through `MlflowClient` with explicit run ids, so no
 process relies on MLflow's global "active run" and a restarted driver or worker re-attaches to the same

@@ -9,12 +9,15 @@ once the data exists, so a re-filter that leaves the shards unchanged retrains n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from orchestration.pipeline.plan import check_step, decide_curation_step
 from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec, training_pipeline
 from orchestration.pipeline.steps import curate_inputs, filter_inputs, run_curate, run_filter
 from training.stage_plan import SKIP
+
+if TYPE_CHECKING:
+    from training.stage_run import StageResult
 
 
 def run_pipeline_file(
@@ -26,7 +29,7 @@ def run_pipeline_file(
     gpus_per_worker: float = 0,
     max_failures: int = 3,
     echo: Callable[[str], None] = print,
-) -> list[Any]:
+) -> list[StageResult]:
     """Run the steps that need it; returns the training stages' results."""
     from training.pipeline import run_pipeline
     from training.tracking import Tracker, ending_run, resolve_tracking_uri

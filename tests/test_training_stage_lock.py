@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from pipeline_files import write_pipeline
 from process_groups import wait_until
 from shard_fixtures import make_shards
 
 from orchestration.cli import main
+from orchestration.pipeline.run import run_pipeline_file
+from orchestration.pipeline.spec import load_spec
 from training.config import load_preset
 from training.stage_lock import LOCK_FILE, StageLock, StageLockedError, check_unlocked, read_holder
 from training.stage_run import run_stage
@@ -117,3 +120,20 @@ def test_the_holder_refreshes_its_heartbeat_and_frees_the_lock_on_an_error(tmp_p
         assert lock.stat().st_mtime > time.time() - 60  # refreshed
         raise KeyboardInterrupt
     assert not lock.exists()
+
+
+def test_svp_pipeline_run_refuses_before_curating_when_a_driver_holds_a_stage(tmp_path):
+    path = write_pipeline(tmp_path)
+    spec = load_spec(path)
+    lock = spec.work / "pipe" / "video" / LOCK_FILE
+    holder = _holder(lock, "sleep")
+    try:
+        wait_until(holder, lock.exists, 60, "the holder took the lock")
+        with pytest.raises(
+            StageLockedError, match=f"stage 'video' is being trained by host .* pid {holder.pid}"
+        ):
+            run_pipeline_file(spec)
+        assert sorted(p.name for p in spec.work.rglob("*")) == sorted(["pipe", "video", LOCK_FILE])
+    finally:
+        holder.kill()
+        holder.wait()

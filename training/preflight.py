@@ -8,7 +8,7 @@ pre-flight leaves nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from model.errors import UserError
@@ -26,10 +26,10 @@ def check_before_training(
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    check_no_other_driver(pipeline, selected, work_dir)
     running: set[str] = set()
     for stage in selected:
         run = StageRun(pipeline, stage, work_dir, workers)
-        check_unlocked(run.lock_path, stage.name)  # another driver trains it: refuse before Ray starts
         if export_complete(run.export_dir):
             continue  # finished earlier: it will be skipped, its inputs no longer matter
         spec = stage.init_from
@@ -41,3 +41,11 @@ def check_before_training(
                 raise FileNotFoundError(f"stage {stage.name!r}: {section}.path {path} does not exist")
         StageData(stage, 0, 1, stage.seed)  # reads the index: missing, empty or unfit data is an error
         running.add(stage.name)
+
+
+def check_no_other_driver(pipeline: PipelineConfig, stages: Iterable[StageConfig], work_dir: Path) -> None:
+    """Refuse, before Ray starts or anything is written, when a live driver holds one of `stages` in this
+    work dir (`training.stage_lock`; each stage run takes the lock itself too, for drivers that start
+    together)."""
+    for stage in stages:
+        check_unlocked(StageRun(pipeline, stage, work_dir).lock_path, stage.name)

@@ -32,6 +32,7 @@ def run_pipeline_file(
 ) -> list[StageResult]:
     """Run the steps that need it; returns the training stages' results."""
     from training.pipeline import run_pipeline
+    from training.preflight import check_no_other_driver
     from training.tracking import Tracker, ending_run, resolve_tracking_uri
 
     training = training_pipeline(spec)
@@ -41,6 +42,9 @@ def run_pipeline_file(
     forced = set(names[names.index(from_step) :]) if from_step else set()
     selected = {only} if only else set(names)
     work = spec.work
+    stages = [name for name in training.stage_names if name in selected]
+    # Another driver training one of them: refuse before curating into the data it trains on.
+    check_no_other_driver(training, [training.stage(name) for name in stages], work)
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(work), spec.name, work)
     parent = tracker.parent_run()
@@ -49,7 +53,6 @@ def run_pipeline_file(
         curated = _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
         filt = filter_inputs(spec, curate.fingerprint)
         _curation(spec, tracker, parent, STEP_FILTER, filt, run_filter, forced, selected, echo, curated)
-        stages = [name for name in training.stage_names if name in selected]
         results = []
         if stages:
             first_forced = next((n for n in training.stage_names if n in forced), None)

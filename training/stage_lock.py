@@ -167,6 +167,7 @@ class StageLock:
         log.warning(f"stage {self.stage}: took over the lock {self.path} left by {who} ({why})")
 
     def _start_heartbeat(self) -> None:
+        self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, name=f"svp-lock-{self.stage}", daemon=True)
         self._beat.start()
 

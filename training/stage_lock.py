@@ -6,7 +6,7 @@ holds its holder's host, pid and start time as JSON. While the stage trains, the
 `HEARTBEAT_S` seconds, and removes it when it exits (normally, on an error, on Ctrl-C or SIGTERM). A holder
 killed outright (SIGKILL, a lost node) leaves it behind; it is stale, and taken over, when its pid is dead on
 this host, or when its heartbeat is older than `STALE_AFTER_S` (another host, whose pids this host cannot
-see). A driver that finds a live holder refuses at once with one line naming it.
+see; or this host's pid since reused by another process). A driver that finds a live holder refuses at once with one line naming it.
 """
 
 from __future__ import annotations

@@ -143,10 +143,17 @@ class StageRun:
         return self.folder / LOCK_FILE
 
     @property
-    def inputs(self) -> StageInputs:
-        if self.decision is None or self.decision.inputs is None:
+    def decided(self) -> StageDecision:
+        if self.decision is None:
             raise RuntimeError(f"stage {self.stage.name}: plan() first")
-        return self.decision.inputs
+        return self.decision
+
+    @property
+    def inputs(self) -> StageInputs:
+        inputs = self.decided.inputs
+        if inputs is None:
+            raise RuntimeError(f"stage {self.stage.name}: its inputs are not known yet")
+        return inputs
 
     @property
     def storage(self) -> Path:
@@ -195,8 +202,7 @@ class StageRun:
     def prepare(self) -> None:
         """What it starts from, a connected Ray, and the stage's Ray run ready to start or resume (and room
         for its checkpoints, or a warning)."""
-        decision = self.decision
-        assert decision is not None, "plan() first"
+        decision = self.decided
         log.info(f"stage {self.stage.name}: {decision.action}: {decision.reason}")
         self.init_from = self.resolve_init_from()
         ensure_ray(self.use_gpu)
@@ -350,8 +356,7 @@ class StageRun:
         )
 
     def _result(self, *, skipped: bool, result: Result | None = None) -> StageResult:
-        decision = self.decision
-        assert decision is not None
+        decision = self.decided
         return StageResult(
             self.stage.name,
             self.export_dir,

@@ -9,7 +9,7 @@ from typing import Any
 
 from training_runs import image_pipeline, tiny_data
 
-from training.launch import run_stage
+from training.stage_run import run_stage
 from training.tracking import Tracker
 
 _MADE: dict[str, Any] = {}

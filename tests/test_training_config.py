@@ -9,6 +9,7 @@ import yaml
 
 from model.errors import UserError
 from training.config import latent_frames, load_pipeline, load_preset
+from training.step import deepspeed_config
 
 BASE = {
     "name": "demo",
@@ -228,7 +229,7 @@ def test_tiny_preset_matches_the_model_and_hands_off_across_a_latent_change():
     assert hires.init_from.stage == "video" and hires.init_from.drop_keys
     assert sum(ar.chunk_sizes) == latent_frames(ar.buckets[0].num_frames, ar.model_config().vae_stride[0])
     assert ar.chunk_sigma_strategy == "incremental"
-    ds = video.deepspeed_config(world_size=2, use_gpu=False)
+    ds = deepspeed_config(video, world_size=2, use_gpu=False)
     assert ds["bf16"] == {"enabled": False}  # fp32 on CPU
     assert ds["zero_optimization"] == {"stage": 2}
     assert ds["train_batch_size"] == 2 * ds["train_micro_batch_size_per_gpu"]
@@ -243,7 +244,7 @@ def test_real_preset_uses_the_published_optimiser():
         assert (opt.warmup_steps, opt.grad_clip) == (500, 0.1)
         assert stage.deepspeed.zero_stage == 2 and stage.deepspeed.activation_checkpointing
         assert stage.model_config().gradient_checkpointing
-        ds = stage.deepspeed_config(world_size=8, use_gpu=True)
+        ds = deepspeed_config(stage, world_size=8, use_gpu=True)
         assert ds["bf16"] == {"enabled": True} and ds["gradient_clipping"] == 0.1
         assert ds["scheduler"]["params"]["warmup_num_steps"] == 500
     image, low, hd, ar = pipe.stages

@@ -363,7 +363,7 @@ def test_data_counters_are_summed_over_ranks(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient
     from training_runs import sqlite_tracker
 
-    from training.launch import run_stage
+    from training.stage_run import run_stage
 
     # One undecodable clip, and the first shard cut in half: both ranks meet bad samples of both kinds.
     data = make_shards(tmp_path / "data", num_clips=8, bad_video=1, seed=3)

@@ -39,8 +39,8 @@ from training.latent_store import (
     encoding_identity,
     latents_folder,
 )
-from training.launch import run_stage
 from training.shard_reader import ShardReader
+from training.stage_run import run_stage
 from training.step import StageStep, step_generator
 from training.video_clips import clip_from_members, clip_rng
 

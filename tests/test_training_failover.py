@@ -15,7 +15,7 @@ from model.pretrained import save_pretrained
 from training.checkpoints import staging_dir
 from training.drills import FaultInjection, fault_drills
 from training.errors import ShapeMismatchError
-from training.launch import run_stage
+from training.stage_run import run_stage
 from training.tracking import TAG_ERROR
 
 pytestmark = pytest.mark.slow

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from training_runs import tiny_data
 from model.video_io import read_frames
 from orchestration.cli import main
 from training.generation import write_conditioning_samples
+from training.stage_lock import LOCK_FILE
 from training.tracking import (
     PARENT_TAG,
     TAG_DATASET,
@@ -146,13 +150,25 @@ def _check_continuation(export: Path, video: Path, tmp_path: Path, capsys) -> No
     assert capsys.readouterr().err.startswith(f"svp: error: cannot read video {tmp_path / 'broken.png'}")
 
 
+def _dead_drivers_lock(stage_folder: Path) -> Path:
+    """The lock a driver killed while training the stage leaves behind (its pid has exited)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {"host": socket.gethostname(), "pid": dead.pid, "since": "2026-01-01T00:00:00Z", "token": "x"}
+    stage_folder.mkdir(parents=True)
+    (stage_folder / LOCK_FILE).write_text(json.dumps(holder))
+    return stage_folder / LOCK_FILE
+
+
 def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_factory, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tiny_data(tmp_path_factory.getbasetemp())
     work = tmp_path / "work"
     argv = ["train", "tiny", "--var", f"data_root={data}", "--work-dir", str(work), "--workers", "1"]
+    lock = _dead_drivers_lock(work / "tiny" / "image")
 
     assert main(argv) == 0
+    assert not lock.exists()  # taken over from the dead driver, and freed at the end
     exports = {name: work / "tiny" / name / "export" for name in STAGES}
     assert all((e / "model.safetensors").is_file() for e in exports.values())
     assert f"image: trained (no export yet) and exported to {exports['image']}" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from training.checkpoints import (
 from training.disk_budget import disk_shortfall, stage_sizes
 from training.drills import FaultInjection, fault_drills
 from training.errors import WorldSizeMismatchError
-from training.launch import run_stage
+from training.stage_run import run_stage
 
 
 def test_plain_zero_checkpoint_on_another_world_size_is_refused(tmp_path):

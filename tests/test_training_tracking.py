@@ -17,7 +17,6 @@ from training_runs import tiny_data
 
 from curation.format import thresholds_digest
 from training.errors import StageConfigError
-from training.launch import end_runs_after
 from training.tracking import (
     PARENT_TAG,
     TAG_ERROR,
@@ -26,6 +25,7 @@ from training.tracking import (
     RunLogger,
     SenderLimits,
     Tracker,
+    end_runs_after,
     resolve_tracking_uri,
     thresholds_hash,
 )

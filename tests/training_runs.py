@@ -12,7 +12,7 @@ from typing import Any
 from shard_fixtures import make_shards
 
 from training.config import load_preset
-from training.launch import StageResult, run_stage
+from training.stage_run import StageResult, run_stage
 from training.tracking import Tracker
 
 _RUNS: dict[str, Any] = {}

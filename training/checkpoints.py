@@ -10,7 +10,7 @@ Ray from what every rank wrote:
     ema.safetensors                              the EMA (rank 0), when the stage keeps one
 
 A plain ZeRO checkpoint only resumes on the world size that wrote it; a universal one resumes on any. The
-driver converts the latest checkpoint in place when it sees the world size change (`launch.run_stage`), and
+driver converts the latest checkpoint in place when it sees the world size change (`training.stage_run`), and
 every stage ends with an export folder holding a universal checkpoint plus consolidated fp32 weights:
 
     export/model.safetensors, export/config.json   `model.pretrained` format: init_from and `svp generate` read it

@@ -16,14 +16,17 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.config.schema import StageConfig
 
 log = logging.getLogger("svp.training")
 OPTIMIZER_BYTES = 12  # fp32 master copy + Adam's exp_avg and exp_avg_sq, per parameter
 FP32_BYTES = 4
 
 
-def stage_sizes(stage: Any, use_gpu: bool) -> tuple[int, int]:
+def stage_sizes(stage: StageConfig, use_gpu: bool) -> tuple[int, int]:
     """(bytes of one checkpoint, all ranks together; bytes of the export) of `stage`."""
     from model.info import count_parameters
 
@@ -34,7 +37,7 @@ def stage_sizes(stage: Any, use_gpu: bool) -> tuple[int, int]:
     return checkpoint, checkpoint + params * FP32_BYTES  # the export: the last one, universal, + fp32 weights
 
 
-def disk_shortfall(stage: Any, use_gpu: bool, free_bytes: int) -> str | None:
+def disk_shortfall(stage: StageConfig, use_gpu: bool, free_bytes: int) -> str | None:
     """A one-line warning when `free_bytes` cannot hold the stage's checkpoints and export at their peak
     (`keep_last` checkpoints and the next one being written, or `keep_last` and the export), else None."""
     checkpoint, export = stage_sizes(stage, use_gpu)
@@ -53,7 +56,7 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def warn_if_disk_short(stage: Any, use_gpu: bool, work_dir: Path) -> None:
+def warn_if_disk_short(stage: StageConfig, use_gpu: bool, work_dir: Path) -> None:
     existing = Path(work_dir)
     while not existing.exists():  # the work dir of a first run is made later: its filesystem is the same
         existing = existing.parent

@@ -22,7 +22,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,6 +38,9 @@ from training.latent_store import (
     latents_folder,
 )
 from training.shard_reader import is_remote, join_uri
+
+if TYPE_CHECKING:
+    from training.config.schema import StageConfig
 
 log = logging.getLogger("svp.training")
 
@@ -57,7 +60,7 @@ LATENT_INDEX_SCHEMA = pa.schema(
 class FolderPlan:
     """The encoding of one data folder of one stage."""
 
-    stage: Any
+    stage: StageConfig
     folder: str  # the shards folder
     out_dir: str  # its latents folder for this encoding
     identity: dict[str, Any]
@@ -83,7 +86,7 @@ class EncodeResult:
         return dict(sorted(Counter(f[1] for f in self.failures).items()))
 
 
-def plan_encode(stage: Any) -> list[FolderPlan]:
+def plan_encode(stage: StageConfig) -> list[FolderPlan]:
     """What encoding `stage` means, one plan per data folder; user errors (missing weights, remote data) are
     ValueError/FileNotFoundError before anything runs."""
     from training.data import StageData
@@ -122,7 +125,7 @@ def plan_encode(stage: Any) -> list[FolderPlan]:
 
 
 def run_encode(
-    stages: list[Any], *, gpus_per_actor: float | None = None, actors: int = 1, batch_size: int = 4
+    stages: list[StageConfig], *, gpus_per_actor: float | None = None, actors: int = 1, batch_size: int = 4
 ) -> list[EncodeResult]:
     """Encode the stages' data on the connected Ray; returns one result per (stage, data folder). Stages that
     share an encoding and data encode once. `gpus_per_actor` None: 1 when the cluster has GPUs, else 0."""
@@ -153,7 +156,9 @@ def run_encode(
     return [_finish(plan) for plan in plans]
 
 
-def _encode_shards(stage: Any, tasks: list[ShardTask], gpus: float, actors: int, batch_size: int) -> None:
+def _encode_shards(
+    stage: StageConfig, tasks: list[ShardTask], gpus: float, actors: int, batch_size: int
+) -> None:
     import ray
 
     ctx = ray.data.DataContext.get_current()

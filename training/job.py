@@ -1,21 +1,21 @@
 """`StageJob`: everything a Ray Train worker needs to run one stage, passed as `train_loop_config`.
 
-Plain JSON-safe data (the stage config as its resolved dict), so it crosses Ray's serialisation unchanged and
-is logged as-is. Built by `training.launch.run_stage` on the driver.
+Typed: the stage crosses to the workers as its validated `StageConfig` (pickled by Ray), so a worker never
+validates it again. Built by `training.stage_run.StageRun.job` on the driver.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
+from training.config.schema import StageConfig
 from training.drills import FaultInjection
 
 
 @dataclass
 class StageJob:
     pipeline: str
-    stage: dict[str, Any]  # StageConfig.resolved()
+    stage: StageConfig
     stage_index: int
     init_from: str | None = None  # export folder or safetensors file, already resolved
     tracking_uri: str | None = None
@@ -28,13 +28,3 @@ class StageJob:
     staging_dir: str | None = None  # where ranks stage checkpoints (training.checkpoints.staging_dir)
     fault: FaultInjection | None = None  # reliability drills only (training.drills)
     extra_tags: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageJob:
-        values = dict(data)
-        if values.get("fault"):
-            values["fault"] = FaultInjection(**values["fault"])
-        return cls(**values)

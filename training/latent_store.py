@@ -29,7 +29,7 @@ import logging
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ from safetensors.torch import save as save_safetensors
 
 from training.shard_reader import ShardReader, is_remote, join_uri
 from training.video_clips import BadClip
+
+if TYPE_CHECKING:
+    from training.config.schema import StageConfig
 
 log = logging.getLogger("svp.training")
 
@@ -54,7 +57,7 @@ STORED_DTYPE = torch.float32  # latents and text embeddings on disk (what the pi
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def encoding_identity(stage: Any, compute_dtype: str = "float32") -> dict[str, Any]:
+def encoding_identity(stage: StageConfig, compute_dtype: str = "float32") -> dict[str, Any]:
     """What determines a stage's latents (see the module docstring); `encoding_id` hashes it."""
     from training.fingerprints import weights_fingerprint
 
@@ -158,7 +161,7 @@ class LatentSource:
         return unpack_sample(members[LATENT_MEMBER])
 
 
-def open_latents(stage: Any, entries: list[DataEntry]) -> LatentSource | None:
+def open_latents(stage: StageConfig, entries: list[DataEntry]) -> LatentSource | None:
     """The stage's latents when `stage.latents` allows them and every data folder has a complete, current
     set; None otherwise (`auto` says why in the log, `required` raises ValueError)."""
     if stage.latents == "off":

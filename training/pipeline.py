@@ -3,7 +3,7 @@
 A stage whose export is complete and was made from its current inputs (config, data, init_from export,
 platform version: `training.fingerprints`) is skipped, so rerunning the same command after a crash (of a
 worker, a node or the driver) continues where the pipeline stopped: the unfinished stage resumes from its
-latest checkpoint (`training.launch`), later stages follow. A stage whose inputs changed reruns, and so do
+latest checkpoint (`training.stage_run`), later stages follow. A stage whose inputs changed reruns, and so do
 the stages after it (their init_from export changed). `stages` picks a subset by name; a picked stage whose
 `init_from` stage has not been exported yet is an error that says so. `force` retrains every picked stage,
 `force_from` the named stage and every later one.
@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
-from training.launch import StageResult, end_runs_after, resolve_work_dir, run_stage
+from training.config.schema import PipelineConfig, StageConfig
 from training.preflight import check_before_training
-from training.tracking import Tracker, resolve_tracking_uri
+from training.stage_run import StageResult, StageRun, resolve_work_dir
+from training.tracking import Tracker, ending_run, resolve_tracking_uri
 
 
 def check_pipeline(
-    pipeline: Any,
+    pipeline: PipelineConfig,
     stages: Sequence[str] | None = None,
     workers: int = 1,
     work_dir: str | os.PathLike | None = None,
-) -> list[Any]:
+) -> list[StageConfig]:
     """The stages to train (all, or those named in `stages`, in pipeline order), after the pre-flight checks.
     Needs no Ray: the CLI calls it before connecting so a bad request fails in a second, and `run_pipeline`
     calls it again (cheap) before the work dir and MLflow runs exist."""
@@ -39,7 +39,7 @@ def check_pipeline(
 
 
 def run_pipeline(
-    pipeline: Any,
+    pipeline: PipelineConfig,
     stages: Sequence[str] | None = None,
     workers: int = 1,
     gpus_per_worker: float = 0,
@@ -64,31 +64,27 @@ def run_pipeline(
         forced |= set(pipeline.stage_names[pipeline.stage_names.index(force_from) :])
     root = resolve_work_dir(pipeline, work_dir)
     root.mkdir(parents=True, exist_ok=True)
-    owns_parent = parent_run_id is None
     tracker = tracker or Tracker(resolve_tracking_uri(root), pipeline.name, root)
-    parent = parent_run_id or tracker.parent_run()
+    owned_parent = None if parent_run_id is not None else tracker.parent_run()
+    parent = parent_run_id or owned_parent
     results: list[StageResult] = []
-    try:
+    with ending_run(tracker, owned_parent):  # a caller's parent run is the caller's to end
         for stage in selected:
-            result = run_stage(
+            run = StageRun(
                 pipeline,
                 stage,
-                workers=workers,
-                gpus_per_worker=gpus_per_worker,
-                work_dir=root,
-                tracker=tracker,
-                parent_run_id=parent,
+                root,
+                workers,
+                gpus_per_worker,
                 max_failures=max_failures,
                 force=stage.name in forced,
                 log_every=log_every,
+                tracker=tracker,
+                parent_run_id=parent,
             )
-            status = "skipped" if result.skipped else "run"
-            tracker.record_step(parent, stage.name, status, result.fingerprint)
+            result = run.run()
+            tracker.record_step(
+                parent, stage.name, "skipped" if result.skipped else "run", result.fingerprint
+            )
             results.append(result)
-    except BaseException as err:
-        if owns_parent:  # a tracking failure here (the disk full, the server away) must not hide `err`
-            end_runs_after(tracker, err, parent)
-        raise
-    if owns_parent:
-        tracker.finish(parent)
     return results

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from model.errors import UserError
+
 if TYPE_CHECKING:
     from training.config import StageConfig
 
@@ -154,7 +156,7 @@ def step_flops_and_tokens(
 
 
 def forward_loss(
-    engine: Any, stage: Any, latents, noisy, text, mask, timesteps, noise, weights=None
+    engine: Any, stage: StageConfig, latents, noisy, text, mask, timesteps, noise, weights=None
 ) -> torch.Tensor:
     """Flow-matching loss of one batch (block-causal when the stage has `chunk_sizes`); `weights` (B, F)
     leave conditioning frames out."""
@@ -164,10 +166,57 @@ def forward_loss(
     return flow_matching_loss(prediction, latents, noise, weights)
 
 
+def deepspeed_config(stage: StageConfig, world_size: int, use_gpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict of `stage` for `deepspeed.initialize`.
+
+    The micro-batch is the largest bucket's batch size: with bucketed batches the real batch varies per
+    step, and DeepSpeed only uses this number for bookkeeping (the loss is a mean per batch).
+    `torch_adam` uses torch's AdamW instead of DeepSpeed's fused op, which would be JIT-compiled on first
+    use (and cannot be on a CPU-only machine).
+    """
+    if world_size < 1:
+        raise UserError(f"world_size must be >= 1, got {world_size}")
+    opt = stage.optimizer
+    micro = max(b.batch_size for b in stage.buckets)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro * world_size,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": opt.lr,
+                "betas": list(opt.betas),
+                "eps": opt.eps,
+                "weight_decay": opt.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "zero_optimization": {"stage": stage.deepspeed.zero_stage},
+        "bf16": {"enabled": stage.deepspeed.bf16_enabled(use_gpu)},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if opt.grad_clip is not None:
+        config["gradient_clipping"] = opt.grad_clip
+    if opt.warmup_steps > 0:
+        # WarmupLR rises linearly to `lr` and then stays there: warm-up then constant.
+        config["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": opt.lr,
+                "warmup_num_steps": opt.warmup_steps,
+                "warmup_type": "linear",
+            },
+        }
+    return config
+
+
 def build_engine(stage: StageConfig, model: torch.nn.Module, world_size: int, use_gpu: bool, universal: bool):
     import deepspeed
 
-    config = stage.deepspeed_config(world_size, use_gpu)
+    config = deepspeed_config(stage, world_size, use_gpu)
     if stage.optimizer.fused_enabled(use_gpu):
         # DeepSpeed hands extra params to torch.optim.AdamW (its `torch_adam` path): torch's fused kernel.
         config["optimizer"]["params"]["fused"] = True

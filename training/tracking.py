@@ -1,6 +1,6 @@
 """MLflow tracking: one experiment per pipeline, a parent run per pipeline run, a child run per stage.
 
-The driver (`training.pipeline` / `training.launch`) creates or re-attaches the runs and logs what is known
+The driver (`training.pipeline` / `training.stage_run`) creates or re-attaches the runs and logs what is known
 before training (resolved config, tags); world rank 0 of the Ray Train worker group logs metrics and sample
 videos into the child run by its id. Everything goes through `MlflowClient` with explicit run ids, so no
 process relies on MLflow's global "active run" and a restarted driver or worker re-attaches to the same
@@ -12,6 +12,7 @@ Embedded default: a sqlite store `work_dir/mlflow.db` and artifacts under `work_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ import os
 import subprocess
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import yaml
@@ -237,6 +238,37 @@ class Tracker:
             for name in ("config.json", "model.safetensors", "ema.safetensors"):
                 if (export_dir / name).is_file():
                     self.client.log_artifact(run_id, str(export_dir / name), "export")
+
+
+def end_runs_after(tracker: Tracker, error: BaseException, *run_ids: str | None) -> None:
+    """End the runs FAILED or KILLED after `error`, without letting a tracking failure (the server away, a
+    deleted run) replace the error that stopped the stage: that one is only warned about."""
+    for run_id in run_ids:
+        if run_id is None:
+            continue
+        try:
+            tracker.finish(run_id, error=error)
+        except Exception as tracking_error:
+            logging.getLogger("svp.training").warning(
+                f"MLflow: could not end run {run_id} as {end_status(error)} at {tracker.tracking_uri} "
+                f"({type(tracking_error).__name__}: {str(tracking_error)[:300]})"
+            )
+
+
+@contextlib.contextmanager
+def ending_run(tracker: Tracker | None, run_id: str | None) -> Iterator[None]:
+    """The one place that decides how a run ends: FINISHED when the block completes, FAILED or KILLED
+    (`end_status`) when it raises — a failed stage, a Ray error, Ctrl-C, SIGTERM — so no run is left RUNNING.
+    Nothing to end without a tracker or a run (a caller that does not own the run passes None)."""
+    if tracker is None or run_id is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as err:
+        end_runs_after(tracker, err, run_id)
+        raise
+    tracker.finish(run_id)
 
 
 class RunLogger:

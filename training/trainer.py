@@ -19,7 +19,7 @@ A step whose loss is NaN/inf on any rank is skipped on every rank (decided on th
 so no rank waits in a collective the others skipped) and counted in `train/skipped_steps`.
 
 The export (consolidated weights + EMA) is built by the driver from the final checkpoint
-(`training.launch`), not here: it needs no worker and must not run once per rank.
+(`training.stage_run`), not here: it needs no worker and must not run once per rank.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from typing import Any
 import torch
 
 from training.checkpoints import TrainState, clear_staging, load_checkpoint, resume_point, save_checkpoint
-from training.config import StageConfig
 from training.data_metrics import data_metrics
 from training.drills import maybe_die
 from training.errors import StageConfigError
@@ -50,14 +49,14 @@ log = logging.getLogger("svp.training")
 class Trainer:
     """One worker's run of one stage (see the module docstring)."""
 
-    def __init__(
-        self, job: StageJob, stage: StageConfig, rank: int, world: int, device: torch.device
-    ) -> None:
+    def __init__(self, job: StageJob, rank: int, world: int, device: torch.device) -> None:
         if not job.staging_dir:
-            raise StageConfigError("StageJob.staging_dir is not set (training.launch.run_stage sets it)")
-        self.job, self.stage, self.rank, self.world, self.device = job, stage, rank, world, device
+            raise StageConfigError(
+                "StageJob.staging_dir is not set (training.stage_run.StageRun.job sets it)"
+            )
+        self.job, self.stage, self.rank, self.world, self.device = job, job.stage, rank, world, device
         self.use_gpu = device.type == "cuda"
-        self.bf16 = stage.deepspeed.bf16_enabled(self.use_gpu)
+        self.bf16 = job.stage.deepspeed.bf16_enabled(self.use_gpu)
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.staging_root = Path(job.staging_dir)
         self.tracker = None
@@ -77,12 +76,10 @@ class Trainer:
         """The trainer of this Ray Train worker (its rank, world size and device from Ray Train)."""
         import ray.train
         import ray.train.torch
-        from pydantic import TypeAdapter
 
-        stage = TypeAdapter(StageConfig).validate_python(job.stage)
         context = ray.train.get_context()
         rank, world = context.get_world_rank(), context.get_world_size()
-        return cls(job, stage, rank, world, ray.train.torch.get_device())
+        return cls(job, rank, world, ray.train.torch.get_device())
 
     def run(self) -> None:
         """The stage's steps that are left (all of them on a fresh start)."""

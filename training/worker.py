@@ -1,14 +1,13 @@
 """The Ray Train entry point of a stage: one call of `train_loop_per_worker` per worker process.
 
 It sends this rank's log lines to its own file (`<work_dir>/logs/<pipeline>/<stage>/rank<N>.log`, see
-`training.launch`) and runs the stage's `training.trainer.Trainer`, where the loop and its steps live.
+`training.stage_run`) and runs the stage's `training.trainer.Trainer`, where the loop and its steps live.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from training.job import StageJob
 
@@ -17,13 +16,13 @@ _OWN_HANDLER_LOGGERS = ("DeepSpeed",)
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
-    """Ray Train entry point (see the module docstring)."""
+def train_loop_per_worker(config: dict[str, StageJob]) -> None:
+    """Ray Train entry point (see the module docstring): `config["job"]` is the stage's `StageJob`."""
     import ray.train
 
     from training.trainer import Trainer
 
-    job = StageJob.from_dict(job_dict)
+    job = config["job"]
     rank = ray.train.get_context().get_world_rank()
     handler = attach_rank_log(Path(job.logs_dir), rank) if job.logs_dir else None
     try:

@@ -9,13 +9,16 @@ once the data exists, so a re-filter that leaves the shards unchanged retrains n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from orchestration.console import stage_summary
 from orchestration.pipeline.plan import check_step, decide_curation_step
 from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec, training_pipeline
 from orchestration.pipeline.steps import curate_inputs, filter_inputs, run_curate, run_filter
 from training.stage_plan import SKIP
+
+if TYPE_CHECKING:
+    from training.stage_run import StageResult
 
 
 def run_pipeline_file(
@@ -27,10 +30,11 @@ def run_pipeline_file(
     gpus_per_worker: float = 0,
     max_failures: int = 3,
     echo: Callable[[str], None] = print,
-) -> list[Any]:
+) -> list[StageResult]:
     """Run the steps that need it; returns the training stages' results."""
     from training.pipeline import run_pipeline
-    from training.tracking import Tracker, resolve_tracking_uri
+    from training.preflight import check_no_other_driver
+    from training.tracking import Tracker, ending_run, resolve_tracking_uri
 
     training = training_pipeline(spec)
     names = spec.step_names(training.stage_names)
@@ -39,15 +43,17 @@ def run_pipeline_file(
     forced = set(names[names.index(from_step) :]) if from_step else set()
     selected = {only} if only else set(names)
     work = spec.work
+    stages = [name for name in training.stage_names if name in selected]
+    # Another driver training one of them: refuse before curating into the data it trains on.
+    check_no_other_driver(training, [training.stage(name) for name in stages], work)
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(work), spec.name, work)
     parent = tracker.parent_run()
-    try:
+    with ending_run(tracker, parent):
         curate = curate_inputs(spec)
         curated = _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
         filt = filter_inputs(spec, curate.fingerprint)
         _curation(spec, tracker, parent, STEP_FILTER, filt, run_filter, forced, selected, echo, curated)
-        stages = [name for name in training.stage_names if name in selected]
         results = []
         if stages:
             first_forced = next((n for n in training.stage_names if n in forced), None)
@@ -64,10 +70,6 @@ def run_pipeline_file(
             )
             for result in results:
                 echo(stage_summary(result))
-    except BaseException as err:
-        tracker.finish(parent, error=err)
-        raise
-    tracker.finish(parent)
     return results
 
 

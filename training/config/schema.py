@@ -239,52 +239,6 @@ class StageConfig:
         overrides.setdefault("fused_attention_backward", self.deepspeed.fused_attention_backward)
         return LinearDiTConfig.from_preset(self.model.preset, **overrides)
 
-    def deepspeed_config(self, world_size: int, use_gpu: bool) -> dict[str, Any]:
-        """The DeepSpeed config dict for `deepspeed.initialize`.
-
-        The micro-batch is the largest bucket's batch size: with bucketed batches the real batch varies per
-        step, and DeepSpeed only uses this number for bookkeeping (the loss is a mean per batch).
-        `torch_adam` uses torch's AdamW instead of DeepSpeed's fused op, which would be JIT-compiled on first
-        use (and cannot be on a CPU-only machine).
-        """
-        if world_size < 1:
-            raise UserError(f"world_size must be >= 1, got {world_size}")
-        opt = self.optimizer
-        micro = max(b.batch_size for b in self.buckets)
-        config: dict[str, Any] = {
-            "train_micro_batch_size_per_gpu": micro,
-            "gradient_accumulation_steps": 1,
-            "train_batch_size": micro * world_size,
-            "optimizer": {
-                "type": "AdamW",
-                "params": {
-                    "lr": opt.lr,
-                    "betas": list(opt.betas),
-                    "eps": opt.eps,
-                    "weight_decay": opt.weight_decay,
-                    "torch_adam": True,
-                },
-            },
-            "zero_optimization": {"stage": self.deepspeed.zero_stage},
-            "bf16": {"enabled": self.deepspeed.bf16_enabled(use_gpu)},
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
-        if opt.grad_clip is not None:
-            config["gradient_clipping"] = opt.grad_clip
-        if opt.warmup_steps > 0:
-            # WarmupLR rises linearly to `lr` and then stays there: warm-up then constant.
-            config["scheduler"] = {
-                "type": "WarmupLR",
-                "params": {
-                    "warmup_min_lr": 0.0,
-                    "warmup_max_lr": opt.lr,
-                    "warmup_num_steps": opt.warmup_steps,
-                    "warmup_type": "linear",
-                },
-            }
-        return config
-
     def resolved(self) -> dict[str, Any]:
         """The stage as plain JSON-safe data (what the fingerprint and the MLflow params are made of)."""
         return _STAGE_ADAPTER.dump_python(self, mode="json")

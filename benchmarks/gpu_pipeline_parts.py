@@ -249,9 +249,12 @@ class Recipe:
             out["replayed_max_abs_loss_diff"] = max(
                 (abs(losses[0][s] - losses[1][s]) for s in replayed), default=None
             )
-            # Not lost: the second attempt starts right after the checkpoint; not repeated past it: every step
-            # after the checkpoint of the first attempt was trained again, and the run ends at the last step.
-            out["no_step_lost"] = min(losses[1], default=None) == self.args.checkpoint_every + 1
+            # Nothing lost: the second attempt starts right after the checkpoint it resumed from, and the two
+            # attempts together trained every step from 1 to the last.
+            start = out["resumed_from_step"][0] if out["resumed_from_step"] else None
+            trained = set(losses[0]) | set(losses[1])
+            out["no_step_lost"] = start is not None and min(losses[1], default=None) == start + 1
+            out["no_step_lost"] &= trained == set(range(1, max(trained, default=0) + 1))
             out["last_step"] = max(losses[1], default=None)
         return out
 

@@ -1,7 +1,7 @@
 """Decide what a training stage needs: skip (its export is the output of its current inputs), run (no export
 yet) or rerun (an input changed, the export is incomplete, or the user forced it), with the reason.
 
-Used by `training.launch.run_stage` before it trains, and by `svp pipeline plan`, which decides a whole
+Used by `training.stage_run.StageRun` before it trains, and by `svp pipeline plan`, which decides a whole
 pipeline without running anything: there an upstream stage's fingerprint is the one it will have once it
 has run (its inputs are known), so a change propagates down the chain without training anything.
 """

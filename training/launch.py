@@ -18,6 +18,7 @@ appends its full log to `{work_dir}/logs/{pipeline}/{stage}/rank<N>.log` (`worke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -38,6 +39,7 @@ from training.checkpoints import (
     read_state,
     staging_dir,
 )
+from training.config.schema import StageConfig
 from training.disk_budget import warn_if_disk_short
 from training.drills import FaultInjection, check_drill_allowed
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
@@ -52,8 +54,9 @@ from training.fingerprints import (
 )
 from training.job import StageJob
 from training.progress import stage_progress
+from training.restore import restore_export, restore_lineage
 from training.sampling import export_extra
-from training.stage_plan import SKIP, decide_stage, export_dir_of, stage_dir
+from training.stage_plan import RESTORE, SKIP, StageDecision, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
     TAG_CONFIG,
     TAG_DATASET,
@@ -85,6 +88,7 @@ class StageResult:
     reason: str = ""  # why it was skipped, run or rerun
     checkpoint: str | None = None
     mlflow_run_id: str | None = None
+    restored_from: Path | None = None  # a kept export put back instead of training (`training.restore`)
 
 
 def resolve_work_dir(pipeline: Any, work_dir: str | os.PathLike | None) -> Path:
@@ -204,6 +208,8 @@ def run_stage(
     inputs = decision.inputs
     if decision.action == SKIP:
         return _skipped(stage, export_dir, decision)
+    if decision.action == RESTORE:
+        return _restored(stage, export_dir, decision, tracker, parent_run_id)
     log.info(f"stage {stage.name}: {decision.action}: {decision.reason}")
     init_from = resolve_init_from(pipeline, stage, work_dir)
     use_gpu = gpus_per_worker > 0
@@ -258,6 +264,18 @@ def _skipped(stage: Any, export_dir: Path, decision: Any) -> StageResult:
     log.info(f"stage {stage.name}: skipped, {decision.reason} ({export_dir})")
     fingerprint = decision.inputs.fingerprint
     return StageResult(stage.name, export_dir, True, fingerprint=fingerprint, reason=decision.reason)
+
+
+def _restored(
+    stage: StageConfig, export_dir: Path, decision: StageDecision, tracker: Tracker | None, parent: str | None
+) -> StageResult:
+    """The kept export of exactly these inputs put back (`training.restore`), pointing to its MLflow run."""
+    superseded = restore_export(export_dir, decision.kept)
+    run_id = None
+    if tracker is not None:
+        run_id = restore_lineage(tracker, parent or tracker.parent_run(), stage.name, export_dir, superseded)
+    result = _skipped(stage, export_dir, decision)
+    return dataclasses.replace(result, mlflow_run_id=run_id, restored_from=decision.kept)
 
 
 def _open_runs(

@@ -82,7 +82,7 @@ def run_pipeline(
                 force=stage.name in forced,
                 log_every=log_every,
             )
-            status = "skipped" if result.skipped else "run"
+            status = "restored" if result.restored_from else "skipped" if result.skipped else "run"
             tracker.record_step(parent, stage.name, status, result.fingerprint)
             results.append(result)
     except BaseException as err:

@@ -1,20 +1,28 @@
-"""Run a pipeline file: each step in order, skipped when its fingerprint matches its finished output,
-under one MLflow parent run that records every step as run / skipped with its fingerprint.
+"""Run a pipeline file: execute its plan (`orchestration.pipeline.plan`), step by step, under one MLflow
+parent run that records every step as run / rerun / skipped / restored with its fingerprint.
 
 Runs on the Ray this process is connected to (`orchestration.ray_connect`; inside a Ray job, the job's
-cluster). Training stages go through `training.pipeline.run_pipeline`, which applies the same rule per stage
-once the data exists, so a re-filter that leaves the shards unchanged retrains nothing.
+cluster). The curation steps run as planned. The training stages go through
+`training.pipeline.run_pipeline`, whose stages decide with the same `training.stage_plan.StageStep` rule:
+the same decision as the plan, except for a stage the plan said waits for the data ("decided again once it
+has run"), which is now decided on the rewritten shards, so a re-filter that leaves them unchanged
+retrains nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-from orchestration.pipeline.plan import check_step, decide_curation_step
-from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec, training_pipeline
-from orchestration.pipeline.steps import curate_inputs, filter_inputs, run_curate, run_filter
-from training.stage_plan import SKIP
+from orchestration.pipeline.plan import check_step, forced_steps, pipeline_steps
+from orchestration.pipeline.spec import PipelineSpec, training_pipeline
+from orchestration.pipeline.steps import CurationStep
+from training.config.schema import PipelineConfig
+from training.step_engine import Action, Decision, plan, runs
+
+if TYPE_CHECKING:
+    from training.launch import StageResult
+    from training.tracking import Tracker
 
 
 def run_pipeline_file(
@@ -26,7 +34,7 @@ def run_pipeline_file(
     gpus_per_worker: float = 0,
     max_failures: int = 3,
     echo: Callable[[str], None] = print,
-) -> list[Any]:
+) -> list[StageResult]:
     """Run the steps that need it; returns the training stages' results."""
     from training.pipeline import run_pipeline
     from training.tracking import Tracker, resolve_tracking_uri
@@ -35,21 +43,20 @@ def run_pipeline_file(
     names = spec.step_names(training.stage_names)
     check_step(from_step, names, "--from")
     check_step(only, names, "--only")
-    forced = set(names[names.index(from_step) :]) if from_step else set()
-    selected = {only} if only else set(names)
+    forced = forced_steps(names, from_step)
     work = spec.work
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(work), spec.name, work)
     parent = tracker.parent_run()
     try:
-        curate = curate_inputs(spec)
-        curated = _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
-        filt = filter_inputs(spec, curate.fingerprint)
-        _curation(spec, tracker, parent, STEP_FILTER, filt, run_filter, forced, selected, echo, curated)
-        stages = [name for name in training.stage_names if name in selected]
+        steps = pipeline_steps(spec, training)
+        decisions = plan(steps, forced=forced, only=only)
+        for step, decision in zip(steps, decisions, strict=True):
+            if isinstance(step, CurationStep):
+                _curation(step, decision, tracker, parent, echo)
+        stages = _stages_to_train(training, decisions)
         results = []
         if stages:
-            first_forced = next((n for n in training.stage_names if n in forced), None)
             results = run_pipeline(
                 training,
                 stages=stages,
@@ -57,12 +64,12 @@ def run_pipeline_file(
                 gpus_per_worker=gpus_per_worker,
                 work_dir=work,
                 max_failures=max_failures,
-                force_from=first_forced,
+                force_from=next((n for n in training.stage_names if n in forced), None),
                 tracker=tracker,
                 parent_run_id=parent,
             )
             for result in results:
-                echo(f"{result.stage}: {'skipped' if result.skipped else 'trained'} ({result.reason})")
+                echo(f"{result.stage}: {_done(result)} ({result.reason})")
     except BaseException as err:
         tracker.finish(parent, error=err)
         raise
@@ -70,16 +77,23 @@ def run_pipeline_file(
     return results
 
 
-def _curation(spec, tracker, parent, step, inputs, runner, forced, selected, echo, upstream=None):
-    """Run or skip one curation step (saying which and why); returns its plan (None when not selected)."""
-    if step not in selected:
-        return None
-    plan = decide_curation_step(spec, step, inputs, step in forced, upstream)
-    if plan.action == SKIP:
-        echo(f"{step}: skipped ({plan.reason})")
-        tracker.record_step(parent, step, "skipped", inputs.fingerprint)
-        return plan
-    echo(f"{step}: {plan.action} ({plan.reason})")
-    runner(spec, inputs)
-    tracker.record_step(parent, step, plan.action, inputs.fingerprint)
-    return plan
+def _stages_to_train(training: PipelineConfig, decisions: list[Decision]) -> list[str]:
+    selected = {d.step for d in decisions if d.action != Action.NOT_SELECTED}
+    return [name for name in training.stage_names if name in selected]
+
+
+def _done(result: StageResult) -> str:
+    return "restored" if result.restored_from else "skipped" if result.skipped else "trained"
+
+
+def _curation(step: CurationStep, decision: Decision, tracker: Tracker, parent: str, echo) -> None:
+    """Execute one curation step's decision (saying which and why) and record it on the parent run."""
+    if decision.action == Action.NOT_SELECTED:
+        return
+    if not runs(decision):
+        echo(f"{step.name}: skipped ({decision.reason})")
+        tracker.record_step(parent, step.name, "skipped", decision.fingerprint)
+        return
+    echo(f"{step.name}: {decision.action} ({decision.reason})")
+    step.execute(decision)
+    tracker.record_step(parent, step.name, str(decision.action), decision.fingerprint)

@@ -16,6 +16,7 @@ resumes per source (`OUT/.svp-work`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from curation.atomic import atomic_write_text, fsync_dir
 from orchestration.pipeline.outputs import describe_output, output_problem
 from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec
 from training.fingerprints import digest, platform_version
+from training.step_engine import Decision, Facts, runs
 
 RECORDS_DIR = ".svp-steps"
 
@@ -112,15 +114,48 @@ def write_record(spec: PipelineSpec, inputs: StepInputs) -> None:
     atomic_write_text(_record_path(spec, inputs.step), json.dumps(record, indent=2, sort_keys=True))
 
 
-def explain(old: dict[str, Any] | None, new: StepInputs) -> str:
-    if not old:
-        return "no finished output yet"
+def changed_inputs(old: dict[str, Any], new: StepInputs) -> str:
+    """Which inputs differ from the record's: `thresholds 1a2b… -> 3c4d…`."""
+    recorded = old.get("inputs", {})
     changed = [
-        f"{key} {old.get('inputs', {}).get(key)} -> {value}"
+        f"{key} {recorded.get(key)} -> {value}"
         for key, value in new.values.items()
-        if old.get("inputs", {}).get(key) != value
+        if recorded.get(key) != value
     ]
-    return f"fingerprint {old.get('fingerprint')} -> {new.fingerprint}: " + ("; ".join(changed) or "scheme")
+    return "; ".join(changed) or "scheme"
+
+
+@dataclass(frozen=True)
+class CurationStep:
+    """A curation step as a `training.step_engine.Step`: its inputs, its record, and the step whose run
+    rewrites its input (the filter step's: curate), which makes it run too."""
+
+    spec: PipelineSpec
+    inputs: StepInputs
+    runner: Callable[[PipelineSpec, StepInputs], dict]
+    upstream: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.inputs.step
+
+    def facts(self, earlier: Mapping[str, Decision]) -> Facts:
+        record, problem = check_record(self.spec, self.name)
+        pending = ""
+        if self.upstream is not None and runs(earlier.get(self.upstream)):
+            pending = f"step {self.upstream} runs first (it rewrites the clips table)"
+        return Facts(
+            fingerprint=self.inputs.fingerprint,
+            recorded=record.get("fingerprint") if record is not None else None,
+            exists=record is not None,
+            problem=problem or "",
+            pending=pending,
+            changed=lambda: changed_inputs(record or {}, self.inputs),
+        )
+
+    def execute(self, decision: Decision) -> dict | None:
+        """Run the step unless the decision skips it; None when it did not run."""
+        return None if not runs(decision) else self.runner(self.spec, self.inputs)
 
 
 def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:

@@ -31,7 +31,18 @@ def finished_pipeline(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
     path = make_pipeline(folder, videos=2)
     assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "run")
-    assert main(["pipeline", "run", str(path)]) == 0
+    import curation.publish
+
+    published = []  # curation publishes once: the curate step scores, the filter step writes the shards
+    real_write_shards = curation.publish.write_shards
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            curation.publish,
+            "write_shards",
+            lambda *a, **k: published.append(a[0]) or real_write_shards(*a, **k),
+        )
+        assert main(["pipeline", "run", str(path)]) == 0
+    assert len(published) == 1, published
     return folder
 
 
@@ -115,7 +126,7 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
     """What a job stopped during the filter step leaves (an index written empty, a shard gone, a forced
     rerun cut between the shards and the clips table) is never skipped as finished: `run` redoes the step,
     saying why, and gives the same shards."""
-    import curation.refilter
+    import curation.publish
     from curation.format import INDEX_FILE, SHARDS_DIR
     from curation.shard_index import INDEX_SCHEMA
     from curation.tables import write_table_atomic
@@ -150,8 +161,8 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
         real_write_shards(*args, **kwargs)
         raise KeyboardInterrupt
 
-    real_write_shards = curation.refilter.write_shards
-    monkeypatch.setattr(curation.refilter, "write_shards", stopped_after_shards)
+    real_write_shards = curation.publish.write_shards
+    monkeypatch.setattr(curation.publish, "write_shards", stopped_after_shards)
     stopped = main(["pipeline", "run", str(path), "--from", "filter", "--only", "filter"])
     assert stopped != 0
     monkeypatch.undo()
@@ -176,11 +187,12 @@ def test_failed_source_is_retried_not_skipped(ray_session, tmp_path, capsys):
 
     plan = actions(path)
     assert plan["curate"][0] == "rerun" and "1 of 2 sources failed" in plan["curate"][1], plan["curate"]
-    assert plan["filter"] == ("run", "step curate runs first (it rewrites the shards)"), plan["filter"]
+    assert plan["filter"] == ("run", "step curate runs first (it rewrites the clips table)"), plan["filter"]
     capsys.readouterr()
     assert main(["pipeline", "run", str(path), "--only", "curate"]) == 0
     assert "curate: rerun (output incomplete: 1 of 2 sources failed" in capsys.readouterr().out
     sources = pd.read_parquet(tmp_path / "work" / "pipe" / "curated" / "sources.parquet")
     assert list(sources["status"]) == ["ok", "ok"]
+    assert not (tmp_path / "work" / "pipe" / "curated" / "shards").exists()  # scored, not published
     plan = actions(path)
     assert plan["curate"][0] == "skip" and plan["filter"] == ("run", "no finished output yet"), plan

@@ -4,7 +4,8 @@
   it reruns whenever it runs again (`orchestration.pipeline.outputs` says when its output is complete).
 - filter: the curate step's fingerprint (the clips table it wrote) + the thresholds (what they mean, as
   hashed in the curation report) + the shard settings (+ platform version); it reruns whenever the curate
-  step runs. It runs the existing re-filter (`curation.refilter`).
+  step runs. It runs the re-filter (`curation.refilter`), which publishes the folder: the curate step
+  only scores (sources and clips tables), so the shards are written once per pipeline run.
 
 Each record (`OUT/.svp-steps/<step>.json`) is removed before its step (or the step upstream) rewrites the
 output and written last, atomically, once the step finished, with a summary of its output; a step is
@@ -161,8 +162,9 @@ class CurationStep:
 def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.pipeline import run_curation
 
-    forget_records(spec, STEP_CURATE, STEP_FILTER)  # curation rewrites the filter step's shards too
-    report = run_curation(spec.path(spec.curate.input), spec.curated, _curation_config(spec))
+    forget_records(spec, STEP_CURATE, STEP_FILTER)  # a new clips table: the filter step publishes again
+    # Scores only: the filter step publishes the shards once, with its own thresholds (`curation.publish`).
+    report = run_curation(spec.path(spec.curate.input), spec.curated, _curation_config(spec), publish=False)
     write_record(spec, inputs)
     return report
 

@@ -7,6 +7,8 @@ second stage's lr → only that stage; `--from` → that step onward; a half-wri
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -169,6 +171,50 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
     assert actions(path)["filter"] == ("run", "no finished output yet")
     assert main(["pipeline", "run", str(path)]) == 0
     assert actions(path)["filter"][0] == "skip"
+
+
+def test_encode_step_runs_between_filter_and_stages_and_is_skipped_after(finished_pipeline, capsys):
+    """An `encode:` block adds `svp encode` as a step: planned after the filter step, the stage it encodes
+    waits for it and then trains from the latents; run again, everything is skipped."""
+    from training.data import StageData
+    from training.fingerprints import export_record
+    from training.latent_store import ENCODING_FILE, encoding_id, encoding_identity, latents_folder
+
+    path = write_pipeline(finished_pipeline, encode={"stages": ["vidoe"]})
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "encode.stages: no stage 'vidoe'" in err, err
+    path = write_pipeline(finished_pipeline, encode={"stages": ["video"], "batch_size": 2})
+    plan = actions(path)
+    assert list(plan) == ["curate", "filter", "encode", "image", "video"]
+    assert [a for a, _ in plan.values()] == ["skip", "skip", "run", "skip", "rerun"], plan
+    assert "step encode" in plan["video"][1]
+    capsys.readouterr()
+    assert main(["pipeline", "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "encode: run" in out and "image: skipped" in out and "video: trained" in out, out
+
+    spec = load_spec(path)
+    stage = spec_stage(spec, "video")
+    shards = spec.curated / "shards"
+    assert (
+        Path(latents_folder(str(shards), encoding_id(encoding_identity(stage)))) / ENCODING_FILE
+    ).is_file()
+    trained_on = export_record(spec.work / "pipe" / "video" / "export")[0]["dataset"]
+    assert (
+        trained_on
+        == StageData(stage).dataset_fingerprint()
+        != StageData(stage.replace(latents="off")).dataset_fingerprint()
+    )
+    assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(
+        [*STEPS[:2], "encode", *STEPS[2:]], "skip"
+    )
+
+
+def spec_stage(spec, name):
+    from orchestration.pipeline.spec import training_pipeline
+
+    return training_pipeline(spec).stage(name)
 
 
 def test_failed_source_is_retried_not_skipped(ray_session, tmp_path, capsys):

@@ -128,9 +128,9 @@ class StageStep:
     def inputs(self, earlier: Mapping[str, Decision]) -> tuple[StageInputs | None, str]:
         upstream = {name: d.fingerprint for name, d in earlier.items() if name in self.pipeline.stage_names}
         pending = self.data_pending
-        if any(runs(earlier.get(name)) for name in self.data_from):
-            last = self.data_from[-1]
-            pending = f"its data is rewritten by step {last} first (decided again once it has run)"
+        rewriting = [name for name in self.data_from if runs(earlier.get(name))]
+        if rewriting:  # the last one writes what the stage reads (shards, latents)
+            pending = f"its data is rewritten by step {rewriting[-1]} first (decided again once it has run)"
         return stage_inputs(self.pipeline, self.stage, self.work_dir, upstream=upstream, data_pending=pending)
 
     def facts(self, earlier: Mapping[str, Decision]) -> Facts:

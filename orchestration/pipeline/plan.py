@@ -1,6 +1,6 @@
 """Decide every step of a pipeline file — skip, run, rerun or restore, and why — without running anything.
 
-The steps (curate, filter, each training stage) are `training.step_engine.Step`s decided in order by the one
+The steps (curate, filter, encode when the file has an `encode:` block, each training stage) are `training.step_engine.Step`s decided in order by the one
 rule (`training.step_engine.decide`); `svp pipeline run` executes this very plan. A step reruns when its
 fingerprint changed (or its output is incomplete), and so does everything downstream: the filter step's
 inputs include the curate step's fingerprint; a training stage's data is the filter step's output, so when
@@ -13,8 +13,10 @@ have. `from_step` forces that step and every later one; `only` limits the plan t
 from __future__ import annotations
 
 from model.errors import UserError
+from orchestration.pipeline.encode_step import encode_step, encoded_stages
 from orchestration.pipeline.spec import (
     STEP_CURATE,
+    STEP_ENCODE,
     STEP_FILTER,
     PipelineSpec,
     reads_curated,
@@ -34,16 +36,22 @@ def check_step(name: str | None, names: list[str], option: str) -> None:
 
 
 def pipeline_steps(spec: PipelineSpec, training: PipelineConfig) -> list[Step]:
-    """The file's steps in order: curate, filter, then the training stages (those reading the curated
-    folder wait for the curation steps)."""
+    """The file's steps in order: curate, filter, encode (with an `encode:` block), then the training stages
+    (those reading the curated folder wait for the curation steps, those encoded for the encode step too)."""
     curate = curate_inputs(spec)
+    filt = filter_inputs(spec, curate.fingerprint)
     steps: list[Step] = [
         CurationStep(spec, curate, run_curate),
-        CurationStep(spec, filter_inputs(spec, curate.fingerprint), run_filter, upstream=STEP_CURATE),
+        CurationStep(spec, filt, run_filter, upstream=STEP_CURATE),
     ]
-    data_steps = (STEP_CURATE, STEP_FILTER)
+    encoded: set[str] = set()
+    if spec.encode is not None:
+        steps.append(encode_step(spec, training, filt.fingerprint))
+        encoded = {stage.name for stage in encoded_stages(spec, training)}
     for stage in training.stages:
-        data_from = data_steps if reads_curated(spec, stage) else ()
+        data_from: tuple[str, ...] = ()
+        if reads_curated(spec, stage):
+            data_from = (STEP_CURATE, STEP_FILTER, *([STEP_ENCODE] if stage.name in encoded else []))
         steps.append(StageStep(training, stage, spec.work, data_from=data_from))
     return steps
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from curation.atomic import atomic_write_text, fsync_dir
 from orchestration.pipeline.outputs import describe_output, output_problem
-from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec
+from orchestration.pipeline.spec import STEP_CURATE, STEP_ENCODE, STEP_FILTER, PipelineSpec
 from training.fingerprints import digest, platform_version
 from training.step_engine import Decision, Facts, runs
 
@@ -109,9 +109,11 @@ def forget_records(spec: PipelineSpec, *steps: str) -> None:
         fsync_dir(folder)
 
 
-def write_record(spec: PipelineSpec, inputs: StepInputs) -> None:
-    """Written last, once the step's output is complete, atomically (the old record or the new one)."""
-    record = inputs.record() | {"output": describe_output(spec.curated, inputs.step)}
+def write_record(spec: PipelineSpec, inputs: StepInputs, output: dict[str, Any] | None = None) -> None:
+    """Written last, once the step's output is complete, atomically (the old record or the new one).
+    `output`: the summary of what the step wrote (default: `describe_output` of the curated folder)."""
+    output = output if output is not None else describe_output(spec.curated, inputs.step)
+    record = inputs.record() | {"output": output}
     atomic_write_text(_record_path(spec, inputs.step), json.dumps(record, indent=2, sort_keys=True))
 
 
@@ -133,7 +135,7 @@ class CurationStep:
 
     spec: PipelineSpec
     inputs: StepInputs
-    runner: Callable[[PipelineSpec, StepInputs], dict]
+    runner: Callable[[PipelineSpec, StepInputs], object]
     upstream: str | None = None
 
     @property
@@ -154,7 +156,7 @@ class CurationStep:
             changed=lambda: changed_inputs(record or {}, self.inputs),
         )
 
-    def execute(self, decision: Decision) -> dict | None:
+    def execute(self, decision: Decision) -> object:
         """Run the step unless the decision skips it; None when it did not run."""
         return None if not runs(decision) else self.runner(self.spec, self.inputs)
 
@@ -162,7 +164,7 @@ class CurationStep:
 def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.pipeline import run_curation
 
-    forget_records(spec, STEP_CURATE, STEP_FILTER)  # a new clips table: the filter step publishes again
+    forget_records(spec, STEP_CURATE, STEP_FILTER, STEP_ENCODE)  # a new clips table: publish, encode again
     # Scores only: the filter step publishes the shards once, with its own thresholds (`curation.publish`).
     report = run_curation(spec.path(spec.curate.input), spec.curated, _curation_config(spec), publish=False)
     write_record(spec, inputs)
@@ -172,7 +174,7 @@ def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
 def run_filter(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.refilter import refilter
 
-    forget_records(spec, STEP_FILTER)
+    forget_records(spec, STEP_FILTER, STEP_ENCODE)  # new shards: their latents are encoded again
     report = refilter(
         spec.curated, spec.path(spec.filter.thresholds), shard_config=_curation_config(spec).shards
     )

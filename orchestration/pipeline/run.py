@@ -86,7 +86,9 @@ def _done(result: StageResult) -> str:
     return "restored" if result.restored_from else "skipped" if result.skipped else "trained"
 
 
-def _curation(step: CurationStep, decision: Decision, tracker: Tracker, parent: str, echo) -> None:
+def _curation(
+    step: CurationStep, decision: Decision, tracker: Tracker, parent: str, echo: Callable[[str], None]
+) -> None:
     """Execute one curation step's decision (saying which and why) and record it on the parent run."""
     if decision.action == Action.NOT_SELECTED:
         return

@@ -7,6 +7,7 @@ second stage's lr → only that stage; `--from` → that step onward; a half-wri
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -175,7 +176,8 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
 
 def test_encode_step_runs_between_filter_and_stages_and_is_skipped_after(finished_pipeline, capsys):
     """An `encode:` block adds `svp encode` as a step: planned after the filter step, the stage it encodes
-    waits for it and then trains from the latents; run again, everything is skipped."""
+    waits for it and then trains from the latents; run again, everything is skipped. Taken out again, the
+    stage's earlier export is restored, not retrained."""
     from training.data import StageData
     from training.fingerprints import export_record
     from training.latent_store import ENCODING_FILE, encoding_id, encoding_identity, latents_folder
@@ -209,6 +211,29 @@ def test_encode_step_runs_between_filter_and_stages_and_is_skipped_after(finishe
     assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(
         [*STEPS[:2], "encode", *STEPS[2:]], "skip"
     )
+
+    # Without the encode block and its latents the stage reads pixels again: the export it had then is
+    # kept, so it is restored (the plan says from where), not retrained, and MLflow points to the run that
+    # trained it.
+    path = write_pipeline(finished_pipeline)
+    shutil.rmtree(shards / "latents")
+    kept = spec.work / "pipe" / "video" / "exports"
+    capsys.readouterr()
+    assert main(["pipeline", "plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ["video", "restore", "restore", "from"] in [line.split()[:4] for line in out.splitlines()], out
+    assert f"restore from {kept}/" in out, out
+    assert main(["pipeline", "run", str(path)]) == 0
+    assert "video: restored (restore from" in capsys.readouterr().out
+    assert export_record(spec.work / "pipe" / "video" / "export")[0]["dataset"] != trained_on
+    client = MlflowClient(f"sqlite:///{spec.work / 'mlflow.db'}")
+    parent = client.search_runs(
+        [client.get_experiment_by_name("pipe").experiment_id], filter_string="tags.`svp.stage` = '-'"
+    )[0]
+    assert parent.data.tags["svp.step.video.status"] == "restored"
+    trained_by = client.get_run(parent.data.tags["svp.step.video.run_id"])
+    assert trained_by.data.tags["svp.stage_fingerprint"] == parent.data.tags["svp.step.video.fingerprint"]
+    assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "skip")
 
 
 def spec_stage(spec, name):

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from model.config_paths import resolve_config_path
 from model.errors import UserError
+from training.config.schema import PipelineConfig, StageConfig
 
 STEP_CURATE, STEP_FILTER, STEP_ENCODE = "curate", "filter", "encode"
 
@@ -179,7 +180,7 @@ def settle_files(spec: PipelineSpec) -> PipelineSpec:
     return load_spec(target / Path(spec.source).name, spec.overrides)
 
 
-def training_pipeline(spec: PipelineSpec) -> Any:
+def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites)."""
     from training.config import load_preset
@@ -204,7 +205,7 @@ def training_pipeline(spec: PipelineSpec) -> Any:
         raise UserError(f"{spec.source}: training.{err}") from None
 
 
-def reads_curated(spec: PipelineSpec, stage: Any) -> bool:
+def reads_curated(spec: PipelineSpec, stage: StageConfig) -> bool:
     """Whether a training stage reads the curate/filter steps' output (its folder or its shards)."""
     curated = spec.curated.resolve()
     for entry in stage.data:

@@ -28,10 +28,11 @@ import ray
 from curation import aesthetic, captions
 from curation.atomic import atomic_write_text
 from curation.config import CurationConfig
-from curation.report import finish_report
+from curation.publish import filtered
+from curation.publish import publish as publish_folder
+from curation.report import build_report
 from curation.resume import ResumeState
 from curation.scorer_resources import scorer_share
-from curation.shards import mark_transcode_failures, transcode_failures, write_shards
 from curation.sources import SourceEntry, fingerprint, list_sources, open_source
 from curation.stage_guard import GuardedStage, StageHealth, raise_if_broken
 from curation.tables import (
@@ -46,11 +47,9 @@ from curation.tables import (
 )
 from curation.thresholds import (
     Thresholds,
-    apply_thresholds,
     check_score_columns,
     default_thresholds,
     load_thresholds,
-    record_thresholds,
 )
 from curation.thumbs import write_thumbs
 from curation.worker import SourceLedger, process_source
@@ -324,9 +323,12 @@ def run_curation(
     config: CurationConfig | None = None,
     *,
     request: CurationRequest | None = None,
+    publish: bool = True,
 ) -> dict:
     """Curate `input` into `output` (see DESIGN.md for the folder layout) on the connected Ray; returns the
-    report. `request`: the result of `check_curation` for the same arguments (else it is made here)."""
+    report. `request`: the result of `check_curation` for the same arguments (else it is made here).
+    `publish=False` scores only: `sources.parquet` and the scores in `clips.parquet`, no shards (a pipeline's
+    filter step publishes them with its own thresholds); the report is returned, not written."""
     req = request or check_curation(input, output, config)
     cfg, out, thresholds, listing, stages = req.cfg, req.out, req.thresholds, req.listing, req.stages
     state = ResumeState(out, cfg.scoring_fingerprint())
@@ -339,14 +341,13 @@ def run_curation(
     )
     require_ray()
     failed = _score_sources(pending, cfg, stages, state) if pending else []
-    sources, table = _assemble(listing, state, failed)
-    table = apply_thresholds(table, thresholds)
-    write_table_atomic(sources_table(sources), out / SOURCES_FILE)
-    record_thresholds(out, thresholds)
-    write_shards(out, table[table["kept"]].reset_index(drop=True), cfg.shards)
-    table = mark_transcode_failures(table, transcode_failures(out))
-    write_table_atomic(clips_table(table), out / CLIPS_FILE)
-    return finish_report(out, sources_table(sources).to_pandas(), table, thresholds)
+    rows, table = _assemble(listing, state, failed)
+    write_table_atomic(sources_table(rows), out / SOURCES_FILE)
+    sources = sources_table(rows).to_pandas()
+    if not publish:
+        write_table_atomic(clips_table(table), out / CLIPS_FILE)
+        return build_report(sources, filtered(table, thresholds), thresholds)
+    return publish_folder(out, sources, table, thresholds, cfg.shards)
 
 
 def _assemble(

@@ -1,7 +1,7 @@
 """Re-filter a finished curation output with new thresholds (`svp curate filter OUT --thresholds FILE`).
 
 Scores are already in `clips.parquet`, so nothing is decoded for scoring: the thresholds are applied to the
-table, and only the shards change. Transcoded clips stay in `OUT/shards/.transcoded/` whether the thresholds
+table, and only the shards change (`curation.publish`, the one writer of shards, index, tables and report). Transcoded clips stay in `OUT/shards/.transcoded/` whether the thresholds
 keep them or not (see `curation.shards`), so a clip is transcoded once, however often it is dropped and
 taken back, and shards whose content did not change are not rewritten. `dry_run` reports what the thresholds
 would keep without writing anything; `prune_transcodes` removes the transcodes of clips no shard holds.
@@ -18,31 +18,11 @@ import pandas as pd
 
 from curation.atomic import atomic_write_bytes
 from curation.format import INDEX_FILE, SHARDS_DIR
-from curation.report import build_report, finish_report
-from curation.shards import (
-    MANIFEST_FILE,
-    TRANSCODED_DIR,
-    ShardConfig,
-    mark_transcode_failures,
-    read_shard_config,
-    transcode_failures,
-    write_shards,
-)
-from curation.tables import CLIPS_FILE, SOURCES_FILE, clips_table, read_table, write_table_atomic
-from curation.thresholds import apply_thresholds, load_thresholds, record_thresholds
-
-
-def _with_uris(clips: pd.DataFrame, sources: pd.DataFrame) -> pd.DataFrame:
-    """Clips tables written without `uri` get it from sources.parquet (one row per source)."""
-    if "uri" in clips.columns:
-        return clips
-    uris = sources.drop_duplicates("source_id").set_index("source_id")["uri"]
-    out = clips.copy()
-    out["uri"] = out["source_id"].map(uris)
-    lost = out.loc[out["uri"].isna(), "source_id"].unique().tolist()
-    if lost:
-        raise ValueError(f"{CLIPS_FILE}: clips of source {lost[0]} have no uri in {SOURCES_FILE}")
-    return out
+from curation.publish import filtered, publish
+from curation.report import build_report
+from curation.shards import MANIFEST_FILE, TRANSCODED_DIR, ShardConfig, read_shard_config
+from curation.tables import CLIPS_FILE, SOURCES_FILE, read_table
+from curation.thresholds import load_thresholds
 
 
 def refilter(
@@ -63,19 +43,11 @@ def refilter(
             raise FileNotFoundError(f"{out} has no {name}: run `svp curate` into it first")
     thresholds = load_thresholds(thresholds_path, overrides)  # what is recorded: the file with its --set keys
     sources = read_table(out / SOURCES_FILE)
-    clips = read_table(out / CLIPS_FILE).drop(columns=["kept", "filtered_by"], errors="ignore")
-    clips = apply_thresholds(clips, thresholds)
+    clips = read_table(out / CLIPS_FILE)
     if dry_run:
-        return build_report(sources, clips, thresholds)
+        return build_report(sources, filtered(clips, thresholds), thresholds)
     cfg = shard_config or read_shard_config(out) or ShardConfig()
-    kept = _with_uris(clips[clips["kept"]].reset_index(drop=True), sources)
-    # Shards first: if this is interrupted, clips.parquet still describes the shards of the last
-    # complete filter, and running the same command again finishes the job.
-    write_shards(out, kept, cfg, use_ray=use_ray)
-    clips = mark_transcode_failures(clips, transcode_failures(out))
-    write_table_atomic(clips_table(clips), out / CLIPS_FILE)
-    record_thresholds(out, thresholds)
-    return finish_report(out, sources, clips, thresholds)
+    return publish(out, sources, clips, thresholds, cfg, use_ray=use_ray)
 
 
 def prune_transcodes(out_dir: str | os.PathLike) -> tuple[int, int]:

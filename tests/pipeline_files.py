@@ -11,9 +11,11 @@ from curation.synth import VIDEOS_DIR, make_corpus
 KEEP_ALL = {"scores": {}, "caption": {"require_caption": False, "max_caption_issues": None}}
 
 
-def write_pipeline(folder: Path, input: str | None = None, **training_overrides) -> Path:
-    """`folder/pipeline.yaml`: curate `input` (default folder/raw/videos) → filter → tiny stages image and
-    video at one step each (no warm-up, no samples)."""
+def write_pipeline(
+    folder: Path, input: str | None = None, encode: dict | None = None, **training_overrides
+) -> Path:
+    """`folder/pipeline.yaml`: curate `input` (default folder/raw/videos) → filter → (encode, when given) →
+    tiny stages image and video at one step each (no warm-up, no samples)."""
     overrides = {
         "stages.*.steps": 1,
         "stages.*.checkpoint.every": 1,
@@ -28,6 +30,8 @@ def write_pipeline(folder: Path, input: str | None = None, **training_overrides)
         "filter": {"thresholds": "thresholds.yaml"},
         "training": {"preset": "tiny", "stages": ["image", "video"], "overrides": overrides},
     }
+    if encode is not None:
+        spec["encode"] = encode
     if not (folder / "thresholds.yaml").exists():
         (folder / "thresholds.yaml").write_text(yaml.safe_dump(KEEP_ALL))
     if not (folder / "curate.yaml").exists():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -34,9 +36,20 @@ def finished_pipeline(ray_session, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
     path = make_pipeline(folder, videos=2)
     assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "run")
+    import curation.publish
+
+    published = []  # curation publishes once: the curate step scores, the filter step writes the shards
+    real_write_shards = curation.publish.write_shards
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):  # capsys is per test; this fixture runs once for the module
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        # (redirect_stdout: capsys is per test; this fixture runs once for the module)
+        patch.setattr(
+            curation.publish,
+            "write_shards",
+            lambda *a, **k: published.append(a[0]) or real_write_shards(*a, **k),
+        )
         assert main(["pipeline", "run", str(path)]) == 0
+    assert len(published) == 1, published
     # Each stage says what became of it, as `svp train` does: trained, why, and where its export is.
     export = (folder / "work" / "pipe" / "image" / "export").resolve()
     assert f"image: trained (no export yet) and exported to {export}" in out.getvalue(), out.getvalue()
@@ -162,7 +175,7 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
     """What a job stopped during the filter step leaves (an index written empty, a shard gone, a forced
     rerun cut between the shards and the clips table) is never skipped as finished: `run` redoes the step,
     saying why, and gives the same shards."""
-    import curation.refilter
+    import curation.publish
     from curation.format import INDEX_FILE, SHARDS_DIR
     from curation.shard_index import INDEX_SCHEMA
     from curation.tables import write_table_atomic
@@ -197,14 +210,82 @@ def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipelin
         real_write_shards(*args, **kwargs)
         raise KeyboardInterrupt
 
-    real_write_shards = curation.refilter.write_shards
-    monkeypatch.setattr(curation.refilter, "write_shards", stopped_after_shards)
+    real_write_shards = curation.publish.write_shards
+    monkeypatch.setattr(curation.publish, "write_shards", stopped_after_shards)
     stopped = main(["pipeline", "run", str(path), "--from", "filter", "--only", "filter"])
     assert stopped != 0
     monkeypatch.undo()
     assert actions(path)["filter"] == ("run", "no finished output yet")
     assert main(["pipeline", "run", str(path)]) == 0
     assert actions(path)["filter"][0] == "skip"
+
+
+def test_encode_step_runs_between_filter_and_stages_and_is_skipped_after(finished_pipeline, capsys):
+    """An `encode:` block adds `svp encode` as a step: planned after the filter step, the stage it encodes
+    waits for it and then trains from the latents; run again, everything is skipped. Taken out again, the
+    stage's earlier export is restored, not retrained."""
+    from training.data import StageData
+    from training.fingerprints import export_record
+    from training.latent_store import ENCODING_FILE, encoding_id, encoding_identity, latents_folder
+
+    path = write_pipeline(finished_pipeline, encode={"stages": ["vidoe"]})
+    assert main(["pipeline", "plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "encode.stages: no stage 'vidoe'" in err, err
+    path = write_pipeline(finished_pipeline, encode={"stages": ["video"], "batch_size": 2})
+    plan = actions(path)
+    assert list(plan) == ["curate", "filter", "encode", "image", "video"]
+    assert [a for a, _ in plan.values()] == ["skip", "skip", "run", "skip", "rerun"], plan
+    assert "step encode" in plan["video"][1]
+    capsys.readouterr()
+    assert main(["pipeline", "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "encode: run" in out and "image: skipped" in out and "video: trained" in out, out
+
+    spec = load_spec(path)
+    stage = spec_stage(spec, "video")
+    shards = spec.curated / "shards"
+    assert (
+        Path(latents_folder(str(shards), encoding_id(encoding_identity(stage)))) / ENCODING_FILE
+    ).is_file()
+    trained_on = export_record(spec.work / "pipe" / "video" / "export")[0]["dataset"]
+    assert (
+        trained_on
+        == StageData(stage).dataset_fingerprint()
+        != StageData(stage.replace(latents="off")).dataset_fingerprint()
+    )
+    assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(
+        [*STEPS[:2], "encode", *STEPS[2:]], "skip"
+    )
+
+    # Without the encode block and its latents the stage reads pixels again: the export it had then is
+    # kept, so it is restored (the plan says from where), not retrained, and MLflow points to the run that
+    # trained it.
+    path = write_pipeline(finished_pipeline)
+    shutil.rmtree(shards / "latents")
+    kept = spec.work / "pipe" / "video" / "exports"
+    capsys.readouterr()
+    assert main(["pipeline", "plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ["video", "restore", "restore", "from"] in [line.split()[:4] for line in out.splitlines()], out
+    assert f"restore from {kept}/" in out, out
+    assert main(["pipeline", "run", str(path)]) == 0
+    assert "video: restored (restore from" in capsys.readouterr().out
+    assert export_record(spec.work / "pipe" / "video" / "export")[0]["dataset"] != trained_on
+    client = MlflowClient(f"sqlite:///{spec.work / 'mlflow.db'}")
+    parent = client.search_runs(
+        [client.get_experiment_by_name("pipe").experiment_id], filter_string="tags.`svp.stage` = '-'"
+    )[0]
+    assert parent.data.tags["svp.step.video.status"] == "restored"
+    trained_by = client.get_run(parent.data.tags["svp.step.video.run_id"])
+    assert trained_by.data.tags["svp.stage_fingerprint"] == parent.data.tags["svp.step.video.fingerprint"]
+    assert {s: a for s, (a, _) in actions(path).items()} == dict.fromkeys(STEPS, "skip")
+
+
+def spec_stage(spec, name):
+    from orchestration.pipeline.spec import training_pipeline
+
+    return training_pipeline(spec).stage(name)
 
 
 def test_failed_source_is_retried_not_skipped(ray_session, tmp_path, capsys):
@@ -223,11 +304,12 @@ def test_failed_source_is_retried_not_skipped(ray_session, tmp_path, capsys):
 
     plan = actions(path)
     assert plan["curate"][0] == "rerun" and "1 of 2 sources failed" in plan["curate"][1], plan["curate"]
-    assert plan["filter"] == ("run", "step curate runs first (it rewrites the shards)"), plan["filter"]
+    assert plan["filter"] == ("run", "step curate runs first (it rewrites the clips table)"), plan["filter"]
     capsys.readouterr()
     assert main(["pipeline", "run", str(path), "--only", "curate"]) == 0
     assert "curate: rerun (output incomplete: 1 of 2 sources failed" in capsys.readouterr().out
     sources = pd.read_parquet(tmp_path / "work" / "pipe" / "curated" / "sources.parquet")
     assert list(sources["status"]) == ["ok", "ok"]
+    assert not (tmp_path / "work" / "pipe" / "curated" / "shards").exists()  # scored, not published
     plan = actions(path)
     assert plan["curate"][0] == "skip" and plan["filter"] == ("run", "no finished output yet"), plan

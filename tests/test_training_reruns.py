@@ -14,8 +14,8 @@ from training_runs import sqlite_tracker, tiny_data
 from training.config import load_preset
 from training.fingerprints import FINGERPRINT_FILE, export_record
 from training.pipeline import run_pipeline
-from training.stage_plan import RERUN, RUN, SKIP, decide_stage
-from training.tracking import PARENT_TAG, TAG_STAGE, TAG_STAGE_FINGERPRINT
+from training.stage_plan import RERUN, RESTORE, RUN, SKIP, decide_stage
+from training.tracking import PARENT_TAG, TAG_EXPORT, TAG_STAGE, TAG_STAGE_FINGERPRINT
 
 pytestmark = pytest.mark.slow
 TWO = ["image", "video"]
@@ -69,7 +69,7 @@ def _check_unfinished_exports_rerun(pipeline, changed, work, image_fp: str) -> N
     assert decide_stage(changed, changed.stage("image"), work).action == RUN
     partial = work / "tiny" / "video" / "export"
     (partial / FINGERPRINT_FILE).unlink()
-    decision = decide_stage(changed, changed.stage("video"), work, upstream={"image": image_fp})
+    decision = decide_stage(pipeline, pipeline.stage("video"), work, upstream={"image": image_fp})
     assert decision.action == RERUN and f"no {FINGERPRINT_FILE}" in decision.reason
     # Forcing (--from) reruns whatever the fingerprints say.
     assert decide_stage(
@@ -109,4 +109,38 @@ def test_changed_stage_reruns_with_reason_and_keeps_the_old_export(
     assert rerun[0].fingerprint == image_fp and rerun[1].fingerprint != video_fp
     _check_old_export_kept(work, video_fp)
     _check_rerun_is_a_new_child_run(tracker, video_fp, rerun[1].fingerprint)
+    _check_changed_back_is_restored(pipeline, tracker, work, video_fp, rerun[1].fingerprint)
     _check_unfinished_exports_rerun(pipeline, changed, work, image_fp)
+
+
+def _check_changed_back_is_restored(pipeline, tracker, work, video_fp: str, rerun_fp: str) -> None:
+    """The lr changed back: the kept export of exactly that fingerprint is put back, nothing trains, and
+    MLflow points the stage to the run that trained it."""
+    video = work / "tiny" / "video"
+    decision = decide_stage(pipeline, pipeline.stage("video"), work)
+    assert decision.action == RESTORE and decision.reason == f"restore from {video / 'exports' / video_fp}"
+    client = MlflowClient(tracker.tracking_uri)
+    parent = tracker.parent_run()
+    trained = client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{TAG_STAGE_FINGERPRINT}` = '{video_fp}'"
+    )
+    assert len(trained) == 1
+    restored = run_pipeline(pipeline, stages=TWO, work_dir=work, tracker=tracker, parent_run_id=parent)
+    assert [r.skipped for r in restored] == [True, True] and restored[1].restored_from is not None
+    assert restored[1].mlflow_run_id == trained[0].info.run_id
+    assert export_record(video / "export")[0]["fingerprint"] == video_fp
+    assert export_record(video / "exports" / rerun_fp)[0]["fingerprint"] == rerun_fp  # moved aside, kept
+    assert not (video / "exports" / video_fp).exists()
+    tags = client.get_run(parent).data.tags
+    assert (
+        tags["svp.step.video.status"] == "restored"
+        and tags["svp.step.video.run_id"] == trained[0].info.run_id
+    )
+    assert (
+        client.get_run(trained[0].info.run_id).data.tags[TAG_EXPORT] == (video / "export").resolve().as_uri()
+    )
+    runs = client.search_runs([tracker.experiment_id], filter_string=f"tags.`{TAG_STAGE}` = 'video'")
+    assert len(runs) == 2  # nothing trained: no new child run
+    moved = next(r for r in runs if r.data.tags[TAG_STAGE_FINGERPRINT] == rerun_fp)
+    assert moved.data.tags[TAG_EXPORT] == (video / "exports" / rerun_fp).resolve().as_uri()
+    assert decide_stage(pipeline, pipeline.stage("video"), work).action == SKIP

@@ -83,8 +83,7 @@ def run_pipeline(
                 parent_run_id=parent,
             )
             result = run.run()
-            tracker.record_step(
-                parent, stage.name, "skipped" if result.skipped else "run", result.fingerprint
-            )
+            status = "restored" if result.restored_from else "skipped" if result.skipped else "run"
+            tracker.record_step(parent, stage.name, status, result.fingerprint)
             results.append(result)
     return results

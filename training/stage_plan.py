@@ -1,5 +1,6 @@
-"""Decide what a training stage needs: skip (its export is the output of its current inputs), run (no export
-yet) or rerun (an input changed, the export is incomplete, or the user forced it), with the reason.
+"""The training stage as a step of the one step engine (`training.step_engine`): its fingerprint (the
+stage's inputs: `training.fingerprints`), its record (`<stage>/export/fingerprint.json`) and the export of
+exactly that fingerprint kept under `<stage>/exports/` (restored instead of retrained).
 
 Used by `training.stage_run.StageRun` before it trains, and by `svp pipeline plan`, which decides a whole
 pipeline without running anything: there an upstream stage's fingerprint is the one it will have once it
@@ -9,44 +10,48 @@ has run (its inputs are known), so a change propagates down the chain without tr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from training.config.schema import PipelineConfig, StageConfig
 from training.errors import StageConfigError
 from training.fingerprints import (
+    SUPERSEDED_DIR,
     StageInputs,
     explain_change,
     export_record,
     platform_version,
     weights_fingerprint,
 )
+from training.step_engine import Action, Decision, Facts, decide, runs
 
-SKIP, RUN, RERUN = "skip", "run", "rerun"
+# The words of the engine's actions (`Action` compares equal to them).
+SKIP, RUN, RERUN, RESTORE = Action.SKIP, Action.RUN, Action.RERUN, Action.RESTORE
+FORCED = "forced (--force/--from)"
 
 
-def stage_dir(work_dir: Path, pipeline: Any, stage_name: str) -> Path:
+def stage_dir(work_dir: Path, pipeline: PipelineConfig, stage_name: str) -> Path:
     return Path(work_dir) / pipeline.name / stage_name
 
 
-def export_dir_of(work_dir: Path, pipeline: Any, stage_name: str) -> Path:
+def export_dir_of(work_dir: Path, pipeline: PipelineConfig, stage_name: str) -> Path:
     return stage_dir(work_dir, pipeline, stage_name) / "export"
 
 
 @dataclass(frozen=True)
-class StageDecision:
-    stage: str
-    action: str  # SKIP | RUN | RERUN
-    reason: str
-    inputs: StageInputs | None  # None while an input is decided by a step that has not run yet
+class StageDecision(Decision):
+    """The engine's decision for a stage, with the inputs it was made for (None while an input is decided
+    by a step that has not run yet)."""
+
+    inputs: StageInputs | None = field(default=None, compare=False)
 
     @property
-    def fingerprint(self) -> str | None:
-        return self.inputs.fingerprint if self.inputs is not None else None
+    def stage(self) -> str:
+        return self.step
 
 
 def _init_fingerprint(
-    pipeline: Any, stage: Any, work_dir: Path, upstream: Mapping[str, str | None]
+    pipeline: PipelineConfig, stage: StageConfig, work_dir: Path, upstream: Mapping[str, str | None]
 ) -> tuple[str | None, str]:
     """(fingerprint of what the stage starts from, "") or (None, why it is not known yet)."""
     spec = stage.init_from
@@ -72,8 +77,8 @@ def _init_fingerprint(
 
 
 def stage_inputs(
-    pipeline: Any,
-    stage: Any,
+    pipeline: PipelineConfig,
+    stage: StageConfig,
     work_dir: Path,
     *,
     upstream: Mapping[str, str | None] | None = None,
@@ -93,27 +98,78 @@ def stage_inputs(
     return StageInputs(stage.resolved(), dataset, init, platform_version()), ""
 
 
+def kept_export(stage_folder: Path, fingerprint: str) -> Path | None:
+    """A complete export of exactly `fingerprint` kept under `<stage>/exports/` (superseded earlier), or None."""
+    kept = Path(stage_folder) / SUPERSEDED_DIR
+    for folder in sorted(kept.glob(f"{fingerprint}*")) if kept.is_dir() else []:
+        if folder.name != fingerprint and not folder.name.removeprefix(fingerprint + "-").isdigit():
+            continue
+        record, _ = export_record(folder)
+        if record is not None and record["fingerprint"] == fingerprint:
+            return folder
+    return None
+
+
+@dataclass(frozen=True)
+class StageStep:
+    """A training stage as a `training.step_engine.Step`. `data_pending`: why its data is not final yet
+    (a curation step upstream rewrites it), decided again once it is."""
+
+    pipeline: PipelineConfig
+    stage: StageConfig
+    work_dir: Path
+    data_pending: str | None = None
+    data_from: tuple[str, ...] = ()  # the steps whose run rewrites the stage's data (curate, filter, …)
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def inputs(self, earlier: Mapping[str, Decision]) -> tuple[StageInputs | None, str]:
+        upstream = {name: d.fingerprint for name, d in earlier.items() if name in self.pipeline.stage_names}
+        pending = self.data_pending
+        rewriting = [name for name in self.data_from if runs(earlier.get(name))]
+        if rewriting:  # the last one writes what the stage reads (shards, latents)
+            pending = f"its data is rewritten by step {rewriting[-1]} first (decided again once it has run)"
+        return stage_inputs(self.pipeline, self.stage, self.work_dir, upstream=upstream, data_pending=pending)
+
+    def facts(self, earlier: Mapping[str, Decision]) -> Facts:
+        inputs, pending = self.inputs(earlier)
+        return self._facts(inputs, pending)
+
+    def _facts(self, inputs: StageInputs | None, pending: str) -> Facts:
+        export = export_dir_of(self.work_dir, self.pipeline, self.stage.name)
+        record, incomplete = export_record(export)
+        fingerprint = inputs.fingerprint if inputs is not None else None
+        return Facts(
+            fingerprint=fingerprint,
+            recorded=record["fingerprint"] if record is not None else None,
+            exists=export.exists(),
+            problem=incomplete,
+            pending=pending,
+            changed=lambda: explain_change(record, inputs),
+            kept=kept_export(export.parent, fingerprint) if fingerprint else None,
+            matches="export",
+        )
+
+    def decide(self, earlier: Mapping[str, Decision], *, force: bool = False) -> StageDecision:
+        inputs, pending = self.inputs(earlier)
+        decision = decide(self.name, self._facts(inputs, pending), forced=force, forced_reason=FORCED)
+        return StageDecision(**vars(decision), inputs=inputs)
+
+
 def decide_stage(
-    pipeline: Any,
-    stage: Any,
+    pipeline: PipelineConfig,
+    stage: StageConfig,
     work_dir: Path,
     *,
     force: bool = False,
     upstream: Mapping[str, str | None] | None = None,
     data_pending: str | None = None,
 ) -> StageDecision:
-    """Skip, run or rerun, and why (see the module docstring)."""
-    inputs, pending = stage_inputs(pipeline, stage, work_dir, upstream=upstream, data_pending=data_pending)
-    export = export_dir_of(work_dir, pipeline, stage.name)
-    record, incomplete = export_record(export)
-    exists = export.exists()
-    if force:
-        return StageDecision(stage.name, RERUN if exists else RUN, "forced (--force/--from)", inputs)
-    if inputs is None:
-        return StageDecision(stage.name, RERUN if exists else RUN, pending, None)
-    if record is None:
-        return StageDecision(stage.name, RERUN if exists else RUN, incomplete, inputs)
-    if record["fingerprint"] == inputs.fingerprint:
-        return StageDecision(stage.name, SKIP, f"export matches fingerprint {inputs.fingerprint}", inputs)
-    why = f"fingerprint {record['fingerprint']} -> {inputs.fingerprint}: {explain_change(record, inputs)}"
-    return StageDecision(stage.name, RERUN, why, inputs)
+    """Skip, run, rerun or restore, and why (`training.step_engine.decide`). `upstream`: the fingerprints
+    upstream stages will have (None: not known yet)."""
+    earlier = {
+        name: Decision(name, Action.RUN, "", fingerprint) for name, fingerprint in (upstream or {}).items()
+    }
+    return StageStep(pipeline, stage, Path(work_dir), data_pending).decide(earlier, force=force)

@@ -20,6 +20,7 @@ The whole walk holds the stage's lock (`training.stage_lock`): a second driver o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -45,10 +46,11 @@ from training.fingerprints import (
 )
 from training.job import StageJob
 from training.progress import stage_progress
+from training.restore import restore_export, restore_lineage
 from training.resume import other_fingerprints, prepare_resume, tqdm_off_if_asked
 from training.sampling import export_extra
 from training.stage_lock import LOCK_FILE, StageLock
-from training.stage_plan import SKIP, StageDecision, decide_stage, export_dir_of, stage_dir
+from training.stage_plan import RESTORE, SKIP, StageDecision, decide_stage, export_dir_of, stage_dir
 from training.tracking import (
     TAG_CONFIG,
     TAG_DATASET,
@@ -83,6 +85,7 @@ class StageResult:
     reason: str = ""  # why it was skipped, run or rerun
     checkpoint: str | None = None
     mlflow_run_id: str | None = None
+    restored_from: Path | None = None  # a kept export put back instead of training (`training.restore`)
 
 
 def resolve_work_dir(pipeline: PipelineConfig, work_dir: str | os.PathLike | None) -> Path:
@@ -186,6 +189,8 @@ class StageRun:
             if decision.action == SKIP:
                 log.info(f"stage {self.stage.name}: skipped, {decision.reason} ({self.export_dir})")
                 return self._result(skipped=True)
+            if decision.action == RESTORE:
+                return self.restore()
             self.prepare()
             with self._tracked_runs():
                 with stage_progress(self.stage.name, self.stage.steps) as board:
@@ -354,6 +359,16 @@ class StageRun:
                 worker_runtime_env={} if self.use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}},
             ),
         )
+
+    def restore(self) -> StageResult:
+        """The kept export of exactly these inputs put back (`training.restore`), pointing to its MLflow run."""
+        kept = self.decided.kept
+        superseded = restore_export(self.export_dir, kept)
+        if self.tracker is not None:
+            parent = self.parent_run_id or self.tracker.parent_run()
+            self.run_id = restore_lineage(self.tracker, parent, self.stage.name, self.export_dir, superseded)
+        log.info(f"stage {self.stage.name}: restored from {kept} ({self.export_dir})")
+        return dataclasses.replace(self._result(skipped=True), restored_from=kept)
 
     def _result(self, *, skipped: bool, result: Result | None = None) -> StageResult:
         decision = self.decided

@@ -9,6 +9,7 @@ trusted only while the files match it, so a step is skipped only when its output
 - filter: `shards/index.parquet` reads, has as many rows as `clips.parquet` keeps (an index written empty, or
   by another run, does not), names exactly the shards recorded, each present with its recorded size, and
   `OUT/thresholds.yaml` is the step's thresholds (curation rewrites the shards with its own thresholds).
+- encode: each latents folder it wrote still has the `encoding.json` it wrote (`svp encode` writes it last).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER
+from orchestration.pipeline.spec import STEP_CURATE, STEP_ENCODE, STEP_FILTER
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -33,7 +34,7 @@ def describe_output(out: Path, step: str) -> dict[str, Any]:
     from curation.tables import SOURCES_FILE
 
     if step == STEP_CURATE:
-        return {"sources_sha256": _sha256(out / SOURCES_FILE)}
+        return {"sources_sha256": file_sha256(out / SOURCES_FILE)}
     shards = out / SHARDS_DIR
     index = pd.read_parquet(shards / INDEX_FILE, columns=["shard"])
     names = sorted(set(index["shard"]))
@@ -55,6 +56,8 @@ def output_problem(out: Path, step: str, record: dict[str, Any]) -> str | None:
     if not isinstance(expected, dict):
         return "its record has no output summary (written by an older svp or cut short)"
     try:
+        if step == STEP_ENCODE:
+            return _encode_problem(out, expected)
         return (
             _curate_problem(out, expected) if step == STEP_CURATE else _filter_problem(out, expected, record)
         )
@@ -65,7 +68,7 @@ def output_problem(out: Path, step: str, record: dict[str, Any]) -> str | None:
 def _curate_problem(out: Path, expected: dict[str, Any]) -> str | None:
     from curation.tables import SOURCES_FILE, read_table
 
-    if _sha256(out / SOURCES_FILE) != expected["sources_sha256"]:
+    if file_sha256(out / SOURCES_FILE) != expected["sources_sha256"]:
         return f"{SOURCES_FILE} was rewritten since the step finished"
     sources = read_table(out / SOURCES_FILE)
     failed = sources[sources["status"] == "failed"]
@@ -103,4 +106,16 @@ def _filter_problem(out: Path, expected: dict[str, Any], record: dict[str, Any])
     applied = thresholds_hash(load_thresholds(out / THRESHOLDS_FILE))
     if applied != record.get("inputs", {}).get("thresholds"):
         return f"the shards were rewritten with other thresholds ({THRESHOLDS_FILE}: {applied})"
+    return None
+
+
+def _encode_problem(out: Path, expected: dict[str, Any]) -> str | None:
+    from training.latent_store import ENCODING_FILE
+
+    for name, sha in sorted(expected["encodings"].items()):
+        path = out / name / ENCODING_FILE  # relative to OUT, or absolute (an absolute `name` wins)
+        if not path.is_file():
+            return f"latents folder {name} has no {ENCODING_FILE}"
+        if file_sha256(path) != sha:
+            return f"latents folder {name} was encoded again since the step finished"
     return None

@@ -1,9 +1,12 @@
-"""Run a pipeline file: each step in order, skipped when its fingerprint matches its finished output,
-under one MLflow parent run that records every step as run / skipped with its fingerprint.
+"""Run a pipeline file: execute its plan (`orchestration.pipeline.plan`), step by step, under one MLflow
+parent run that records every step as run / rerun / skipped / restored with its fingerprint.
 
 Runs on the Ray this process is connected to (`orchestration.ray_connect`; inside a Ray job, the job's
-cluster). Training stages go through `training.pipeline.run_pipeline`, which applies the same rule per stage
-once the data exists, so a re-filter that leaves the shards unchanged retrains nothing.
+cluster). The curation steps run as planned. The training stages go through
+`training.pipeline.run_pipeline`, whose stages decide with the same `training.stage_plan.StageStep` rule:
+the same decision as the plan, except for a stage the plan said waits for the data ("decided again once it
+has run"), which is now decided on the rewritten shards, so a re-filter that leaves them unchanged
+retrains nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orchestration.console import stage_summary
-from orchestration.pipeline.plan import check_step, decide_curation_step
-from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec, training_pipeline
-from orchestration.pipeline.steps import curate_inputs, filter_inputs, run_curate, run_filter
-from training.stage_plan import SKIP
+from orchestration.pipeline.plan import check_step, forced_steps, pipeline_steps
+from orchestration.pipeline.spec import PipelineSpec, training_pipeline
+from orchestration.pipeline.steps import CurationStep
+from training.config.schema import PipelineConfig
+from training.step_engine import Action, Decision, plan, runs
 
 if TYPE_CHECKING:
     from training.stage_run import StageResult
+    from training.tracking import Tracker
 
 
 def run_pipeline_file(
@@ -40,23 +45,23 @@ def run_pipeline_file(
     names = spec.step_names(training.stage_names)
     check_step(from_step, names, "--from")
     check_step(only, names, "--only")
-    forced = set(names[names.index(from_step) :]) if from_step else set()
-    selected = {only} if only else set(names)
+    forced = forced_steps(names, from_step)
     work = spec.work
-    stages = [name for name in training.stage_names if name in selected]
     # Another driver training one of them: refuse before curating into the data it trains on.
-    check_no_other_driver(training, [training.stage(name) for name in stages], work)
+    selected = [training.stage(n) for n in training.stage_names if only in (None, n)]
+    check_no_other_driver(training, selected, work)
     work.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(resolve_tracking_uri(work), spec.name, work)
     parent = tracker.parent_run()
     with ending_run(tracker, parent):
-        curate = curate_inputs(spec)
-        curated = _curation(spec, tracker, parent, STEP_CURATE, curate, run_curate, forced, selected, echo)
-        filt = filter_inputs(spec, curate.fingerprint)
-        _curation(spec, tracker, parent, STEP_FILTER, filt, run_filter, forced, selected, echo, curated)
+        steps = pipeline_steps(spec, training)
+        decisions = plan(steps, forced=forced, only=only)
+        for step, decision in zip(steps, decisions, strict=True):
+            if isinstance(step, CurationStep):
+                _curation(step, decision, tracker, parent, echo)
+        stages = _stages_to_train(training, decisions)
         results = []
         if stages:
-            first_forced = next((n for n in training.stage_names if n in forced), None)
             results = run_pipeline(
                 training,
                 stages=stages,
@@ -64,7 +69,7 @@ def run_pipeline_file(
                 gpus_per_worker=gpus_per_worker,
                 work_dir=work,
                 max_failures=max_failures,
-                force_from=first_forced,
+                force_from=next((n for n in training.stage_names if n in forced), None),
                 tracker=tracker,
                 parent_run_id=parent,
             )
@@ -73,16 +78,21 @@ def run_pipeline_file(
     return results
 
 
-def _curation(spec, tracker, parent, step, inputs, runner, forced, selected, echo, upstream=None):
-    """Run or skip one curation step (saying which and why); returns its plan (None when not selected)."""
-    if step not in selected:
-        return None
-    plan = decide_curation_step(spec, step, inputs, step in forced, upstream)
-    if plan.action == SKIP:
-        echo(f"{step}: skipped ({plan.reason})")
-        tracker.record_step(parent, step, "skipped", inputs.fingerprint)
-        return plan
-    echo(f"{step}: {plan.action} ({plan.reason})")
-    runner(spec, inputs)
-    tracker.record_step(parent, step, plan.action, inputs.fingerprint)
-    return plan
+def _stages_to_train(training: PipelineConfig, decisions: list[Decision]) -> list[str]:
+    selected = {d.step for d in decisions if d.action != Action.NOT_SELECTED}
+    return [name for name in training.stage_names if name in selected]
+
+
+def _curation(
+    step: CurationStep, decision: Decision, tracker: Tracker, parent: str, echo: Callable[[str], None]
+) -> None:
+    """Execute one curation step's decision (saying which and why) and record it on the parent run."""
+    if decision.action == Action.NOT_SELECTED:
+        return
+    if not runs(decision):
+        echo(f"{step.name}: skipped ({decision.reason})")
+        tracker.record_step(parent, step.name, "skipped", decision.fingerprint)
+        return
+    echo(f"{step.name}: {decision.action} ({decision.reason})")
+    step.execute(decision)
+    tracker.record_step(parent, step.name, str(decision.action), decision.fingerprint)

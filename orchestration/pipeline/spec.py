@@ -9,6 +9,9 @@ naming the key and the file).
       config: curate.yaml              # optional curation config
     filter:
       thresholds: thresholds.yaml      # re-applied to the clips table, shards rewritten (no decoding)
+    encode:                            # optional: `svp encode` after the filter step; the stages read the latents
+      stages: [video]                  # default: every stage reading the filter step's output
+      actors: 1                        # encoder actors (one per GPU); gpus_per_actor, batch_size as `svp encode`
     training:                          # the `svp train` schema (variables, defaults, stages) …
       stages:
         - name: image
@@ -32,8 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from model.config_paths import resolve_config_path
 from model.errors import UserError
+from training.config.schema import PipelineConfig, StageConfig
 
-STEP_CURATE, STEP_FILTER = "curate", "filter"
+STEP_CURATE, STEP_FILTER, STEP_ENCODE = "curate", "filter", "encode"
 
 
 class _Strict(BaseModel):
@@ -48,6 +52,15 @@ class CurateStep(_Strict):
 
 class FilterStep(_Strict):
     thresholds: str = Field(min_length=1)
+
+
+class EncodeStep(_Strict):
+    """Precompute latents and caption embeddings of `stages` (`svp encode`) once the shards are written."""
+
+    stages: list[str] | None = None  # None: every stage that reads the filter step's output
+    actors: int = Field(default=1, ge=1)
+    gpus_per_actor: float | None = Field(default=None, ge=0)  # None: 1 when the cluster has GPUs, else 0
+    batch_size: int = Field(default=4, ge=1)
 
 
 class TrainingSection(BaseModel):
@@ -75,6 +88,7 @@ class PipelineSpec(_Strict):
     work_dir: str = "svp-work"
     curate: CurateStep
     filter: FilterStep
+    encode: EncodeStep | None = None
     training: TrainingSection
     # Where the file is (relative paths are taken from there); set by load_spec.
     _base: str = PrivateAttr(default=".")
@@ -108,7 +122,8 @@ class PipelineSpec(_Strict):
         )
 
     def step_names(self, stage_names: list[str]) -> list[str]:
-        return [STEP_CURATE, STEP_FILTER, *stage_names]
+        encode = [STEP_ENCODE] if self.encode is not None else []
+        return [STEP_CURATE, STEP_FILTER, *encode, *stage_names]
 
 
 def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineSpec:
@@ -181,7 +196,7 @@ def settle_files(spec: PipelineSpec) -> PipelineSpec:
     return load_spec(target / Path(spec.source).name, spec.overrides)
 
 
-def training_pipeline(spec: PipelineSpec) -> Any:
+def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites). An error names what
     the user wrote (the file's key or the `--set` flag), never the bundled preset's file."""
@@ -236,7 +251,7 @@ def _training_error(spec: PipelineSpec, message: str, where: str) -> str:
     return f"{spec.source}: {where}{separator}{message}"
 
 
-def reads_curated(spec: PipelineSpec, stage: Any) -> bool:
+def reads_curated(spec: PipelineSpec, stage: StageConfig) -> bool:
     """Whether a training stage reads the curate/filter steps' output (its folder or its shards)."""
     curated = spec.curated.resolve()
     for entry in stage.data:

@@ -4,7 +4,8 @@
   it reruns whenever it runs again (`orchestration.pipeline.outputs` says when its output is complete).
 - filter: the curate step's fingerprint (the clips table it wrote) + the thresholds (what they mean, as
   hashed in the curation report) + the shard settings (+ platform version); it reruns whenever the curate
-  step runs. It runs the existing re-filter (`curation.refilter`).
+  step runs. It runs the re-filter (`curation.refilter`), which publishes the folder: the curate step
+  only scores (sources and clips tables), so the shards are written once per pipeline run.
 
 Each record (`OUT/.svp-steps/<step>.json`) is removed before its step (or the step upstream) rewrites the
 output and written last, atomically, once the step finished, with a summary of its output; a step is
@@ -16,14 +17,16 @@ resumes per source (`OUT/.svp-work`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curation.atomic import atomic_write_text, fsync_dir
 from orchestration.pipeline.outputs import describe_output, output_problem
-from orchestration.pipeline.spec import STEP_CURATE, STEP_FILTER, PipelineSpec
+from orchestration.pipeline.spec import STEP_CURATE, STEP_ENCODE, STEP_FILTER, PipelineSpec
 from training.fingerprints import digest, platform_version
+from training.step_engine import Decision, Facts, runs
 
 RECORDS_DIR = ".svp-steps"
 
@@ -106,28 +109,64 @@ def forget_records(spec: PipelineSpec, *steps: str) -> None:
         fsync_dir(folder)
 
 
-def write_record(spec: PipelineSpec, inputs: StepInputs) -> None:
-    """Written last, once the step's output is complete, atomically (the old record or the new one)."""
-    record = inputs.record() | {"output": describe_output(spec.curated, inputs.step)}
+def write_record(spec: PipelineSpec, inputs: StepInputs, output: dict[str, Any] | None = None) -> None:
+    """Written last, once the step's output is complete, atomically (the old record or the new one).
+    `output`: the summary of what the step wrote (default: `describe_output` of the curated folder)."""
+    output = output if output is not None else describe_output(spec.curated, inputs.step)
+    record = inputs.record() | {"output": output}
     atomic_write_text(_record_path(spec, inputs.step), json.dumps(record, indent=2, sort_keys=True))
 
 
-def explain(old: dict[str, Any] | None, new: StepInputs) -> str:
-    if not old:
-        return "no finished output yet"
+def changed_inputs(old: dict[str, Any], new: StepInputs) -> str:
+    """Which inputs differ from the record's: `thresholds 1a2b… -> 3c4d…`."""
+    recorded = old.get("inputs", {})
     changed = [
-        f"{key} {old.get('inputs', {}).get(key)} -> {value}"
+        f"{key} {recorded.get(key)} -> {value}"
         for key, value in new.values.items()
-        if old.get("inputs", {}).get(key) != value
+        if recorded.get(key) != value
     ]
-    return f"fingerprint {old.get('fingerprint')} -> {new.fingerprint}: " + ("; ".join(changed) or "scheme")
+    return "; ".join(changed) or "scheme"
+
+
+@dataclass(frozen=True)
+class CurationStep:
+    """A curation step as a `training.step_engine.Step`: its inputs, its record, and the step whose run
+    rewrites its input (the filter step's: curate), which makes it run too."""
+
+    spec: PipelineSpec
+    inputs: StepInputs
+    runner: Callable[[PipelineSpec, StepInputs], object]
+    upstream: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.inputs.step
+
+    def facts(self, earlier: Mapping[str, Decision]) -> Facts:
+        record, problem = check_record(self.spec, self.name)
+        pending = ""
+        if self.upstream is not None and runs(earlier.get(self.upstream)):
+            pending = f"step {self.upstream} runs first (it rewrites the clips table)"
+        return Facts(
+            fingerprint=self.inputs.fingerprint,
+            recorded=record.get("fingerprint") if record is not None else None,
+            exists=record is not None,
+            problem=problem or "",
+            pending=pending,
+            changed=lambda: changed_inputs(record or {}, self.inputs),
+        )
+
+    def execute(self, decision: Decision) -> object:
+        """Run the step unless the decision skips it; None when it did not run."""
+        return None if not runs(decision) else self.runner(self.spec, self.inputs)
 
 
 def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.pipeline import run_curation
 
-    forget_records(spec, STEP_CURATE, STEP_FILTER)  # curation rewrites the filter step's shards too
-    report = run_curation(spec.path(spec.curate.input), spec.curated, _curation_config(spec))
+    forget_records(spec, STEP_CURATE, STEP_FILTER, STEP_ENCODE)  # a new clips table: publish, encode again
+    # Scores only: the filter step publishes the shards once, with its own thresholds (`curation.publish`).
+    report = run_curation(spec.path(spec.curate.input), spec.curated, _curation_config(spec), publish=False)
     write_record(spec, inputs)
     return report
 
@@ -135,7 +174,7 @@ def run_curate(spec: PipelineSpec, inputs: StepInputs) -> dict:
 def run_filter(spec: PipelineSpec, inputs: StepInputs) -> dict:
     from curation.refilter import refilter
 
-    forget_records(spec, STEP_FILTER)
+    forget_records(spec, STEP_FILTER, STEP_ENCODE)  # new shards: their latents are encoded again
     report = refilter(
         spec.curated, spec.path(spec.filter.thresholds), shard_config=_curation_config(spec).shards
     )

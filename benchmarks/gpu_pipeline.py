@@ -13,8 +13,10 @@ themselves in the work folder, so a machine lent in calls of limited length runs
   corpus    --minutes of synthetic 720p video at a camera-like bitrate (`curation.synth`, grain), rendered
             in parallel;
   curate    `svp pipeline run --only curate`: CPU decode + cuts + motion tasks beside the GPU aesthetic and
-            captioner actor pools (Ray Data), then `--only filter`;
-  encode    `svp encode`: the kept clips' Wan2.1 latents and Gemma-2 embeddings, on the GPU;
+            captioner actor pools (Ray Data); then thresholds that keep the --keep clips of most motion (as a
+            user picks them on the dashboard) and `--only filter`;
+  encode    `svp pipeline run --only encode` (the pipeline's encode step, `svp encode` fingerprinted): the
+            kept clips' Wan2.1 latents and Gemma-2 embeddings, on the GPU;
   train     `svp pipeline run`: the 2B model's 480p video stage from those latents, checkpoints every
             --checkpoint-every steps; after the first checkpoint one Ray Train worker is SIGKILLed and the
             same run resumes from it (the time lost, and that no step was lost or repeated, are recorded);

@@ -169,33 +169,31 @@ class Recipe:
             "work_dir": "runs",
             "curate": {"input": "raw", "config": "curate.yaml"},
             "filter": {"thresholds": "thresholds.yaml"},
-            "training": self._training(data=["filter"]),
+            "encode": {"batch_size": 1},  # 81 x 480 x 832 clips through the Wan2.1 VAE, one at a time
+            "training": self._training(),
         }
         self.pipeline_file.write_text(yaml.safe_dump(spec, sort_keys=False))
 
-    def _training(self, data: list[str]) -> dict[str, Any]:
+    def _training(self) -> dict[str, Any]:
         """sana-video's video stage at 480p on the 2B preset (tiny's video stage with --tiny)."""
         a = self.args
         preset = yaml.safe_load((PRESETS / ("tiny.yaml" if a.tiny else "sana-video.yaml")).read_text())
         base = next(s for s in preset["stages"] if s["name"] == ("video" if a.tiny else "video-256"))
         stage = {k: v for k, v in base.items() if k not in ("init_from", "name")}
-        stage.update(name=STAGE, steps=a.steps, data=data)
+        stage.update(name=STAGE, steps=a.steps, data=["filter"])
         stage["checkpoint"] = {"every": a.checkpoint_every, "keep_last": 1}  # 37 GB each on a 64 GB disk
         stage["sample"] = {"every": 10**6}
         if not a.tiny:
             stage["model"] = {"preset": "sana-video-2b-480p"}
             stage["buckets"] = [{"height": 480, "width": 832, "num_frames": 81, "batch_size": 1}]
-        variables = {"weights_root": str(self.weights_dir), "data_root": str(self.curated)}
+        variables = {"weights_root": str(self.weights_dir)}
         return {"variables": variables, "defaults": preset["defaults"], "stages": [stage]}
 
     # ---- encode -------------------------------------------------------------------------------------------
 
     def encode(self) -> None:
-        training = self._training(data=[str(self.curated)])
-        path = self.work / "training.yaml"
-        path.write_text(yaml.safe_dump({"name": PIPELINE, **training}, sort_keys=False))
-        gpus = "0" if self.args.tiny else "1"
-        wall = self.run("encode", _svp("encode", str(path), "--gpus-per-actor", gpus, "--batch-size", "1"))
+        """The pipeline's encode step (`svp encode` as a fingerprinted step): latents + caption embeddings."""
+        wall = self.run("encode", _svp("pipeline", "run", str(self.pipeline_file), "--only", "encode"))
         kept = json.loads((self.curated / "report.json").read_text())["clips"]["kept"]
         self.report["encode"] = {"wall_s": round(wall, 1), "clips": kept, "clips_per_s": round(kept / wall, 3),
                                  "done": True}  # fmt: skip

@@ -41,6 +41,7 @@ from training.checkpoints import (
 from training.disk_budget import warn_if_disk_short
 from training.drills import FaultInjection, check_drill_allowed
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
+from training.evaluation import evaluate_stage_export
 from training.fingerprints import (
     StageInputs,
     explain_change,
@@ -230,6 +231,7 @@ def run_stage(
     if tracker is not None and run_id is not None:
         _finish_runs(tracker, export_dir, run_id, parent_run_id if owns_parent else None)
     log.info(f"stage {stage.name}: exported to {export_dir}")
+    evaluate_stage_export(stage, export_dir, tracker.tracking_uri if tracker else None, run_id)  # `eval:`
     return _trained(stage, export_dir, result, run_id, decision)
 
 

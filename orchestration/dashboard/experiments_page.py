@@ -1,5 +1,6 @@
 """Experiments page: a pipeline's stage runs as a table; pick two or more to see only what differs
-(params, lineage), their loss and lr curves on one step axis, perf metrics and sample videos."""
+(params, lineage), their loss and lr curves on one step axis, perf metrics, eval metrics (with the data they
+trained on) and sample videos."""
 
 from __future__ import annotations
 
@@ -38,7 +39,19 @@ def _compare(client, rows) -> None:
         )
     st.subheader("Perf (last value)")
     st.dataframe(rt.perf_table(client, rows), width="stretch")
+    _evals(client, rows, weight)
     _samples(client, rows)
+
+
+def _evals(client, rows, weight: float) -> None:
+    """The runs' eval metrics beside their data fingerprint and thresholds hash, and one metric over steps."""
+    table = rt.eval_table(client, rows)
+    _table_or_caption("Eval (latest)", table, "no eval metrics: `svp eval` or a stage's eval: block")
+    if not len(table):
+        return
+    names = [n for n in table.index if n not in ("step", "dataset", "thresholds")]
+    metric = rt.EVAL_PREFIX + st.selectbox("eval metric over steps", names, key="exp:eval")
+    st.pyplot(rt.curves_figure(rt.metric_curves(client, rows, metric), metric, weight), clear_figure=False)
 
 
 def _table_or_caption(title: str, table, when_empty: str) -> None:

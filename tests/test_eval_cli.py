@@ -36,6 +36,8 @@ def test_the_stage_eval_block_scores_the_export_into_its_run(ray_session, tmp_pa
         assert metrics >= WEIGHT_FREE, metrics
         assert "clip_similarity" not in metrics  # no CLIP weights configured: skipped, not made up
         assert {m.step for m in client.get_metric_history(run.info.run_id, "eval/flicker")} == {2}
+        # The sample video rendered at step 2 is scored too (one frame: sanity only).
+        assert run.data.metrics["sample/blank_frames"] in (0.0, 1.0)
         artifacts = [f.path for f in client.list_artifacts(run.info.run_id, "eval/step00000002")]
         assert any(p.endswith(".mp4") for p in artifacts) and any(p.endswith("eval.json") for p in artifacts)
     for export in _exports(store):
@@ -88,3 +90,20 @@ def test_svp_eval_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("svp: error:") and "not a stage export" in err and err.count("\n") == 1
     assert main(["eval", str(tmp_path), "--prompts", str(prompts), "--seeds", "a,b"]) == 2
     assert "--seeds expects integers" in capsys.readouterr().err
+
+
+def test_experiments_page_shows_eval_metrics_beside_the_data_and_their_videos(
+    ray_session, monkeypatch, tmp_path_factory
+):
+    from test_dashboard_pages import _page
+
+    _, uri = _store(tmp_path_factory)
+    at = _page("experiments_page", monkeypatch, tracking_uri=uri)
+    at.multiselect(key="exp:pick").set_value(at.multiselect(key="exp:pick").options).run()
+    assert not at.exception
+    evals = next(d.value for d in at.dataframe if "flicker" in d.value.index)
+    assert {"step", "dataset", "thresholds"} <= set(evals.index) and evals.shape[1] == 2
+    assert at.selectbox(key="exp:eval").value in evals.index  # its curve over steps is drawn below
+    videos = len(at.get("video"))
+    at.checkbox(key="exp:eval-videos").check().run()
+    assert not at.exception and len(at.get("video")) == videos + 2  # one eval video of each run

@@ -81,8 +81,8 @@ class _Scorers:
     """The metric groups that can run with `spec`'s weights; the others are named in `skipped`."""
 
     def __init__(self, spec: EvalSpec, fps: float):
-        from curation.clip_model import ClipModelSettings
         from curation.video_eval import clip_metrics
+        from curation.video_eval.clip_metrics import ClipModelSettings
 
         self.fps, self.clip = fps, None
         settings = ClipModelSettings(
@@ -108,7 +108,7 @@ def evaluate_export(
     export_dir: str | Path, spec: EvalSpec, out_dir: str | Path | None = None, ema: bool = False
 ) -> EvalReport:
     """Generate `spec`'s videos from the export once, score them, write them and `eval.json` to `out_dir`."""
-    from curation.clip_model import resolve_device
+    from curation.video_eval.clip_metrics import resolve_device
 
     info = export_info(export_dir)
     prompts = read_prompts(spec)
@@ -173,6 +173,16 @@ def _stage_frames(info: dict) -> int:
 def _means(per_video: list[dict[str, float]]) -> dict[str, float]:
     names = sorted(set().union(*per_video)) if per_video else []
     return {n: float(np.mean([m[n] for m in per_video if n in m])) for n in names}
+
+
+def sample_metrics(path: str | Path, fps: float) -> dict[str, float]:
+    """The weight-free metrics of a sample video the trainer rendered, as `sample/<metric>`: curves over the
+    steps at `sample.every`, for the cost of reading one small mp4 (the eval prompts are only generated at
+    export)."""
+    from curation.video_eval.frames import frame_metrics
+    from model.video_io import read_frames
+
+    return {f"sample/{k}": v for k, v in frame_metrics(read_frames(path), fps).items()}
 
 
 def tracking_uri_for_export(export_dir: str | Path) -> str | None:

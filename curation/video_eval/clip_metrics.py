@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from curation.aesthetic import AestheticConfig, AestheticScorer
-from curation.clip_model import ClipEncoder, ClipModelSettings, load_clip
+from curation.clip_model import ClipEncoder, ClipModelSettings, load_clip, resolve_device
+
+__all__ = ["ClipModelSettings", "ClipVideoMetrics", "availability", "consistency", "resolve_device"]
 
 
 def availability(settings: ClipModelSettings, key_prefix: str = "eval.") -> str | None:

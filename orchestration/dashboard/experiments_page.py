@@ -52,6 +52,8 @@ def _evals(client, rows, weight: float) -> None:
     names = [n for n in table.index if n not in ("step", "dataset", "thresholds")]
     metric = rt.EVAL_PREFIX + st.selectbox("eval metric over steps", names, key="exp:eval")
     st.pyplot(rt.curves_figure(rt.metric_curves(client, rows, metric), metric, weight), clear_figure=False)
+    if st.checkbox("eval videos side by side", key="exp:eval-videos"):  # downloads every run's videos
+        _side_by_side(rt.eval_videos(client, rows), "eval video", "exp:eval-video", "(not evaluated)")
 
 
 def _table_or_caption(title: str, table, when_empty: str) -> None:
@@ -63,18 +65,25 @@ def _table_or_caption(title: str, table, when_empty: str) -> None:
 
 
 def _samples(client, rows) -> None:
-    videos = rt.sample_videos(client, rows)
-    steps = sorted(set().union(*[v.keys() for v in videos.values()]))
-    if not steps:
+    if not _side_by_side(
+        rt.sample_videos(client, rows), "sample of step", "exp:sample", "(no sample at this step)"
+    ):
         st.caption("no sample videos logged by these runs")
-        return
-    step = st.selectbox("sample of step", steps, index=len(steps) - 1, key="exp:sample")
-    for slot, (label, files) in zip(st.columns(len(videos)), videos.items(), strict=True):
-        slot.caption(label)
-        if step in files:
-            slot.video(files[step])
+
+
+def _side_by_side(videos: dict[str, dict[str, str]], label: str, key: str, missing: str) -> bool:
+    """One video (picked by file name) of every run in a row of columns; False when there is none."""
+    names = sorted(set().union(*[v.keys() for v in videos.values()]))
+    if not names:
+        return False
+    name = st.selectbox(label, names, index=len(names) - 1, key=key)
+    for slot, (run, files) in zip(st.columns(len(videos)), videos.items(), strict=True):
+        slot.caption(run)
+        if name in files:
+            slot.video(files[name])
         else:
-            slot.caption("(no sample at this step)")
+            slot.caption(missing)
+    return True
 
 
 def render() -> None:

@@ -211,6 +211,17 @@ def eval_table(client, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data).reindex(["step", *sorted(names), "dataset", "thresholds"])
 
 
+def eval_videos(client, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Per run, the videos of its latest evaluation (`eval/step<N>/prompt<P>-seed<S>.mp4`) by file name, as
+    local paths: the same prompt and seed of every run, side by side."""
+    out = {}
+    for label, rid in zip(_labels(rows), rows["run_id"], strict=True):
+        steps = sorted(f.path for f in client.list_artifacts(rid, "eval") if f.is_dir)
+        files = [f.path for f in client.list_artifacts(rid, steps[-1])] if steps else []
+        out[label] = {Path(p).name: client.download_artifacts(rid, p) for p in files if p.endswith(".mp4")}
+    return out
+
+
 def sample_videos(client, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
     """Per run, its sample videos by file name (`stepNNNNNNNN.mp4`) as local paths (downloaded if remote)."""
     out = {}

@@ -77,6 +77,12 @@ def test_svp_eval_logs_clip_metrics_and_runs_compare_shows_them(
     rows = json.loads(capsys.readouterr().out)
     assert all(isinstance(r["eval/clip_similarity"], float) for r in rows)
 
+    # The tiny stage keeps an EMA: --ema scores those weights (and says so), here without touching MLflow.
+    args = ["eval", str(exports[0]), "--prompts", str(prompts), "--frames", "5", "--steps", "2"]
+    assert main([*args, "--ema", "--no-mlflow", "--out", str(tmp_path / "ema"), "--json"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert report["ema"] is True and set(report["metrics"]) >= WEIGHT_FREE
+
 
 def client_metric(uri: str, run_id: str, name: str) -> list[int]:
     return [m.step for m in MlflowClient(uri).get_metric_history(run_id, name)]

@@ -44,6 +44,7 @@ class EvalReport:
     metrics: dict[str, float] = field(default_factory=dict)
     videos: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # one line per metric group that could not run
+    ema: bool = False  # scored with the export's EMA weights
     out_dir: str = ""
 
     def to_dict(self) -> dict:
@@ -113,7 +114,9 @@ def evaluate_export(
     info = export_info(export_dir)
     prompts = read_prompts(spec)
     device = str(resolve_device(spec.device))
-    report = EvalReport(str(Path(export_dir).resolve()), int(info["step"]), info.get("mlflow_run_id"))
+    report = EvalReport(
+        str(Path(export_dir).resolve()), int(info["step"]), info.get("mlflow_run_id"), ema=ema
+    )
     out = Path(out_dir) if out_dir is not None else default_out_dir(export_dir, report.step)
     out.mkdir(parents=True, exist_ok=True)
     report.out_dir = str(out)

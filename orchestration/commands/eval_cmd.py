@@ -38,6 +38,7 @@ def eval_(
     clip_checkpoint: Path = typer.Option(None, help=CLIP_HELP),
     aesthetic_mlp: Path = typer.Option(None, help="Aesthetic MLP weights (needs --clip-checkpoint)."),
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda, …"),
+    ema: bool = typer.Option(False, "--ema", help="Use the EMA weights of each export."),
     out: Path = typer.Option(None, help="Folder for the videos and eval.json (default: beside each export)."),
     tracking_uri: str = typer.Option(
         None, "--tracking-uri", help="MLflow store (default: the export's own)."
@@ -67,7 +68,7 @@ def eval_(
         target = (
             None if out is None else (out if len(exports) == 1 else out / f"{i:02d}-{export.parent.name}")
         )
-        report = evaluate_export(export, spec, target)
+        report = evaluate_export(export, spec, target, ema=ema)
         uri = tracking_uri or tracking_uri_for_export(export)
         if mlflow and uri is not None and report.run_id is not None:
             log_report(report, uri)

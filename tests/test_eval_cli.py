@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from curation_tiny_models import save_tiny_aesthetic_mlp, save_tiny_clip
 from dashboard_fixtures import EVAL_PROMPT, two_runs
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from orchestration.cli import main
 
@@ -77,11 +79,16 @@ def test_svp_eval_logs_clip_metrics_and_runs_compare_shows_them(
     rows = json.loads(capsys.readouterr().out)
     assert all(isinstance(r["eval/clip_similarity"], float) for r in rows)
 
-    # The tiny stage keeps an EMA: --ema scores those weights (and says so), here without touching MLflow.
+    # The tiny stage keeps an EMA: --ema scores those weights (and says so), here without touching MLflow;
+    # with --image every video starts from the image and is scored against it.
+    start = tmp_path / "start.png"
+    Image.fromarray(np.full((64, 64, 3), 200, dtype=np.uint8)).save(start)
     args = ["eval", str(exports[0]), "--prompts", str(prompts), "--frames", "5", "--steps", "2"]
-    assert main([*args, "--ema", "--no-mlflow", "--out", str(tmp_path / "ema"), "--json"]) == 0
+    args += ["--ema", "--image", str(start), "--no-mlflow", "--out", str(tmp_path / "ema"), "--json"]
+    assert main(args) == 0
     (report,) = json.loads(capsys.readouterr().out)
     assert report["ema"] is True and set(report["metrics"]) >= WEIGHT_FREE
+    assert 0.0 <= report["metrics"]["conditioning_match"] <= 1.0
 
 
 def client_metric(uri: str, run_id: str, name: str) -> list[int]:

@@ -15,6 +15,7 @@ from training.tracking import Tracker
 _MADE: dict[str, Any] = {}
 PIPELINE = "tiny"
 LRS = (1.0e-3, 3.0e-3)
+EVAL_PROMPT = "a small red square"
 
 
 def curated_folder(base: Path) -> Path:
@@ -59,6 +60,8 @@ def two_runs(base: Path) -> Path:
                         "steps": 2,
                     },
                     "stages.image.checkpoint.every": 2,
+                    # Scored at export (training.evaluation): eval metrics for `svp runs` and the page.
+                    "stages.image.eval": {"prompts": [EVAL_PROMPT], "num_frames": 5, "steps": 2},
                 },
             )
             work = base / f"work{i}"

@@ -155,6 +155,7 @@ def test_both_pages_render_in_chromium(dashboard, tmp_path):
         _wait_for(driver, '[data-testid="stDataFrame"]', 3)
         _wait_for(driver, '[data-testid="stImage"] img', 2)  # loss and lr curves
         assert "Params that differ" in driver.page_source
+        assert "Eval (latest)" in driver.page_source  # the stage's eval: block scored each export
         assert not driver.find_elements("css selector", '[data-testid="stException"]')
         driver.save_screenshot(str(shots / "dashboard-experiments.png"))
         assert _external_requests(driver) == []

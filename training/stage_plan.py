@@ -95,7 +95,7 @@ def stage_inputs(
         return None, data_pending
     # Reading the index turns missing or unusable data into one clear error before anything starts.
     dataset = StageData(stage, 0, 1, stage.seed).dataset_fingerprint()
-    return StageInputs(stage.resolved(), dataset, init, platform_version()), ""
+    return StageInputs(stage.training_inputs(), dataset, init, platform_version()), ""
 
 
 def kept_export(stage_folder: Path, fingerprint: str) -> Path | None:

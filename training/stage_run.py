@@ -35,6 +35,7 @@ from training.config.schema import PipelineConfig, StageConfig
 from training.disk_budget import warn_if_disk_short
 from training.drills import FaultInjection, check_drill_allowed
 from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
+from training.evaluation import evaluate_stage_export
 from training.fingerprints import (
     StageInputs,
     explain_change,
@@ -198,6 +199,8 @@ class StageRun:
                     self.export(result)
                 self.record()
         log.info(f"stage {self.stage.name}: exported to {self.export_dir}")
+        uri = self.tracker.tracking_uri if self.tracker else None
+        evaluate_stage_export(self.stage, self.export_dir, uri, self.run_id)  # the stage's `eval:` block
         return self._result(skipped=False, result=result)
 
     def plan(self) -> StageDecision:

@@ -37,10 +37,11 @@ from training.checkpoints import TrainState, clear_staging, load_checkpoint, res
 from training.data_metrics import data_metrics
 from training.drills import maybe_die
 from training.errors import StageConfigError
+from training.evaluation import sample_metrics
 from training.job import StageJob
 from training.metrics import StepWindow, peak_flops, step_metrics
 from training.progress import BoardAddress, ProgressPublisher
-from training.sampling import render_sample
+from training.sampling import DEFAULT_FPS, render_sample
 from training.step import StageStep, build_engine, guarded_step, step_generator
 
 log = logging.getLogger("svp.training")
@@ -266,7 +267,8 @@ class Trainer:
             f"stage {self.stage.name}: sample at step {step} rendered in {seconds:.1f} s (rank {self.rank})"
         )
         if self.tracker:
-            self.tracker.log_metrics({"time/sample_s": seconds}, step)
+            fps = self.stage.target_fps or DEFAULT_FPS
+            self.tracker.log_metrics({"time/sample_s": seconds, **sample_metrics(written, fps)}, step)
             self.tracker.log_artifact(written, "samples")
 
     def close(self) -> None:

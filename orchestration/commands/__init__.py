@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "demo_cmd",
     "dashboard_cmd",
     "runs_cmd",
+    "eval_cmd",
 )
 
 

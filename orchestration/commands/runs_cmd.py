@@ -42,6 +42,12 @@ def list_(
         typer.echo(table.drop(columns=["pipeline_run"]).to_string(index=False, float_format="{:.4g}".format))
 
 
+def _eval_text(evals) -> str:
+    if not len(evals):
+        return "  (no eval metrics: `svp eval EXPORT --prompts FILE` or a stage's eval: block)"
+    return evals.to_string(float_format="{:.4g}".format)
+
+
 def compare(
     names: list[str] = typer.Argument(
         ...,
@@ -63,6 +69,7 @@ def compare(
         raise UserError(f"svp runs compare needs two or more runs; {' '.join(names)} names only one")
     params, lineage = rt.differing_params(client, rows), rt.differing_lineage(client, rows)
     perf = rt.perf_table(client, rows)
+    evals = rt.eval_table(client, rows)
     curves = rt.metric_curves(client, rows, metric)
     if plot is not None:
         rt.plot_curves(curves, metric, plot)
@@ -72,6 +79,7 @@ def compare(
             "params": params.to_dict(orient="index"),
             "lineage": lineage.to_dict(orient="index"),
             "perf": perf.to_dict(orient="index"),
+            "eval": evals.to_dict(orient="index"),
             metric: {k: v.to_dict("list") for k, v in curves.items()},
         }
         typer.echo(json.dumps(payload, indent=2, default=str))
@@ -81,5 +89,6 @@ def compare(
     typer.echo("\nparams that differ:\n" + (params.to_string() if len(params) else "  (none)"))
     typer.echo("\nlineage that differs:\n" + (lineage.to_string() if len(lineage) else "  (none)"))
     typer.echo("\nperf (last value):\n" + perf.to_string(float_format="{:.4g}".format))
+    typer.echo("\neval (latest, beside the data it trained on):\n" + _eval_text(evals))
     if plot is not None:
         typer.echo(f"\nplot: {plot}")

@@ -1,5 +1,6 @@
 """Experiments page: a pipeline's stage runs as a table; pick two or more to see only what differs
-(params, lineage), their loss and lr curves on one step axis, perf metrics and sample videos."""
+(params, lineage), their loss and lr curves on one step axis, perf metrics, eval metrics (with the data they
+trained on) and sample videos."""
 
 from __future__ import annotations
 
@@ -38,7 +39,21 @@ def _compare(client, rows) -> None:
         )
     st.subheader("Perf (last value)")
     st.dataframe(rt.perf_table(client, rows), width="stretch")
+    _evals(client, rows, weight)
     _samples(client, rows)
+
+
+def _evals(client, rows, weight: float) -> None:
+    """The runs' eval metrics beside their data fingerprint and thresholds hash, and one metric over steps."""
+    table = rt.eval_table(client, rows)
+    _table_or_caption("Eval (latest)", table, "no eval metrics: `svp eval` or a stage's eval: block")
+    if not len(table):
+        return
+    names = [n for n in table.index if n not in ("step", "dataset", "thresholds")]
+    metric = rt.EVAL_PREFIX + st.selectbox("eval metric over steps", names, key="exp:eval")
+    st.pyplot(rt.curves_figure(rt.metric_curves(client, rows, metric), metric, weight), clear_figure=False)
+    if st.checkbox("eval videos side by side", key="exp:eval-videos"):  # downloads every run's videos
+        _side_by_side(rt.eval_videos(client, rows), "eval video", "exp:eval-video", "(not evaluated)")
 
 
 def _table_or_caption(title: str, table, when_empty: str) -> None:
@@ -50,21 +65,28 @@ def _table_or_caption(title: str, table, when_empty: str) -> None:
 
 
 def _samples(client, rows) -> None:
-    videos = rt.sample_videos(client, rows)
-    steps = sorted(set().union(*[v.keys() for v in videos.values()]))
-    if not steps:
+    if not _side_by_side(
+        rt.sample_videos(client, rows), "sample of step", "exp:sample", "(no sample at this step)"
+    ):
         st.caption("no sample videos logged by these runs")
-        return
-    # Start at the latest step every compared run has a sample of (side by side), else the latest of any.
+
+
+def _side_by_side(videos: dict[str, dict[str, str]], label: str, key: str, missing: str) -> bool:
+    """One video (picked by file name) of every run in a row of columns; False when there is none. The pick
+    starts at the latest name every run has (side by side), else the latest of any."""
+    names = sorted(set().union(*[v.keys() for v in videos.values()]))
+    if not names:
+        return False
     shared = set.intersection(*[set(v) for v in videos.values()])
-    start = steps.index(max(shared)) if shared else len(steps) - 1
-    step = st.selectbox("sample of step", steps, index=start, key="exp:sample")
-    for slot, (label, files) in zip(st.columns(len(videos)), videos.items(), strict=True):
-        slot.caption(label)
-        if step in files:
-            slot.video(files[step])
+    start = names.index(max(shared)) if shared else len(names) - 1
+    name = st.selectbox(label, names, index=start, key=key)
+    for slot, (run, files) in zip(st.columns(len(videos)), videos.items(), strict=True):
+        slot.caption(run)
+        if name in files:
+            slot.video(files[name])
         else:
-            slot.caption("(no sample at this step)")
+            slot.caption(missing)
+    return True
 
 
 def render() -> None:

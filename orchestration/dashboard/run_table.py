@@ -27,6 +27,7 @@ from training.tracking import (
 )
 
 LOSS = "train/loss"
+EVAL_PREFIX = "eval/"  # training.evaluation.METRIC_PREFIX
 LR = "train/lr"
 PERF_METRICS = ("perf/samples_per_s", "perf/tokens_per_s", "perf/step_time_s", "perf/mfu")
 LINEAGE = {"dataset": TAG_DATASET, "thresholds": TAG_THRESHOLDS, "git": TAG_GIT, "init_from": TAG_INIT_FROM}
@@ -105,6 +106,7 @@ def _stage_row(client, run, parents: dict) -> dict:
         "dataset": tags.get(TAG_DATASET, ""),
         "thresholds": tags.get(TAG_THRESHOLDS, ""),
         "init_from": tags.get(TAG_INIT_FROM, ""),
+        **{k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)},  # `svp eval`, a stage's `eval:`
     }
 
 
@@ -118,7 +120,8 @@ def stage_table(client, pipeline: str | None = None) -> pd.DataFrame:
     rows = [_stage_row(client, r, parents) for r in stages]
     order = {r.info.run_id: (-r.info.start_time, r.data.tags.get("svp.stage_index", "")) for r in stages}
     rows.sort(key=lambda row: order[row["run_id"]])
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    evals = sorted({k for row in rows for k in row if k.startswith(EVAL_PREFIX)})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS + evals)
 
 
 MIN_PREFIX = 4  # characters of a run id that may stand for it (when no other run id starts with them)
@@ -197,6 +200,36 @@ def perf_table(client, rows: pd.DataFrame) -> pd.DataFrame:
         metrics = client.get_run(rid).data.metrics
         data[label] = [metrics.get(k, np.nan) for k in PERF_METRICS]
     return pd.DataFrame(data, index=list(PERF_METRICS))
+
+
+def eval_table(client, rows: pd.DataFrame) -> pd.DataFrame:
+    """Per run (one column each), its latest `eval/*` metrics, the step they were measured at, and the dataset
+    fingerprint and thresholds hash it trained on, beside them: a curation change judged by its effect.
+    Empty when none of the runs was evaluated."""
+    data, names = {}, set()
+    for label, rid in zip(_labels(rows), rows["run_id"], strict=True):
+        run = client.get_run(rid)
+        metrics = {
+            k.removeprefix(EVAL_PREFIX): v for k, v in run.data.metrics.items() if k.startswith(EVAL_PREFIX)
+        }
+        history = client.get_metric_history(rid, EVAL_PREFIX + min(metrics)) if metrics else []
+        lineage = {name: run.data.tags.get(LINEAGE[name], "") for name in ("dataset", "thresholds")}
+        data[label] = {"step": max((m.step for m in history), default=np.nan), **metrics, **lineage}
+        names |= set(metrics)
+    if not names:
+        return pd.DataFrame()
+    return pd.DataFrame(data).reindex(["step", *sorted(names), "dataset", "thresholds"])
+
+
+def eval_videos(client, rows: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """Per run, the videos of its latest evaluation (`eval/step<N>/prompt<P>-seed<S>.mp4`) by file name, as
+    local paths: the same prompt and seed of every run, side by side."""
+    out = {}
+    for label, rid in zip(_labels(rows), rows["run_id"], strict=True):
+        steps = sorted(f.path for f in client.list_artifacts(rid, "eval") if f.is_dir)
+        files = [f.path for f in client.list_artifacts(rid, steps[-1])] if steps else []
+        out[label] = {Path(p).name: client.download_artifacts(rid, p) for p in files if p.endswith(".mp4")}
+    return out
 
 
 def sample_videos(client, rows: pd.DataFrame) -> dict[str, dict[str, str]]:

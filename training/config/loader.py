@@ -138,7 +138,16 @@ def _build(
 
 
 # Paths a stage may name, relative to the YAML that names them (`model.config_paths`).
-STAGE_PATH_KEYS = ("data.*", "autoencoder.path", "text_encoder.path", "init_from.path")
+STAGE_PATH_KEYS = (
+    "data.*",
+    "autoencoder.path",
+    "text_encoder.path",
+    "init_from.path",
+    "eval.prompts_file",
+    "eval.image",
+    "eval.clip_checkpoint",
+    "eval.aesthetic_mlp",
+)
 
 
 def _variable_values(file_vars: dict[str, Any], given: dict[str, str], base: Path) -> dict[str, str]:

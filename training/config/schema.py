@@ -160,6 +160,30 @@ class SampleSpec(StrictModel):
     steps: int = Field(default=20, gt=0)
 
 
+class EvalSpec(StrictModel):
+    """`eval:` of a stage: after the stage exports, videos of fixed prompts and seeds are generated from the
+    export and scored (`training.evaluation`, `curation.video_eval`); the metrics land in the stage's MLflow run
+    at the export's step. Not part of the stage's fingerprint: changing it never retrains the stage."""
+
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: str | None = None  # one prompt a line; blank lines and `#` comments are skipped
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    num_frames: int | None = Field(default=None, gt=0)  # default: the stage's first bucket
+    steps: int = Field(default=10, gt=0)
+    guidance_scale: float = 6.0
+    image: str | None = None  # image-to-video: every video starts from this image
+    clip_model: str = "ViT-L-14-quickgelu"  # curation.clip_model's default architecture
+    clip_checkpoint: str | None = None  # without it the CLIP metrics are skipped with one line
+    aesthetic_mlp: str | None = None
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _some_prompt(self) -> EvalSpec:
+        if not self.prompts and self.prompts_file is None:
+            raise UserError("needs prompts (a list) or prompts_file")
+        return self
+
+
 @dataclass(config=ConfigDict(extra="forbid"), frozen=True, kw_only=True)
 class StageConfig:
     """One training stage. A pydantic dataclass rather than a BaseModel because the interface's
@@ -187,6 +211,7 @@ class StageConfig:
     init_from: InitFromSpec | None = None
     ema: EmaSpec | None = None
     sample: SampleSpec | None = None
+    eval: EvalSpec | None = None
     seed: int = Field(default=0, ge=0)
     num_workers: int = Field(default=2, ge=0)
     # Precomputed latents (`svp encode`): auto uses them when every data folder has a current set, required
@@ -240,15 +265,25 @@ class StageConfig:
         return LinearDiTConfig.from_preset(self.model.preset, **overrides)
 
     def resolved(self) -> dict[str, Any]:
-        """The stage as plain JSON-safe data (what the fingerprint and the MLflow params are made of)."""
-        return _STAGE_ADAPTER.dump_python(self, mode="json")
+        """The stage as plain JSON-safe data (what the MLflow params are made of). A stage without `eval:`
+        resolves as it did before the block existed, so its fingerprint is unchanged."""
+        data = _STAGE_ADAPTER.dump_python(self, mode="json")
+        if data.get("eval") is None:
+            data.pop("eval", None)
+        return data
+
+    def training_inputs(self) -> dict[str, Any]:
+        """`resolved()` without what does not change the trained weights (`eval:`): the fingerprint's part."""
+        data = self.resolved()
+        data.pop("eval", None)
+        return data
 
     def replace(self, **changes: Any) -> StageConfig:
         """A validated copy with some top-level fields changed (e.g. `steps=3`)."""
         return dataclasses.replace(self, **changes)
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self.training_inputs(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_flat_params(self) -> dict[str, str]:

@@ -8,6 +8,15 @@ from pathlib import Path
 import typer
 
 # Options whose help is long (module level keeps the command's signature short).
+SECONDS_OPT = typer.Option(
+    ..., help="Length of the video in seconds (at the stage's frame rate); with --continue, of the new part."
+)
+BLOCK_FRAMES_OPT = typer.Option(
+    None, help="Latent frames per block: block-autoregressive with a constant-memory cache."
+)
+IMAGE_OPT = typer.Option(
+    None, help="Image-to-video: the video starts from this image (resized to the video size)."
+)
 CONTINUE_OPT = typer.Option(
     None,
     "--continue",
@@ -51,14 +60,9 @@ def register(app: typer.Typer) -> None:
 def generate(
     checkpoint: Path = typer.Argument(..., help="A stage export folder (…/<pipeline>/<stage>/export)."),
     prompt: str = typer.Option(..., help="What the video shows."),
-    seconds: float = typer.Option(
-        ...,
-        help="Length of the video in seconds (at the stage's frame rate); with --continue, of the new part.",
-    ),
+    seconds: float = SECONDS_OPT,
     out: Path = typer.Option(..., help="The mp4 to write."),
-    block_frames: int = typer.Option(
-        None, help="Latent frames per block: block-autoregressive with a constant-memory cache."
-    ),
+    block_frames: int = BLOCK_FRAMES_OPT,
     steps: int = typer.Option(20, help="Sampler steps (per block when block-autoregressive)."),
     guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (<= 1 disables it)."),
     seed: int = typer.Option(0, help="Noise seed."),
@@ -67,9 +71,7 @@ def generate(
     ema: bool = typer.Option(False, help="Use the EMA weights of the export."),
     device: str = DEVICE_OPT,
     dtype: str = DTYPE_OPT,
-    image: Path = typer.Option(
-        None, help="Image-to-video: the video starts from this image (resized to the video size)."
-    ),
+    image: Path = IMAGE_OPT,
     continue_from: Path = CONTINUE_OPT,
     motion_score: int = MOTION_SCORE_OPT,
     numerics: str = NUMERICS_OPT,

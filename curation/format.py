@@ -112,6 +112,26 @@ def bucket_for(height: int, width: int, num_frames: int) -> Bucket:
     return Bucket(height, width, frame_bucket(num_frames))
 
 
+# SANA-Video's captions end in the clip's motion score: `caption_text` (curation) writes the suffix into the
+# shards, `svp generate` appends it to a prompt the way the stage's captions had it.
+MOTION_CAPTION_TEMPLATE = "{caption} motion score: {motion_score}."
+_MOTION_SUFFIX_RE = re.compile(r"(?:^|\s)motion score: (-?\d+)\.\s*$")
+
+
+def with_motion_score(caption: str, motion_score: float) -> str:
+    """`caption` with SANA-Video's motion-score suffix (the score rounded to an integer)."""
+    text = MOTION_CAPTION_TEMPLATE.format(caption=caption.strip(), motion_score=int(round(motion_score)))
+    return text.strip()
+
+
+def split_motion_score(text: str) -> tuple[str, int | None]:
+    """(caption, motion score) of a caption that ends in the motion-score suffix, else (text, None)."""
+    match = _MOTION_SUFFIX_RE.search(text)
+    if match is None:
+        return text, None
+    return text[: match.start()].strip(), int(match[1])
+
+
 def is_safe_relative(relative: str) -> bool:
     """True when `relative` stays inside whatever folder it is joined to (not absolute, no '..')."""
     p = PurePosixPath(relative)

@@ -42,6 +42,7 @@ from curation.format import (
     VIDEO_MEMBER,
     shard_name,
     validate_key,
+    with_motion_score,
 )
 from curation.shard_index import index_table
 from curation.shard_tar import TAR_BLOCK, tar_member_size, write_tar
@@ -114,7 +115,7 @@ def caption_text(row: dict, motion_caption: bool) -> str:
     text = caption.strip() if isinstance(caption, str) else ""
     motion = row.get("motion_score")
     if motion_caption and isinstance(motion, int | float) and math.isfinite(motion):
-        text = f"{text} motion score: {int(round(motion))}.".strip()
+        text = with_motion_score(text, motion)
     return text
 
 

@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from model.config import LinearDiTConfig
 from model.errors import UserError
@@ -64,10 +65,24 @@ def load_config(folder: str | Path) -> LinearDiTConfig:
     return LinearDiTConfig.from_dict(data)
 
 
+def load_weights(
+    path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, read straight onto `device` one by one and each floating tensor cast to
+    `dtype` as it arrives: a bf16 load of fp32 weights holds one fp32 tensor at a time, never a whole fp32
+    copy of the model (on the CPU or the GPU)."""
+    out = {}
+    with safe_open(str(path), framework="pt", device=str(device)) as weights:
+        for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            tensor = weights.get_tensor(key)
+            out[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    return out
+
+
 def load_pretrained(
     folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> LinearDiT:
-    """The model saved by `save_pretrained`, on `device`, cast to `dtype` when given."""
+    """The model saved by `save_pretrained`, loaded onto `device` in `dtype` when given (`load_weights`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
@@ -75,5 +90,5 @@ def load_pretrained(
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"model weights not found: {weights}")
-    model = model_from_state_dict(config, load_file(str(weights), device=str(device)), str(weights))
-    return model.to(device=device, dtype=dtype)
+    model = model_from_state_dict(config, load_weights(weights, device, dtype), str(weights))
+    return model.to(device=device, dtype=dtype)  # buffers the file does not hold

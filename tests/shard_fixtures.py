@@ -25,6 +25,7 @@ from curation.format import (
     bucket_for,
     make_clip_id,
     shard_name,
+    with_motion_score,
 )
 from curation.shard_tar import write_tar
 from model.video_io import encode_mp4
@@ -60,11 +61,13 @@ def make_shards(
     bad_video: int = 0,
     no_caption: int = 0,
     prefix: str = "clips",
+    motion_scores: Sequence[float] | None = None,
 ) -> Path:
     """Write `num_clips` samples into `folder/shards/{prefix}-NNNNNN.tar` + `folder/shards/index.parquet` (a
     curation output folder) and return `folder`. Clip i has size `sizes[i % len(sizes)]` and frame count
     `frames[i % len(frames)]`. The last `bad_video` samples carry bytes that are not an mp4 and the
-    `no_caption` samples before them have no caption member; all are listed in the index, as curation would."""
+    `no_caption` samples before them have no caption member; all are listed in the index, as curation would.
+    With `motion_scores`, clip i's caption ends in " motion score: N." of `motion_scores[i]`, as curation's."""
     folder = Path(folder)
     shards = folder / SHARDS_DIR
     shards.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,8 @@ def make_shards(
         key = make_clip_id(f"src{seed:04d}{i:06d}", 0, count)
         caption = f"a {color} square moves {motion}"
         mp4 = encode_mp4(moving_square(height, width, count, color, motion, seed * 100003 + i), fps)
-        members = {CAPTION_MEMBER: caption.encode()}
+        text = caption if motion_scores is None else with_motion_score(caption, motion_scores[i])
+        members = {CAPTION_MEMBER: text.encode()}
         if i >= num_clips - bad_video:
             mp4, broken[key] = b"this is not an mp4 file" * 8, "undecodable_video"
         elif i >= num_clips - bad_video - no_caption:

@@ -171,6 +171,9 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     assert not lock.exists()  # taken over from the dead driver, and freed at the end
     exports = {name: work / "tiny" / name / "export" for name in STAGES}
     assert all((e / "model.safetensors").is_file() for e in exports.values())
+    # Each export records the template of the captions its stage read (these shards' captions have no motion score).
+    caption = json.loads((exports["long-video-ar"] / "stage.json").read_text())["caption"]
+    assert caption == {"template": "{caption}", "motion_score": None, "captions_read": 8}
     assert f"image: trained (no export yet) and exported to {exports['image']}" in capsys.readouterr().out
 
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")

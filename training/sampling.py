@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from training.caption_template import caption_conditioning
+
 if TYPE_CHECKING:
     from training.config import StageConfig
     from training.step import StageStep
@@ -31,6 +33,7 @@ def export_extra(stage: StageConfig) -> dict[str, Any]:
         "width": bucket.width,
         "chunk_sizes": stage.chunk_sizes,
         "seed": stage.seed,
+        "caption": caption_conditioning(stage.data),  # the captions' template, applied by `svp generate`
     }
 
 

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "model_cmd",
     "curate_cmd",
     "train_cmd",
+    "generate_cmd",
     "encode_cmd",
     "pipeline_cmd",
     "jobs_cmd",

@@ -1,8 +1,7 @@
-"""`svp train` (run a pipeline's stages on Ray Train + DeepSpeed) and `svp generate` (video from an export)."""
+"""`svp train`: run a pipeline's stages on Ray Train + DeepSpeed (`svp generate` is in generate_cmd)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -15,29 +14,6 @@ from orchestration.commands.options import (
     set_help,
 )
 
-# Options of `svp generate` whose help is long (module level keeps the command's signature short).
-CONTINUE_OPT = typer.Option(
-    None,
-    "--continue",
-    help="Continue this mp4: its blocks are folded into the cache, then --seconds more are generated "
-    "(needs --block-frames; the output is the clip followed by the new frames).",
-)
-NUMERICS_OPT = typer.Option(
-    "diffusers",
-    help="diffusers: schedule, timesteps and guidance as diffusers' SanaVideoPipeline (guidance <= 1 is "
-    "none); official: the SANA-Video code's sampler.",
-)
-PRECISION_OPT = typer.Option(
-    "native",
-    help="native: the weights' dtype; fp8: float8 matmuls for the large layers (Hopper GPUs).",
-)
-COMPILE_OPT = typer.Option(
-    True,
-    "--compile/--no-compile",
-    help="On CUDA, run every block torch.compile'd (first call slower).",
-)
-
-
 LOG_EVERY_OPT = typer.Option(
     None,
     min=1,
@@ -47,7 +23,6 @@ LOG_EVERY_OPT = typer.Option(
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
-    app.command("generate")(generate)
 
 
 def train(
@@ -106,56 +81,3 @@ def train(
         )
     for result in results:  # the reason: why a stage was skipped, or why it had to train
         typer.echo(stage_summary(result))
-
-
-def generate(
-    checkpoint: Path = typer.Argument(..., help="A stage export folder (…/<pipeline>/<stage>/export)."),
-    prompt: str = typer.Option(..., help="What the video shows."),
-    seconds: float = typer.Option(
-        ...,
-        help="Length of the video in seconds (at the stage's frame rate); with --continue, of the new part.",
-    ),
-    out: Path = typer.Option(..., help="The mp4 to write."),
-    block_frames: int = typer.Option(
-        None, help="Latent frames per block: block-autoregressive with a constant-memory cache."
-    ),
-    steps: int = typer.Option(20, help="Sampler steps (per block when block-autoregressive)."),
-    guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (<= 1 disables it)."),
-    seed: int = typer.Option(0, help="Noise seed."),
-    height: int = typer.Option(None, help="Pixel height (default: the stage's first bucket)."),
-    width: int = typer.Option(None, help="Pixel width (default: the stage's first bucket)."),
-    ema: bool = typer.Option(False, help="Use the EMA weights of the export."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, …"),
-    image: Path = typer.Option(
-        None, help="Image-to-video: the video starts from this image (resized to the video size)."
-    ),
-    continue_from: Path = CONTINUE_OPT,
-    numerics: str = NUMERICS_OPT,
-    precision: str = PRECISION_OPT,
-    compile: bool = COMPILE_OPT,
-) -> None:
-    """Generate a video from a trained stage's export."""
-    from training.generation import generate_from_export
-
-    path = generate_from_export(
-        checkpoint,
-        prompt,
-        seconds,
-        out,
-        block_frames=block_frames,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        seed=seed,
-        height=height,
-        width=width,
-        ema=ema,
-        device=device,
-        numerics=numerics,
-        image=image,
-        continue_from=continue_from,
-        precision=precision,
-        compile=compile,
-    )
-    record = json.loads(path.with_suffix(".json").read_text())
-    typer.echo(record["inference"])
-    typer.echo(f"wrote {path}")

@@ -12,12 +12,19 @@ torch 2.14). An older GPU is a user error: emulating float8 there would only be 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import torch
 from torch import nn
 
 from model.errors import UserError
 from model.kernels.fp8 import swapped_float8
+
+
+def require_torchao(what: str) -> None:
+    """A user error naming the extra when torchao is not installed."""
+    if importlib.util.find_spec("torchao") is None:
+        raise UserError(f"{what} runs through torchao, which is not installed: pip install 'svp[fp8]'")
 
 
 def _config():
@@ -28,7 +35,8 @@ def _config():
     return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
 
 
-def _supported(device: torch.device) -> bool:
+def float8_supported(device: torch.device) -> bool:
+    """Whether torchao's float8 matmuls run on `device` (the CPU: torch._scaled_mm's CPU kernel)."""
     if device.type == "cpu":
         return True
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
@@ -70,8 +78,9 @@ def torchao_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module
 def torchao_float8_inference(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Run `model` (a LinearDiT) with torchao's float8 matmuls inside the `with` block; the bf16
     modules come back after (the parameters and state_dict never change)."""
+    require_torchao("--precision fp8")
     param = next(model.parameters())
-    if not _supported(param.device):
+    if not float8_supported(param.device):
         raise UserError(
             f"--precision fp8 needs a GPU with float8 tensor cores (compute capability 8.9+, e.g. L4, H100); "
             f"{torch.cuda.get_device_name(param.device)} has none: use --precision native"

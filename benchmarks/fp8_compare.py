@@ -82,7 +82,7 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
     bench = train_step.Bench(options)
     data = torch.Generator().manual_seed(1)  # the data order, the same in every run
     losses, times = [], []
-    for _ in range(args.train_steps):
+    for step in range(1, args.train_steps + 1):
         latents = torch.randn(bench.shape, generator=data).to(bench.device)
         if bench.use_gpu:
             torch.cuda.synchronize()
@@ -91,6 +91,18 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
         if bench.use_gpu:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        if step % 25 == 0 or step == args.train_steps:  # a run stopped by its time box keeps its losses
+            _write(args.out, [_train_row(args, options, bench, losses, times)])
+    return _train_row(args, options, bench, losses, times)
+
+
+def _train_row(
+    args: argparse.Namespace,
+    options: argparse.Namespace,
+    bench: train_step.Bench,
+    losses: list[float],
+    times: list[float],
+) -> dict:
     warm = times[min(3, len(times) - 1) :]
     return {
         "section": "train",
@@ -103,6 +115,11 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
         **bench.figures(warm),
         "losses": [round(loss, 5) for loss in losses],
     }
+
+
+def _write(out: Path | None, rows: list[dict]) -> None:
+    if out is not None:
+        out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def compare_losses(a: dict, b: dict) -> dict:
@@ -153,25 +170,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.preset, args.frames, args.height, args.width, args.text_len = "tiny", 9, 32, 64, 8
         args.step_repeats, args.error_steps, args.train_steps = 1, 3, min(args.train_steps, 6)
     args.quick = args.tiny
-    out, args.out = args.out, None  # Run rewrites --out per section; written once here instead
-    rows: list[dict] = []
+    rows: list[dict] = []  # --out is rewritten as sections finish (a run stopped by its time box keeps them)
     if args.part in ("inference", "all"):
         rows += inference(args)
     if args.part == "train":
         rows.append(train(args, bench_args))
     if args.part == "all":
-        runs = []
+        out, args.out, runs = args.out, None, []
         for recipe in ("off", args.float8):
             args.float8 = recipe
             runs.append(train(args, bench_args))
         rows += [*runs, compare_losses(*runs)]
+        args.out = out
     if args.part == "losses":
         a, b = (json.loads(Path(f).read_text())[-1] for f in args.files)
         rows.append(compare_losses(a, b))
     for row in rows:
         print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
-    if out is not None:
-        out.write_text(json.dumps(rows, indent=1) + "\n")
+    _write(args.out, rows)
     print_table([{k: v for k, v in row.items() if k != "losses"} for row in rows])
     return rows
 

@@ -42,6 +42,24 @@ def test_min_dim_keeps_small_gemms_out(tmp_path):
     assert type(model.blocks[0].attn1.to_q) is torch.nn.Linear
 
 
+def test_sampling_in_float8_inference_gives_the_training_hooks_back(tmp_path):
+    """A float8-trained model renders its sample through an inference precision; training resumes in float8."""
+    from model.kernels.precision import precision_context
+    from training.float8 import Float8Pointwise, convert_to_float8
+
+    stage = _stage(tmp_path, min_dim=16)
+    model = LinearDiT(stage.model_config()).eval()
+    assert (
+        convert_to_float8(model, stage.deepspeed.float8, use_gpu=False) == 10 * stage.model_config().depth
+    )  # 8 projections, 2 convs
+    hook = model.blocks[0].ff.conv_inverted.float8
+    latents, text, t = torch.randn(1, 48, 1, 8, 8), torch.randn(1, 5, 64), torch.tensor([300.0])
+    with torch.no_grad(), precision_context(model, "fp8-scaled-mm"):
+        assert not isinstance(model.blocks[0].ff.conv_inverted.float8, Float8Pointwise)
+        model(latents, text, t)
+    assert model.blocks[0].ff.conv_inverted.float8 is hook
+
+
 @pytest.mark.parametrize("recipe", ["rowwise", "tensorwise"])
 def test_tiny_stage_trains_in_float8(single_process_group, tmp_path, recipe):  # noqa: F811
     from torchao.float8.float8_linear import Float8Linear

@@ -43,6 +43,7 @@ ROOTS = (
     "diffusers",
     "scenedetect-headless",
     "open_clip_torch",  # the aesthetic scorer and CLIP similarity (benchmarks/gpu_pipeline.py)
+    "torchao",  # float8 inference and training (benchmarks/fp8_compare.py)
 )
 # The GPU machine's image 'cuda' (device KINDS.md, read 2026-11-17): carried only when missing here.
 _GPU_IMAGE_PACKAGES = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build

@@ -40,7 +40,7 @@ export PYTHONUNBUFFERED=1
 python3 - <<'EOF' || { echo "gpu_setup: imports failed" >&2; return 1 2>/dev/null || exit 1; }
 import importlib, sys
 names = ["ray", "ray.train.torch", "ray.data", "deepspeed", "mlflow", "sqlalchemy", "alembic", "pydantic",
-         "webdataset", "av", "diffusers", "scenedetect", "open_clip", "torch"]
+         "webdataset", "av", "diffusers", "scenedetect", "open_clip", "torchao", "torch"]
 versions = {}
 for name in names:
     module = importlib.import_module(name)

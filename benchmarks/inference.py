@@ -33,7 +33,7 @@ from benchmarks.inference_parts import (
 from model import LinearDiT, LinearDiTConfig, kernels
 from model.attention import linear_attention
 from model.info import latent_shape
-from model.kernels.fp8 import float8_inference
+from model.kernels.precision import precision_context
 from model.samplers import flow_sigmas, iter_block_ar_sample, model_velocity, sample
 
 
@@ -198,7 +198,7 @@ def transformer_loop(run: Run) -> dict:
         outputs["ours eager, fused"] = _time_forward(run, "ours eager, fused", ours, args.steps)
         model.enable_inference_compile()
         outputs["ours compiled, fused"] = _time_forward(run, "ours compiled, fused", ours, args.steps)
-        with float8_inference(model):
+        with precision_context(model, "fp8"):
             outputs["ours compiled, fused, FP8"] = _time_forward(
                 run, "ours compiled, fused, FP8", ours, args.steps
             )
@@ -224,8 +224,8 @@ def transformer_loop(run: Run) -> dict:
     return {"model": model}
 
 
-def fp8_error(run: Run, model: LinearDiT) -> None:
-    """FP8 against bf16 (both compiled, fused attention) at a fixed seed, `--error-steps` DPM++ steps with
+def fp8_error(run: Run, model: LinearDiT, precision: str = "fp8") -> None:
+    """FP8 (`precision`: torchao's or the hand-written path) against bf16 (both compiled, fused attention) at a fixed seed, `--error-steps` DPM++ steps with
     CFG 6: the FP8 velocity at every input of the bf16 trajectory (per-step rel-L2), and the final latents of
     the two trajectories run separately (rel-L2)."""
     args, device, dtype = run.args, run.device, run.dtype
@@ -236,7 +236,7 @@ def fp8_error(run: Run, model: LinearDiT) -> None:
 
     def paired(x, t, txt, msk):
         v = velocity(x, t, txt, msk)
-        with float8_inference(model):
+        with precision_context(model, precision):
             v8 = velocity(x, t, txt, msk)
         per_step.append(((v8.float() - v.float()).norm() / v.float().norm()).item())
         return v
@@ -249,12 +249,13 @@ def fp8_error(run: Run, model: LinearDiT) -> None:
     model.enable_inference_compile()
     with torch.no_grad():
         bf16 = final(paired)
-        with float8_inference(model):
+        with precision_context(model, precision):
             fp8 = final(velocity)
     model.enable_inference_compile(False)
     rel = ((fp8 - bf16).norm() / bf16.norm()).item()
     run.add(
         "fp8_error",
+        precision=precision,
         steps=args.error_steps,
         velocity_rel_l2_per_step=[round(e, 4) for e in per_step],
         velocity_rel_l2_max=round(max(per_step), 4),
@@ -268,8 +269,11 @@ def profile_step(run: Run, model: LinearDiT, fp8: bool = False) -> None:
     latents, text, mask, t = _inputs(model, args, 2, device, dtype)
     model.enable_inference_compile()
     activities = [torch.profiler.ProfilerActivity.CUDA]
-    precision = float8_inference(model) if fp8 else contextlib.nullcontext()
-    with torch.no_grad(), precision, torch.profiler.profile(activities=activities) as prof:
+    with (
+        torch.no_grad(),
+        precision_context(model, "fp8" if fp8 else "native"),
+        torch.profiler.profile(activities=activities) as prof,
+    ):
         model(latents, text, t, text_mask=mask)
         _sync(device)
     model.enable_inference_compile(False)
@@ -305,7 +309,7 @@ def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool 
     hw = latent_shape(model.config, args.frames, args.height, args.width)[2:]
     text = torch.randn(1, args.text_len, model.config.caption_channels, device=device, dtype=dtype)
     model.enable_inference_compile(compiled)
-    precision = float8_inference(model) if fp8 else contextlib.nullcontext()
+    precision = precision_context(model, "fp8" if fp8 else "native")
     frames = args.block_frames * blocks
     stream = iter_block_ar_sample(
         model, text, None, frames, args.block_frames, hw, generator=torch.Generator(device).manual_seed(0)

@@ -66,6 +66,11 @@ def _stage(args: argparse.Namespace):
                 "compile_blocks": args.compile_blocks,
                 "compile_memory_budget": args.compile_memory_budget,
                 "fused_attention_backward": args.fused_attention_backward,
+                "float8": {
+                    "enabled": args.float8 != "off",
+                    "recipe": "rowwise" if args.float8 == "off" else args.float8,
+                    "min_dim": args.float8_min_dim,
+                },
             },
         }
     )
@@ -113,14 +118,15 @@ class Bench:
         self.mask = torch.ones(args.batch, args.text_len, dtype=torch.long, device=self.device)
         self.flops, self.tokens = step_flops_and_tokens(config, self.shape, args.text_len)
 
-    def step(self) -> torch.Tensor:
+    def step(self, latents: torch.Tensor | None = None) -> torch.Tensor:
         """The trainer's step: noise, flow-matching loss (block-causal with the stage's chunks), backward,
-        optimizer step."""
+        optimizer step; on `latents` when given (a data stream), else the fixed random batch."""
         from training.step import forward_loss, noise_latents
 
-        noisy, timesteps, noise, weights = noise_latents(self.stage, self.latents, self.generator, self.dtype)
+        latents = self.latents if latents is None else latents
+        noisy, timesteps, noise, weights = noise_latents(self.stage, latents, self.generator, self.dtype)
         loss = forward_loss(
-            self.engine, self.stage, self.latents, noisy, self.text, self.mask, timesteps, noise, weights
+            self.engine, self.stage, latents, noisy, self.text, self.mask, timesteps, noise, weights
         )
         self.engine.backward(loss)
         self.engine.step()
@@ -194,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "compile_blocks": args.compile_blocks,
         "compile_memory_budget": args.compile_memory_budget,
         "fused_attention_backward": args.fused_attention_backward,
+        "float8": args.float8,
         "fused_adamw": bench.stage.optimizer.fused_enabled(bench.use_gpu),
         "tf32": args.tf32,
         "first_step_s": first_step_s,
@@ -266,6 +273,15 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         type=lambda v: v if v == "auto" else v.lower() == "true",
         help="torch's fused AdamW: auto (on GPU), true or false.",
+    )
+    parser.add_argument(
+        "--float8",
+        default="off",
+        choices=["off", "rowwise", "tensorwise"],
+        help="Float8 training through torchao (the stage's deepspeed.float8 recipe).",
+    )
+    parser.add_argument(
+        "--float8-min-dim", type=int, default=256, help="GEMMs with a smaller dimension stay in bf16."
     )
     return parser
 

@@ -25,6 +25,7 @@ from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.conditioning import encode_image, with_clean_first_frame
 from model.errors import UserError
+from model.kernels.precision import precision_context
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,
@@ -40,25 +41,18 @@ if TYPE_CHECKING:
     import PIL.Image
 
 log = logging.getLogger(__name__)
-# `precision` of generate_video: the model's own dtype, or float8 matmuls (model.kernels.fp8).
-PRECISIONS = ("native", "fp8")
 _PATH_SAID: dict[str, str | None] = {"last": None}
 
 
 def _precision(model: LinearDiT, precision: str) -> contextlib.AbstractContextManager:
     """The context the sampler runs in for `precision`; logs which inference path generation takes."""
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    context = precision_context(model, precision)  # a bad name is an error before anything is logged
     param = next(model.parameters())
     path = f"{kernels.describe_path(param.device, param.dtype)}; matmuls: {precision}"
     if path != _PATH_SAID["last"]:  # said when it changes: the demo generates three videos on one path
         _PATH_SAID["last"] = path
         log.info(path)
-    if precision == "native":
-        return contextlib.nullcontext()
-    from model.kernels.fp8 import float8_inference
-
-    return float8_inference(model)
+    return context
 
 
 def _check_compatible(model: LinearDiT, autoencoder: VideoAutoencoder, text_encoder: TextEncoder) -> None:
@@ -269,7 +263,7 @@ def generate_video(
     diffusers' SanaImageToVideoPipeline (`model.conditioning`; flow Euler unless `sampler` says otherwise);
     block by block, the first block carries the image.
 
-    `precision="fp8"` runs the transformer's large matmuls in float8 (`model.kernels.fp8`, Hopper or newer);
+    `precision="fp8"` runs the transformer's large matmuls in float8 (`model.kernels.precision`, Hopper or newer);
     "native" keeps the model's dtype. On CUDA the linear attention takes the fused Triton kernel
     (`model.kernels`); the path taken is logged (logger `model.generate`).
     """

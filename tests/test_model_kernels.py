@@ -249,5 +249,5 @@ def test_generate_takes_a_precision_and_logs_its_path(caplog):
         fp8 = generate_video(*parts, "a fox", precision="fp8", **size)
     assert "linear attention: PyTorch path" in caplog.text and "matmuls: fp8" in caplog.text
     assert native.shape == fp8.shape and not torch.equal(native, fp8)
-    with pytest.raises(ValueError, match="precision must be one of native, fp8, got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of native, fp8, fp8-scaled-mm, got 'fp16'"):
         generate_video(*parts, "a fox", precision="fp16", **size)

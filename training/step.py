@@ -222,6 +222,10 @@ def build_engine(stage: StageConfig, model: torch.nn.Module, world_size: int, us
         config["optimizer"]["params"]["fused"] = True
     if universal:
         config["checkpoint"] = {"load_universal": True}
+    if stage.deepspeed.float8.enabled:
+        from training.float8 import convert_to_float8
+
+        convert_to_float8(model, stage.deepspeed.float8, use_gpu)  # before DeepSpeed wraps and compiles it
     params = [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=config)
     return engine

@@ -6,12 +6,15 @@ channel, activations per token at run time, one `torch._scaled_mm` with both row
 (PyTorch's scaled matmul; Hopper tensor cores at twice the bf16 rate). The temporal conv taps, the depthwise
 conv, the embeddings and the output layer stay bf16. Leaving the block restores the bf16 modules; the model's
 parameters are never changed, so its state_dict is untouched.
+
+`--precision fp8` runs torchao's float8 (`model.kernels.fp8_torchao`) through the same swap; this module is
+`--precision fp8-scaled-mm`, kept to measure against it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -54,8 +57,10 @@ class Float8Linear(nn.Module):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute, module) of every matmul that goes float8."""
+def float8_targets(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, module) of every matmul that goes float8: each block's attention projections and
+    the Mix-FFN's two 1×1 convs (the large GEMMs; embeddings, output layer and small convs stay high precision).
+    The torchao inference path and float8 training (`training.float8`) convert the same set."""
     for block in model.blocks:
         for attention in (block.attn1, block.attn2):
             for name in ("to_q", "to_k", "to_v", "to_out"):
@@ -64,26 +69,43 @@ def _targets(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
             yield block.ff, name, getattr(block.ff, name)
 
 
-@contextlib.contextmanager
-def float8_inference(model: nn.Module) -> Iterator[nn.Module]:
-    """Run `model` (a LinearDiT) with float8 matmuls inside the block; the bf16 modules come back after.
+# Attribute of a 1×1 conv that `model.ffn` calls instead of its weight's matmul while set.
+POINTWISE_HOOK = "float8"
 
-    nn.Linear modules are replaced by `Float8Linear`; a 1×1 conv keeps its module (the FFN reads its weight)
-    and gets a `float8` attribute that `model.ffn` uses instead of the weight while it is set.
+
+@contextlib.contextmanager
+def swapped_float8(
+    model: nn.Module, make: Callable[[torch.Tensor, torch.Tensor | None], nn.Module]
+) -> Iterator[nn.Module]:
+    """Run `model` (a LinearDiT) with `make(weight, bias)`'s float8 modules in place of `float8_targets`
+    inside the block; the original modules come back after, so the parameters and state_dict never change.
+
+    An nn.Linear is replaced; a 1×1 conv keeps its module (the FFN reads its weight) and gets the float8
+    module as its `POINTWISE_HOOK` attribute (the previous value, e.g. float8 training's, comes back after).
     """
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    swapped: list[tuple[nn.Module, str, nn.Module, object]] = []
     try:
-        for parent, name, module in _targets(model):
-            fp8 = Float8Linear(module.weight, module.bias)
-            if isinstance(module, nn.Linear):
-                setattr(parent, name, fp8)
+        for parent, name, module in list(float8_targets(model)):
+            fp8 = make(module.weight.detach().flatten(1), module.bias)
+            if isinstance(module, nn.Conv2d):
+                swapped.append((parent, name, module, module.__dict__.get(POINTWISE_HOOK)))
+                module.__dict__.pop(POINTWISE_HOOK, None)
+                setattr(module, POINTWISE_HOOK, fp8)
             else:
-                module.float8 = fp8
-            swapped.append((parent, name, module))
+                swapped.append((parent, name, module, None))
+                setattr(parent, name, fp8)
         yield model
     finally:
-        for parent, name, module in swapped:
-            if isinstance(module, nn.Linear):
-                setattr(parent, name, module)
+        for parent, name, module, previous in swapped:
+            if isinstance(module, nn.Conv2d):
+                delattr(module, POINTWISE_HOOK)
+                if previous is not None:
+                    setattr(module, POINTWISE_HOOK, previous)
             else:
-                del module.float8
+                setattr(parent, name, module)
+
+
+def float8_inference(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Run `model` with the hand-written float8 matmuls (`Float8Linear`) inside the `with` block
+    (`--precision fp8-scaled-mm`)."""
+    return swapped_float8(model, Float8Linear)

@@ -102,6 +102,17 @@ class CheckpointSpec(StrictModel):
     keep_last: int = Field(default=2, gt=0)
 
 
+class Float8TrainingSpec(StrictModel):
+    """Float8 matmuls in training through torchao (`training.float8`): the blocks' attention projections and
+    Mix-FFN 1×1 convs; the patch embedding, the conditioning embedders, the output projection and GEMMs with a
+    dimension below `min_dim` (or not a multiple of 16) stay in the stage's precision."""
+
+    enabled: bool = False
+    # rowwise: per-row scales (torchtitan's recipe, closer to bf16); tensorwise: one scale per tensor (faster).
+    recipe: Literal["rowwise", "tensorwise"] = "rowwise"
+    min_dim: int = Field(default=256, ge=16)
+
+
 class DeepSpeedSpec(StrictModel):
     zero_stage: Literal[0, 1, 2, 3] = 2
     # "auto": bf16 on GPU, fp32 on CPU (CPU runs are the test path and must stay exact).
@@ -117,6 +128,8 @@ class DeepSpeedSpec(StrictModel):
     compile_memory_budget: float = Field(default=1.0, ge=0.0, le=1.0)
     # The linear-attention core's fused Triton backward on GPU (the PyTorch path when off; CPU workers always).
     fused_attention_backward: bool = True
+    # GPU workers need compute capability 8.9+ (L4, H100); CPU workers emulate the float8 matmuls.
+    float8: Float8TrainingSpec = Field(default_factory=Float8TrainingSpec)
 
     @field_validator("bf16", mode="before")
     @classmethod

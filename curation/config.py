@@ -7,8 +7,6 @@ see `curation.thresholds`) because they are applied after scoring and can change
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,13 +14,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.config_paths import resolve_config_paths
+from core.digest import digest
+from core.dotted_keys import set_dotted
+from core.errors import UserError
+from core.yaml_files import read_yaml_mapping, validation_message
 from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
-from curation.yaml_files import read_yaml_mapping, validation_message
-from model.config_paths import resolve_config_paths
-from model.dotted_keys import set_dotted
-from model.errors import UserError
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -130,10 +129,10 @@ class CurationConfig(_Strict):
         """Hash of every setting that changes per-source results (clips and scores), so a resumed run
         never mixes results of two configurations. Shards and thresholds are applied after and excluded."""
         relevant = self.model_dump(mode="json", exclude={"shards", "thresholds_file", "ray"})
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(relevant)
 
 
-# Paths a curation config may name, relative to the config file (`model.config_paths`).
+# Paths a curation config may name, relative to the config file (`core.config_paths`).
 CONFIG_PATH_KEYS = (
     "thresholds_file",
     "aesthetic.mlp_checkpoint",

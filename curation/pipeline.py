@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import ray
 
+from core.errors import UserError
 from curation import aesthetic, captions
 from curation.config import CurationConfig
 from curation.report import finish_report
@@ -50,7 +51,6 @@ from curation.thresholds import (
 )
 from curation.thumbs import write_thumbs
 from curation.worker import SourceLedger, process_source
-from model.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from core.dotted_keys import set_dotted
+from core.errors import UserError
+from core.yaml_files import read_yaml_mapping, validation_message
 from curation.format import THRESHOLDS_FILE, thresholds_digest
-from curation.yaml_files import read_yaml_mapping, validation_message
-from model.dotted_keys import set_dotted
-from model.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,7 +86,7 @@ def default_thresholds() -> Thresholds:
 
 
 def load_yaml_model(path: str | Path, model: type[M], overrides: Mapping[str, Any] | None = None) -> M:
-    """Load a YAML file into a pydantic model, with dotted keys set first (`--set`, `model.dotted_keys`);
+    """Load a YAML file into a pydantic model, with dotted keys set first (`--set`, `core.dotted_keys`);
     any problem is a one-line UserError/FileNotFoundError."""
     data = read_yaml_mapping(path)
     try:
@@ -109,7 +109,7 @@ def dump_thresholds(t: Thresholds) -> str:
 
 
 def write_thresholds(path: str | Path, t: Thresholds) -> Path:
-    from curation.atomic import atomic_write_bytes
+    from core.atomic import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), dump_thresholds(t).encode())
 

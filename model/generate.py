@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core.errors import UserError
 from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.conditioning import encode_image, with_clean_first_frame
-from model.errors import UserError
 from model.linear_dit import LinearDiT
 from model.samplers import (
     DEFAULT_INFERENCE_SHIFT,

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core.errors import UserError
 from model.conditioning import with_clean_first_frame
-from model.errors import UserError
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
 from model.guidance import Field, VelocityFn, guidance_text, guided_field, split_schedule
 

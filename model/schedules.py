@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
 
 NUMERICS = ("diffusers", "official")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.errors import UserError
+from core.errors import UserError
 from training.config import latent_frames, load_pipeline, load_preset
 
 BASE = {

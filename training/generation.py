@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 from training.checkpoints import EXPORT_STATE_FILE
 
 

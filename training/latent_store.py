@@ -84,7 +84,7 @@ def encoding_identity(stage: Any, compute_dtype: str = "float32") -> dict[str, A
 
 
 def encoding_id(identity: dict[str, Any]) -> str:
-    from training.fingerprints import digest
+    from core.digest import digest
 
     return digest(identity)
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 from training.checkpoints import (
     clear_staging,
     convert_to_universal,

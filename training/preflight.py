@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 from training.checkpoints import export_complete
 from training.launch import export_dir_of, resolve_init_from
 

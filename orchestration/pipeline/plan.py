@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.pipeline.spec import (
     STEP_CURATE,
     STEP_FILTER,

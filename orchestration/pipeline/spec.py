@@ -29,8 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from model.config_paths import resolve_config_path
-from model.errors import UserError
+from core.config_paths import resolve_config_path
+from core.errors import UserError
 
 STEP_CURATE, STEP_FILTER = "curate", "filter"
 
@@ -114,7 +114,7 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
     """Read and validate a pipeline file, with dotted keys set first (`svp pipeline … --set`): keys under
     `training.stages` and `training.defaults` become `training.overrides` (checked against the training
     schema when the training section is built), the others are checked here."""
-    from curation.yaml_files import read_yaml_mapping
+    from core.yaml_files import read_yaml_mapping
 
     path = Path(path)
     if not path.is_file():
@@ -137,7 +137,7 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
-    from model.dotted_keys import set_dotted
+    from core.dotted_keys import set_dotted
 
     for key, value in overrides.items():
         training_key = key.removeprefix("training.")

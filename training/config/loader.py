@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from model.config_paths import resolve_config_path, resolve_config_paths
-from model.dotted_keys import set_dotted
-from model.errors import UserError
+from core.config_paths import resolve_config_path, resolve_config_paths
+from core.dotted_keys import set_dotted
+from core.errors import UserError
 from training.config.checks import ConfigKeyError, check_pipeline
 from training.config.schema import PipelineConfig, StageConfig
 
@@ -79,7 +79,7 @@ def load_pipeline(
 
     `overrides` maps dotted keys to values, applied before the defaults are merged: `"defaults.steps"`,
     `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage); a key the
-    file's schema does not have is an error naming the valid keys (`model.dotted_keys`, as `svp train --set`).
+    file's schema does not have is an error naming the valid keys (`core.dotted_keys`, as `svp train --set`).
     Every error is a UserError of one line: `FILE: KEY: what is wrong`.
     """
     path = Path(path)
@@ -133,7 +133,7 @@ def _build(
     return pipeline
 
 
-# Paths a stage may name, relative to the YAML that names them (`model.config_paths`).
+# Paths a stage may name, relative to the YAML that names them (`core.config_paths`).
 STAGE_PATH_KEYS = ("data.*", "autoencoder.path", "text_encoder.path", "init_from.path")
 
 

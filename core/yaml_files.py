@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str = "file") -> dict:

@@ -34,7 +34,8 @@ from model import LinearDiT, LinearDiTConfig, kernels
 from model.attention import linear_attention
 from model.info import latent_shape
 from model.kernels.fp8 import float8_inference
-from model.samplers import flow_sigmas, iter_block_ar_sample, model_velocity, sample
+from model.samplers import iter_block_ar_sample, model_velocity, sample
+from model.schedules import flow_sigmas
 
 
 class Run:

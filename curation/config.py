@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.config_paths import resolve_config_paths
 from core.digest import digest
-from core.dotted_keys import set_dotted
 from core.errors import UserError
-from core.yaml_files import read_yaml_mapping, validation_message
+from core.yaml_files import load_yaml_model, validate_mapping
 from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
@@ -147,17 +146,14 @@ def load_config(
 ) -> CurationConfig:
     """Load a YAML config (or the defaults), then set dotted keys such as `{"scenes.min_clip_s": 1.5}`
     (`svp curate --set`, `--min-clip-s`; None values are skipped); an unknown key names the valid ones."""
-    data = read_yaml_mapping(path, "curation config") if path is not None else {}
-    where = str(path) if path is not None else "config"
-    if path is not None:
-        resolve_config_paths(data, CONFIG_PATH_KEYS, Path(path).resolve().parent)
-    try:
-        for dotted, value in (overrides or {}).items():
-            if value is not None:
-                set_dotted(data, dotted, value, CurationConfig)
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
-    try:
-        return CurationConfig.model_validate(data)
-    except ValidationError as err:
-        raise UserError(validation_message(err, where)) from None
+    given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    if path is None:
+        return validate_mapping({}, CurationConfig, "config", given)
+    base = Path(path).resolve().parent
+    return load_yaml_model(
+        path,
+        CurationConfig,
+        given,
+        what="curation config",
+        prepare=lambda raw: resolve_config_paths(raw, CONFIG_PATH_KEYS, base),
+    )

@@ -21,21 +21,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.dotted_keys import set_dotted
 from core.errors import UserError
-from core.yaml_files import read_yaml_mapping, validation_message
+from core.yaml_files import load_yaml_model
 from curation.format import THRESHOLDS_FILE, thresholds_digest
-
-M = TypeVar("M", bound=BaseModel)
 
 THRESHOLDS_HISTORY_DIR = "thresholds-history"
 
@@ -83,21 +80,6 @@ def default_thresholds() -> Thresholds:
     """LAION aesthetic ≥ 4.5 (Open-Sora 1.2's cut on Panda-70M) and clean captions. Motion and caption
     similarity have no universal scale: set them per dataset from the score histograms (scores.png)."""
     return Thresholds(scores={"aesthetic_score": ScoreRange(min=4.5)})
-
-
-def load_yaml_model(path: str | Path, model: type[M], overrides: Mapping[str, Any] | None = None) -> M:
-    """Load a YAML file into a pydantic model, with dotted keys set first (`--set`, `core.dotted_keys`);
-    any problem is a one-line UserError/FileNotFoundError."""
-    data = read_yaml_mapping(path)
-    try:
-        for dotted, value in (overrides or {}).items():
-            set_dotted(data, dotted, value, model)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise UserError(validation_message(err, path)) from None
 
 
 def load_thresholds(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Thresholds:

@@ -26,13 +26,14 @@ from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.conditioning import encode_image, with_clean_first_frame
 from model.linear_dit import LinearDiT
-from model.samplers import (
+from model.samplers import iter_block_ar_sample, model_velocity, sample
+from model.schedules import (
     DEFAULT_INFERENCE_SHIFT,
-    iter_block_ar_sample,
-    model_velocity,
-    sample,
+    DEFAULT_NUMERICS,
+    Schedule,
+    effective_guidance,
+    inference_schedule,
 )
-from model.schedules import DEFAULT_NUMERICS, Schedule, effective_guidance, inference_schedule
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
 

@@ -108,7 +108,7 @@ def test_pipeline_file_errors_are_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"name": "x", "curate": {"input": "in", "inptu": 1}}))
     assert main(["pipeline", "plan", str(path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"svp: error: {path}: curate.inptu: unknown key", err
+    assert err == f"svp: error: {path}: curate.inptu: unknown key (and 2 more errors)", err
 
 
 def test_filter_output_that_does_not_match_its_record_is_redone(finished_pipeline, capsys, monkeypatch):

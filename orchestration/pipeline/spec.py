@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from core.config_paths import resolve_config_path
 from core.errors import UserError
@@ -114,23 +114,12 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
     """Read and validate a pipeline file, with dotted keys set first (`svp pipeline … --set`): keys under
     `training.stages` and `training.defaults` become `training.overrides` (checked against the training
     schema when the training section is built), the others are checked here."""
-    from core.yaml_files import read_yaml_mapping
+    from core.yaml_files import load_yaml_model
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pipeline file not found: {path}")
-    raw = read_yaml_mapping(path, "pipeline file")
-    try:
-        _apply_overrides(raw, overrides or {})
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
-    try:
-        spec = PipelineSpec.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in first["loc"]) or "<top>"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise UserError(f"{path}: {key}: {message}") from None
+    spec = load_yaml_model(
+        path, PipelineSpec, what="pipeline file", prepare=lambda raw: _apply_overrides(raw, overrides or {})
+    )
     spec._base, spec._source = str(path.resolve().parent), str(path)
     spec._overrides = dict(overrides or {})
     return spec
@@ -168,8 +157,7 @@ def settle_files(spec: PipelineSpec) -> PipelineSpec:
 def training_pipeline(spec: PipelineSpec) -> Any:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites)."""
-    from training.config import load_preset
-    from training.config.loader import _build
+    from training.config import build_pipeline, load_preset
 
     data = str(spec.curated)
     section = spec.training
@@ -185,7 +173,7 @@ def training_pipeline(spec: PipelineSpec) -> Any:
     if section.defaults is not None:
         raw["defaults"] = section.defaults
     try:
-        return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
+        return build_pipeline(raw, Path(spec.base), spec.source, variables, section.overrides)
     except UserError as err:  # ConfigKeyError, or a bad key of training.overrides
         raise UserError(f"{spec.source}: training.{err}") from None
 

@@ -4,11 +4,12 @@ Every file the resume logic trusts (per-source results, manifests, indexes, shar
 goes through `atomic_write`: write a temp file in the same folder, fsync it, rename it over the target, fsync
 the folder (without that last step the rename itself can be lost on power failure, leaving the old file
 or, for a new one, none). The temp name is `.<name>.tmp`: writers clean such leftovers of a killed run.
+Every package writes through it: it lives in `core/`, below model, curation, training and orchestration.
 
 The file gets the mode `open()` would give it (0666 less the umask), whatever wrote the temp file: safetensors
 writes 0600 (as `mkstemp` does), and weights nobody else can read are of no use on shared storage (an MLflow
-server, pods under another uid, a colleague's `svp generate`).
-Every package writes through it: it lives in `core/`, below model, curation, training and orchestration.
+server, pods under another uid, a colleague's `svp generate`). A folder (a stage's export) is replaced by
+renames only (`replace_folder`), never deleted before the new one is in place.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import parser as common_parser
+from benchmarks.common import stopwatch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shard fixture
 
 
@@ -121,11 +124,9 @@ def _actor_throughput(stage) -> dict[str, float]:
     tasks = [task for plan in plan_encode(stage) for task in plan.tasks]
     encoder = ShardEncoder(stage.resolved(), "float32", batch_size=1)
     encoder.encode_shard(tasks[0])  # warm-up (cuDNN autotuning, first allocations)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    elapsed = stopwatch()
     clips = sum(len(encoder.encode_shard(task)["rows"]) for task in tasks)
-    seconds = time.perf_counter() - start
+    seconds = elapsed()
     del encoder
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -149,14 +150,10 @@ def _step_times(stage, args: argparse.Namespace) -> dict[str, float]:
     times = []
     for step in range(args.warmup + args.steps):
         batch = next(batches)  # loading is the dataloader's (overlapped); the step is timed alone
-        if use_gpu:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        elapsed = stopwatch(device)
         guarded_step(engine, step_math, batch, step_generator(0, 0, step))
-        if use_gpu:
-            torch.cuda.synchronize()
         if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+            times.append(elapsed())
     built = step_math._autoencoder is not None
     del engine, step_math, batches
     if use_gpu:
@@ -207,12 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sana-video-2b-480p")
+    parser = common_parser(__doc__, preset="sana-video-2b-480p", shape=(81, 480, 832), warmup=2, steps=5)
     parser.add_argument("--vae", choices=["wan2.1", "tiny-wan"], default="wan2.1")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--fps", type=float, default=16.0)
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=300)
@@ -220,8 +213,6 @@ def main() -> None:
     parser.add_argument(
         "--no-activation-checkpointing", dest="activation_checkpointing", action="store_false"
     )
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
     print(json.dumps(run(parser.parse_args())), flush=True)
 
 

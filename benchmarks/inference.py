@@ -17,10 +17,11 @@ import datetime
 import json
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import parser as common_parser
+from benchmarks.common import stopwatch, sync
 from benchmarks.inference_parts import (
     attention_inputs,
     bandwidth_row,
@@ -34,7 +35,8 @@ from model import LinearDiT, LinearDiTConfig, kernels
 from model.attention import linear_attention
 from model.info import latent_shape
 from model.kernels.precision import precision_context
-from model.samplers import flow_sigmas, iter_block_ar_sample, model_velocity, sample
+from model.samplers import iter_block_ar_sample, model_velocity, sample
+from model.schedules import flow_sigmas
 
 
 class Run:
@@ -70,11 +72,6 @@ class Run:
     def save(self) -> None:
         if self.args.out is not None:
             self.args.out.write_text(json.dumps(self.rows, indent=1) + "\n")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def environment(run: Run) -> None:
@@ -158,12 +155,10 @@ def _inputs(model: LinearDiT, args, batch: int, device: torch.device, dtype: tor
 def _time_forward(run: Run, label: str, forward, steps: int) -> torch.Tensor:
     """First call (compile, autotune) timed alone, then the median of `--step-repeats` calls."""
     device = run.device
-    _sync(device)
-    start = time.perf_counter()
+    elapsed = stopwatch(device)
     with torch.no_grad():
         out = forward()
-    _sync(device)
-    first = time.perf_counter() - start
+    first = elapsed()
     with torch.no_grad():
         step = timed_median(forward, device, repeats=run.args.step_repeats, warmup=False)
     run.add(
@@ -275,7 +270,7 @@ def profile_step(run: Run, model: LinearDiT, fp8: bool = False) -> None:
         torch.profiler.profile(activities=activities) as prof,
     ):
         model(latents, text, t, text_mask=mask)
-        _sync(device)
+        sync(device)
     model.enable_inference_compile(False)
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events)
@@ -317,13 +312,11 @@ def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, memory = [], {}
-    _sync(device)
-    start = time.perf_counter()
+    elapsed = stopwatch(device)
     with precision:
         for index, _ in enumerate(stream, start=1):
-            _sync(device)
-            times.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            times.append(elapsed())
+            elapsed = stopwatch(device)
             if device.type == "cuda" and index in (2, 12, blocks):
                 peak = torch.cuda.max_memory_allocated(device) / 2**30
                 memory[f"peak_GiB_after_block_{index}"] = round(peak, 3)
@@ -342,13 +335,8 @@ def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sana-video-2b-480p")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
+    parser = common_parser(__doc__, preset="sana-video-2b-480p", shape=(81, 480, 832), steps=50, out=True)
     parser.add_argument("--text-len", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--attention-repeats", type=int, default=20)
     parser.add_argument("--block-frames", type=int, default=10)
@@ -359,7 +347,6 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip sections that would not fit")
     parser.add_argument("--variants", action="store_true", help="also check and time the kernel's variants")
     parser.add_argument("--quick", action="store_true", help="tiny preset and sizes (CPU plumbing check)")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-import time
 import types
 
 import torch
 
+from benchmarks.common import timed
 from model import kernels
 from model.rope import rope_tables
 
@@ -17,21 +17,7 @@ SPEC_TBS = 4.8
 
 def timed_median(fn, device: torch.device, repeats: int, warmup: bool = True) -> float:
     """Median seconds of `repeats` calls (CUDA events on a GPU, the host clock on a CPU), after one warm-up."""
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
+    times = timed(fn, device, repeats, warmup=int(warmup))
     return sorted(times)[len(times) // 2]
 
 

@@ -10,42 +10,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import parser as common_parser
+from benchmarks.common import stopwatch
 from model import LinearDiT, LinearDiTConfig
 from model.info import count_parameters, forward_flops, latent_shape
 from model.samplers import autoregressive_segments
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up (allocator, kernels)
-    _sync(device)
-    start = time.perf_counter()
+    elapsed = stopwatch(device)
     for _ in range(repeats):
         fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
+    return elapsed() / repeats
 
 
 def _parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sana-video-2b-480p")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
+    parser = common_parser(__doc__, preset="sana-video-2b-480p", shape=(81, 480, 832), out=True)
     parser.add_argument("--text-len", type=int, default=300)
     parser.add_argument("--chunk-frames", type=int, default=10, help="latent frames per block-AR block")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
-    parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
 

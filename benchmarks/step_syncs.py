@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 
+from benchmarks.common import parser as common_parser
+from benchmarks.common import stopwatch
 from benchmarks.train_step import _free_port
 
 
@@ -83,28 +84,20 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         for step in range(1, args.warmup + args.steps + 1):
             if step == args.warmup + 1:
                 window.read()
-                if use_gpu:
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
+                elapsed = stopwatch(device)
             window.start_step()
             totals, _ = guarded_step(engine, step_math, batch, step_generator(0, 0, step))
             window.add(totals)
             if step % log_every == 0:
                 window.read()
         window.read()
-        seconds = time.perf_counter() - start
+        seconds = elapsed()
         rows.append({"preset": args.preset, "log_every": log_every, "steps_per_s": args.steps / seconds})
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--frames", type=int, default=1)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser = common_parser(__doc__, preset="tiny", shape=(1, 64, 64), steps=50, warmup=5)
     args = parser.parse_args()
     for row in run(args):
         print(json.dumps(row))

@@ -13,12 +13,13 @@ process (clean memory; an out-of-memory variant is reported, not fatal) and the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 
 import torch
+
+from benchmarks.common import parser as common_parser
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -110,12 +111,10 @@ def time_variants(variants: list[str], extra: list[str], timeout: float) -> list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common_parser(__doc__, warmup=2, steps=5)
     parser.add_argument("--variants", nargs="*", default=["eager:1.0", "compile:1.0"])
     parser.add_argument("--no-check", dest="check", action="store_false")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per variant")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
     args, extra = parser.parse_known_args()
     if args.check:
         check(torch.device("cuda"))

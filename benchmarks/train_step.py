@@ -20,9 +20,11 @@ import os
 import socket
 import statistics
 import sys
-import time
 
 import torch
+
+from benchmarks.common import parser as common_parser
+from benchmarks.common import stopwatch
 
 
 def _free_port() -> int:
@@ -137,16 +139,13 @@ class Bench:
         and the last loss."""
         times, first_step_s = [], 0.0
         for index in range(warmup + steps):
-            if self.use_gpu:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+            elapsed = stopwatch(self.device)
             loss = self.step()
-            if self.use_gpu:
-                torch.cuda.synchronize()
+            seconds = elapsed()
             if index == 0:
-                first_step_s = time.perf_counter() - start  # includes torch.compile when on
+                first_step_s = seconds  # includes torch.compile when on
             if index >= warmup:
-                times.append(time.perf_counter() - start)
+                times.append(seconds)
         return times, first_step_s, float(loss.detach())
 
     def figures(self, times: list[float]) -> dict[str, object]:
@@ -219,11 +218,7 @@ def _compiled_graphs() -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sana-video-2b-480p")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
+    parser = common_parser(__doc__, preset="sana-video-2b-480p", shape=(81, 480, 832), warmup=3, steps=10)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--text-len", type=int, default=300)
     parser.add_argument("--zero-stage", type=int, default=2)
@@ -249,8 +244,6 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tf32", action="store_true", help="TF32 for fp32 matmuls (the linear-attention state in bf16 runs)."
     )
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cpu", action="store_true", help="Run on the CPU even when a GPU is present.")
     parser.add_argument(
         "--profile", type=int, default=0, help="Profile one more step; print this many top ops."

@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import train_step
+from benchmarks.common import parser as common_parser
+from benchmarks.common import timed
 
 
 @dataclass(frozen=True)
@@ -61,22 +63,7 @@ VARIANTS = [
 
 def _timed_ms(fn, device: torch.device, warmup: int, repeats: int) -> float:
     """Median milliseconds of fn() (CUDA events on GPU, wall clock on CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device, repeats, warmup)) * 1e3
 
 
 def checks(device: torch.device, toy: bool) -> list[dict]:
@@ -252,12 +239,11 @@ def summary(results: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common_parser(__doc__, preset="sana-video-2b-480p", warmup=2, steps=4)
     parser.add_argument(
         "--out", required=True, type=Path, help="Folder for results.json, summary.md, profile.txt"
     )
     parser.add_argument("--parts", nargs="+", default=["checks", "attention", "step", "profile"])
-    parser.add_argument("--preset", default="sana-video-2b-480p")
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[1, 10, 10], help="Block-causal chunks")
     parser.add_argument(
         "--best-fraction", type=float, default=0.0, help="checkpoint_fraction, fewer-recompute rows"
@@ -266,8 +252,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variants", type=int, nargs="+", default=list(range(len(VARIANTS))), help="Step variants (indices)"
     )
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--profile-rows", type=int, default=40)
     parser.add_argument(
         "--budget-s", type=float, default=450.0, help="Skip step variants that would end past this (seconds)"

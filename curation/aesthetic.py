@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import UserError
 from curation.clip_model import (
     ClipModelSettings,
     embed_frame_sets,
@@ -25,7 +26,6 @@ from curation.clip_model import (
     load_weights,
     resolve_device,
 )
-from model.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from core.errors import UserError
 from curation.clip_model import ClipModelSettings, embed_frame_sets, frames_of_batch, load_clip
-from model.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ models and real weights go through the same code.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from model.errors import UserError
+from core.digest import digest
+from core.errors import UserError
 
 DEFAULT_CLIP_MODEL = "ViT-L-14-quickgelu"
 
@@ -79,8 +79,7 @@ def _architecture_name(clip_model: str) -> str:
         if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
             raise UserError(f"{path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
         # open_clip's registry is keyed by file stem: register a copy under a name no built-in uses.
-        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"svp-local-{digest}"
+        name = f"svp-local-{digest(cfg)}"
         target = Path(_config_registry_dir()) / f"{name}.json"
         if not target.exists():
             target.write_text(json.dumps(cfg))

@@ -7,22 +7,20 @@ see `curation.thresholds`) because they are applied after scoring and can change
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.config_paths import resolve_config_paths
+from core.digest import digest
+from core.errors import UserError
+from core.yaml_files import load_yaml_model, validate_mapping
 from curation.aesthetic import AestheticConfig
 from curation.captions import CaptionConfig
 from curation.shards import ShardConfig
-from curation.yaml_files import read_yaml_mapping, validation_message
-from model.config_paths import resolve_config_paths
-from model.dotted_keys import set_dotted
-from model.errors import UserError
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -138,10 +136,10 @@ class CurationConfig(_Strict):
         """Hash of every setting that changes per-source results (clips and scores), so a resumed run
         never mixes results of two configurations. Shards and thresholds are applied after and excluded."""
         relevant = self.model_dump(mode="json", exclude={"shards", "thresholds_file", "ray"})
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        return digest(relevant)
 
 
-# Paths a curation config may name, relative to the config file (`model.config_paths`).
+# Paths a curation config may name, relative to the config file (`core.config_paths`).
 CONFIG_PATH_KEYS = (
     "thresholds_file",
     "aesthetic.mlp_checkpoint",
@@ -156,17 +154,14 @@ def load_config(
 ) -> CurationConfig:
     """Load a YAML config (or the defaults), then set dotted keys such as `{"scenes.min_clip_s": 1.5}`
     (`svp curate --set`, `--min-clip-s`; None values are skipped); an unknown key names the valid ones."""
-    data = read_yaml_mapping(path, "curation config") if path is not None else {}
-    where = str(path) if path is not None else "config"
-    if path is not None:
-        resolve_config_paths(data, CONFIG_PATH_KEYS, Path(path).resolve().parent)
-    try:
-        for dotted, value in (overrides or {}).items():
-            if value is not None:
-                set_dotted(data, dotted, value, CurationConfig)
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
-    try:
-        return CurationConfig.model_validate(data)
-    except ValidationError as err:
-        raise UserError(validation_message(err, where)) from None
+    given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    if path is None:
+        return validate_mapping({}, CurationConfig, "config", given)
+    base = Path(path).resolve().parent
+    return load_yaml_model(
+        path,
+        CurationConfig,
+        given,
+        what="curation config",
+        prepare=lambda raw: resolve_config_paths(raw, CONFIG_PATH_KEYS, base),
+    )

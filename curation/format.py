@@ -2,22 +2,16 @@
 
 Everything both sides must agree on lives here and nowhere else: how shards are named, which members a
 sample has, which columns the index carries, how clip ids are formed, and how a clip is assigned to a
-(resolution, frames) bucket. This module has no dependency beyond the standard library.
+(resolution, frames) bucket. This module has no dependency beyond the standard library and `core/`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-# Re-exported: training may import only this curation module, and writes its files the same crash-safe way.
-from curation.atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401
-
-# Re-exported: `svp encode` (training) writes its companion shards with the curation shards' tar writer.
-from curation.shard_tar import write_tar_streaming  # noqa: F401
+from core.digest import digest
 
 SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"
@@ -141,5 +135,4 @@ def is_safe_relative(relative: str) -> bool:
 def thresholds_digest(thresholds: dict) -> str:
     """Short stable hash of what a thresholds mapping means (the parsed `thresholds.yaml`): the same value in
     curation's report and in the training runs' MLflow tags, whatever the YAML's formatting."""
-    canonical = json.dumps(thresholds, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return digest(thresholds)

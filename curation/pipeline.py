@@ -25,8 +25,9 @@ from pathlib import Path
 import pandas as pd
 import ray
 
+from core.atomic import atomic_write_text
+from core.errors import UserError
 from curation import aesthetic, captions
-from curation.atomic import atomic_write_text
 from curation.config import CurationConfig
 from curation.publish import filtered
 from curation.publish import publish as publish_folder
@@ -53,7 +54,6 @@ from curation.thresholds import (
 )
 from curation.thumbs import write_thumbs
 from curation.worker import SourceLedger, process_source
-from model.errors import UserError
 
 log = logging.getLogger(__name__)
 

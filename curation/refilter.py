@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
 from curation.format import INDEX_FILE, SHARDS_DIR
 from curation.publish import filtered, publish
 from curation.report import build_report

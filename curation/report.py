@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
 from curation.durations import hms
 from curation.shards import TRANSCODE_ERROR, TRANSCODE_FILTER
 from curation.thresholds import Thresholds, apply_thresholds, issue_list, thresholds_hash

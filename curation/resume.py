@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.atomic import atomic_write_text, fsync_dir
+from core.atomic import atomic_write_text, fsync_dir
 from curation.sources import SourceEntry
 from curation.tables import clips_table, read_table, write_table_atomic
 

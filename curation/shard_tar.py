@@ -12,7 +12,7 @@ import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from curation.atomic import atomic_write
+from core.atomic import atomic_write
 
 TAR_BLOCK = 512
 _TAR_FORMAT = tarfile.PAX_FORMAT
@@ -55,7 +55,7 @@ def tar_layout(samples: Iterable[tuple[str, Iterable[tuple[str, int]]]]) -> list
 def write_tar(
     path: Path, samples: Sequence[tuple[str, Sequence[tuple[str, bytes]]]]
 ) -> list[tuple[int, int]]:
-    """Write the samples (key, [(ext, data)]) as one tar atomically (`curation.atomic`); returns each
+    """Write the samples (key, [(ext, data)]) as one tar atomically (`core.atomic`); returns each
     sample's `(offset, length)` (see `tar_layout`), checked against where the members really went."""
     spans = tar_layout((key, [(ext, len(data)) for ext, data in members]) for key, members in samples)
 

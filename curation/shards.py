@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curation.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
 from curation.format import (
     CAPTION_MEMBER,
     FRAME_BUCKETS,

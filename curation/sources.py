@@ -22,7 +22,7 @@ from typing import BinaryIO
 import fsspec
 import pandas as pd
 
-from model.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

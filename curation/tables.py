@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.atomic import atomic_write
+from core.atomic import atomic_write
 
 SOURCES_FILE = "sources.parquet"
 CLIPS_FILE = "clips.parquet"
@@ -114,7 +114,7 @@ def _plain(value: object) -> object:
 
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write parquet atomically (`curation.atomic`): readers and resumed runs never see half a file."""
+    """Write parquet atomically (`core.atomic`): readers and resumed runs never see half a file."""
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 

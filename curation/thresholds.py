@@ -21,21 +21,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.errors import UserError
+from core.yaml_files import load_yaml_model
 from curation.format import THRESHOLDS_FILE, thresholds_digest
-from curation.yaml_files import read_yaml_mapping, validation_message
-from model.dotted_keys import set_dotted
-from model.errors import UserError
-
-M = TypeVar("M", bound=BaseModel)
 
 THRESHOLDS_HISTORY_DIR = "thresholds-history"
 
@@ -85,21 +82,6 @@ def default_thresholds() -> Thresholds:
     return Thresholds(scores={"aesthetic_score": ScoreRange(min=4.5)})
 
 
-def load_yaml_model(path: str | Path, model: type[M], overrides: Mapping[str, Any] | None = None) -> M:
-    """Load a YAML file into a pydantic model, with dotted keys set first (`--set`, `model.dotted_keys`);
-    any problem is a one-line UserError/FileNotFoundError."""
-    data = read_yaml_mapping(path)
-    try:
-        for dotted, value in (overrides or {}).items():
-            set_dotted(data, dotted, value, model)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise UserError(validation_message(err, path)) from None
-
-
 def load_thresholds(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Thresholds:
     return load_yaml_model(path, Thresholds, overrides)
 
@@ -109,7 +91,7 @@ def dump_thresholds(t: Thresholds) -> str:
 
 
 def write_thresholds(path: str | Path, t: Thresholds) -> Path:
-    from curation.atomic import atomic_write_bytes
+    from core.atomic import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), dump_thresholds(t).encode())
 

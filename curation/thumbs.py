@@ -47,7 +47,7 @@ def thumb_path(out_dir: str | os.PathLike, clip_id: str) -> Path:
 
 def write_thumbs(out_dir: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write (atomically) the thumbnail of every record that carries one, and take the bytes out of it."""
-    from curation.atomic import atomic_write_bytes
+    from core.atomic import atomic_write_bytes
 
     folder = Path(out_dir) / THUMBS_DIR
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 class VideoAutoencoder(ABC):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 
 if TYPE_CHECKING:
     import PIL.Image

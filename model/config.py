@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 
 # Switch a preset to the official SANA code's numerics instead of diffusers'.
 OFFICIAL_NUMERICS: dict[str, Any] = {

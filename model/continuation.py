@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import UserError
 from model.autoencoders import VideoAutoencoder
-from model.errors import UserError
 from model.generate import _precision, _start, video_to_uint8
 from model.linear_dit import LinearDiT
 from model.samplers import autoregressive_segments, iter_block_ar_sample

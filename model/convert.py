@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from core.errors import UserError
 from model.config import PRESETS, LinearDiTConfig
-from model.errors import UserError
 from model.linear_dit import LinearDiT
 from model.pretrained import model_from_state_dict
 
@@ -244,6 +244,8 @@ def save_official(model: LinearDiT, path: str | Path) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(state, str(path))
+        from core.atomic import atomic_write
+
+        atomic_write(path, lambda tmp: save_file(state, str(tmp)))  # the umask's mode, not safetensors' 0600
     else:
         torch.save({"state_dict": state}, path)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 
 NUM_TRAIN_TIMESTEPS = 1000
 CHUNK_STRATEGIES = ("uniform", "incremental")

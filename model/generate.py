@@ -21,19 +21,20 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core.errors import UserError
 from model import kernels
 from model.autoencoders import VideoAutoencoder
 from model.conditioning import encode_image, with_clean_first_frame
-from model.errors import UserError
 from model.kernels.precision import precision_context
 from model.linear_dit import LinearDiT
-from model.samplers import (
+from model.samplers import iter_block_ar_sample, model_velocity, sample
+from model.schedules import (
     DEFAULT_INFERENCE_SHIFT,
-    iter_block_ar_sample,
-    model_velocity,
-    sample,
+    DEFAULT_NUMERICS,
+    Schedule,
+    effective_guidance,
+    inference_schedule,
 )
-from model.schedules import DEFAULT_NUMERICS, Schedule, effective_guidance, inference_schedule
 from model.text_encoders import TextEncoder
 from model.video_io import Mp4Writer, write_mp4
 

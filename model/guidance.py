@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 from model.flow import sigma_to_timestep
 
 if TYPE_CHECKING:

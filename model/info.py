@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from core.errors import UserError
 from model.config import LinearDiTConfig
 from model.embeddings import TIMESTEP_FEATURES
-from model.errors import UserError
 from model.linear_dit import LinearDiT
 
 

@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from core.atomic import atomic_write
+from core.errors import UserError
 from model.config import LinearDiTConfig
-from model.errors import UserError
 from model.linear_dit import LinearDiT
 
 CONFIG_FILE = "config.json"
@@ -50,7 +51,9 @@ def save_pretrained(model: LinearDiT, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     state = {key: tensor.detach().contiguous().cpu() for key, tensor in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "layout": "svp.LinearDiT"})
+    metadata = {"format": "pt", "layout": "svp.LinearDiT"}
+    # Through the atomic writer: safetensors writes 0600, the weights get the umask's mode like every file.
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return folder
 
 

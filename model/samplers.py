@@ -22,38 +22,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core.errors import UserError
 from model.conditioning import with_clean_first_frame
-from model.errors import UserError
-from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma
 from model.guidance import Field, VelocityFn, guidance_text, guided_field, split_schedule
+from model.schedules import DEFAULT_INFERENCE_SHIFT, Schedule, flow_sigmas, sigmas_from_timesteps
 
 if TYPE_CHECKING:
     from model.cache import LinearDiTCache
     from model.linear_dit import LinearDiT
-    from model.schedules import Schedule
 
-DEFAULT_INFERENCE_SHIFT = 8.0
 # Self-Forcing/LongSANA few-step list (reference notes §3.5), in unshifted timesteps.
 DEFAULT_DENOISING_STEPS = (1000.0, 960.0, 889.0, 727.0)
-
-
-def flow_sigmas(steps: int, shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
-    """`steps`+1 descending noise levels: linspace(1, 0) with the flow shift applied (float64, CPU)."""
-    if steps < 1:
-        raise UserError(f"steps must be >= 1, got {steps}")
-    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
-
-
-def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
-    """A descending list of unshifted timesteps in (0, 1000] (e.g. [1000, 960, 889, 727]) → shifted noise
-    levels with a final 0 appended, the form every sampler here takes."""
-    values = [float(t) for t in timesteps]
-    if not values or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in values):
-        raise UserError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
-    if any(b >= a for a, b in zip(values, values[1:], strict=False)):
-        raise UserError(f"denoising timesteps must be strictly descending, got {values}")
-    base = torch.tensor([*values, 0.0], dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
-    return shift_sigma(base, shift)
 
 
 def _check_sigmas(sigmas: torch.Tensor) -> list[float]:

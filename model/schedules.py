@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 from model.flow import NUM_TRAIN_TIMESTEPS, shift_sigma, sigma_to_timestep
 
 NUMERICS = ("diffusers", "official")
 DEFAULT_NUMERICS = "diffusers"
+DEFAULT_INFERENCE_SHIFT = 8.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,25 @@ class Schedule:
     def timestep_at(self) -> dict[float, float]:
         """σ_i → timestep_i, the lookup a guided field uses (samplers call it at exactly these σ)."""
         return dict(zip((float(s) for s in self.sigmas[:-1]), self.timesteps, strict=True))
+
+
+def flow_sigmas(steps: int, shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
+    """`steps`+1 descending noise levels: linspace(1, 0) with the flow shift applied (float64, CPU)."""
+    if steps < 1:
+        raise UserError(f"steps must be >= 1, got {steps}")
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift)
+
+
+def sigmas_from_timesteps(timesteps: Sequence[float], shift: float = DEFAULT_INFERENCE_SHIFT) -> torch.Tensor:
+    """A descending list of unshifted timesteps in (0, 1000] (e.g. [1000, 960, 889, 727]) → shifted noise
+    levels with a final 0 appended, the form every sampler here takes."""
+    values = [float(t) for t in timesteps]
+    if not values or any(not 0 < t <= NUM_TRAIN_TIMESTEPS for t in values):
+        raise UserError(f"denoising timesteps must lie in (0, {NUM_TRAIN_TIMESTEPS}], got {values}")
+    if any(b >= a for a, b in zip(values, values[1:], strict=False)):
+        raise UserError(f"denoising timesteps must be strictly descending, got {values}")
+    base = torch.tensor([*values, 0.0], dtype=torch.float64) / NUM_TRAIN_TIMESTEPS
+    return shift_sigma(base, shift)
 
 
 def check_numerics(numerics: str) -> str:
@@ -88,8 +108,6 @@ def inference_schedule(
 ) -> Schedule:
     """The schedule `generate_video` runs: a few-step `denoising_steps` list or the re-noising sampler
     always use the official convention (diffusers has no such pipeline); otherwise `numerics` decides."""
-    from model.samplers import flow_sigmas, sigmas_from_timesteps
-
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
     if denoising_steps is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 
 # diffusers' SanaVideoPipeline default (video-oriented) complex human instruction, joined with "\n".
 COMPLEX_HUMAN_INSTRUCTION = (

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 class Mp4Writer:

@@ -1,7 +1,7 @@
 """The `svp` command line: parse, validate, call one function of a package.
 
 Each command group lives in its own module (`orchestration/commands/`); this file only assembles them and
-turns user errors (`model.errors.UserError`, a missing file or folder) into one line (`svp: error: …`, exit
+turns user errors (`core.errors.UserError`, a missing file or folder) into one line (`svp: error: …`, exit
 status 2) unless `--debug` is given. Any other exception is a bug in svp: it keeps its traceback, followed by
 a line saying so and how to report it (exit status 1). A Ctrl-C exits
 130 with `svp: aborted`, a SIGTERM 143 (`orchestration.aborts`); what finished before it stays recorded, and the same command
@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.aborts import aborted_status, interrupt_received, watch_interrupts
 from orchestration.commands import register_all
 from orchestration.console import claim_console

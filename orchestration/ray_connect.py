@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.aborts import reclaim_sigterm
 
 LOCAL = "local"

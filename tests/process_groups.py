@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
+
+from waiting import wait_until
 
 
 def pids_in_group(pgid: int) -> list[int]:
@@ -28,9 +29,8 @@ def pids_in_group(pgid: int) -> list[int]:
 
 def reap_group(pgid: int, wait_s: float = 5.0) -> int:
     """Wait up to `wait_s` for the group to empty, then SIGKILL what is left; returns how many were left."""
-    deadline = time.monotonic() + wait_s
-    while pids_in_group(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not pids_in_group(pgid), wait_s, f"end of process group {pgid}")
     left = pids_in_group(pgid)
     for pid in left:  # never leave anything of ours running, even on failure
         with contextlib.suppress(ProcessLookupError):
@@ -69,14 +69,18 @@ def own_session_svp(
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float, before: str) -> None:
+def wait_while_running(
+    proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float, before: str
+) -> None:
     """Poll `ready()` while `proc` runs; fail (with its output) if it ended first or `ready()` never held."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        output = proc.stdout.read()
-        raise AssertionError(
-            f"finished before {before}:\n" + (output if isinstance(output, str) else output.decode())[-3000:]
-        )
-    assert ready(), f"not ready for {before} within {timeout_s} s"
+
+    def check() -> bool:
+        if proc.poll() is not None:
+            output = proc.stdout.read()
+            raise AssertionError(
+                f"finished before {before}:\n"
+                + (output if isinstance(output, str) else output.decode())[-3000:]
+            )
+        return ready()
+
+    wait_until(check, timeout_s, f"readiness for {before}", interval=0.02)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,11 +123,12 @@ class Cluster:
         ]
         launched_ms = time.time() * 1000
         self.procs.append(_start(args, self.temp_dir / "side.log", self.env))
-        deadline = time.monotonic() + timeout
-        while not (joined := [n for n in self.side_nodes(alive=True) if n["start_time_ms"] >= launched_ms]):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the second node did not join: {self.side_log_tail()}")
-            time.sleep(1)
+        joined = wait_until(
+            lambda: [n for n in self.side_nodes(alive=True) if n["start_time_ms"] >= launched_ms],
+            timeout,
+            lambda: f"second node joining (its log: {self.side_log_tail()})",
+            interval=1,
+        )
         self.side_node_id = joined[0]["node_id"]
 
     def live_side_raylet(self) -> psutil.Process:
@@ -204,14 +206,16 @@ def start_cluster(cpus_per_node: int = 2, timeout: float = 300.0) -> Cluster:
 
 
 def _wait_for_job_server(cluster: Cluster, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def answers() -> bool:
         try:
             cluster.state("nodes")
-            return
+            return True
         except Exception:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"no job server at {cluster.dashboard}: {(cluster.temp_dir / 'head.log').read_text()[-2000:]}"
-                ) from None
-            time.sleep(1)
+            return False
+
+    wait_until(
+        answers,
+        timeout,
+        lambda: f"job server at {cluster.dashboard} ({(cluster.temp_dir / 'head.log').read_text()[-2000:]})",
+        interval=1,
+    )

@@ -10,8 +10,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from curation.atomic import temp_path
-from curation.format import atomic_write, atomic_write_bytes  # where training finds them
+from core.atomic import atomic_write, atomic_write_bytes, temp_path
 from curation.resume import ResumeState
 from curation.sources import SourceEntry
 from curation.tables import read_table
@@ -31,7 +30,7 @@ def test_a_process_killed_between_write_and_rename_leaves_the_old_results_and_re
     # bytes are written but before the rename.
     crash = textwrap.dedent(f"""
         import os, pyarrow as pa, pyarrow.parquet as pq
-        from curation.atomic import atomic_write
+        from core.atomic import atomic_write
         def write_then_die(tmp):
             pq.write_table(pa.table({{"clip_id": ["c1"], "caption": ["new"]}}), tmp)
             os._exit(9)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import UserError
 from curation.config import CurationConfig, load_config
-from model.errors import UserError
 from orchestration.cli import main
 
 
@@ -75,8 +75,8 @@ def test_dotted_overrides_set_keys_and_name_the_valid_ones(tmp_path, capsys):
 
 
 def test_set_values_are_yaml_scalars_and_reach_the_thresholds(tmp_path):
+    from core.dotted_keys import parse_value
     from curation.thresholds import load_thresholds
-    from model.dotted_keys import parse_value
 
     assert [parse_value(v) for v in ("3e-3", "2", "true", "null", "[1, 2]", "'3'", "abc")] == [
         0.003,

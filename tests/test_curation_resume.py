@@ -14,13 +14,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from process_groups import pids_in_group
+from waiting import wait_until
 
 from curation.resume import MANIFEST, RESULTS, WORK_DIR
 from curation.synth import VIDEOS_DIR, make_corpus
@@ -63,10 +63,8 @@ def _kill_after_first_sources(cmd: list[str], out: Path, ray_tmp: str) -> tuple[
         cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     pgid = proc.pid  # start_new_session: the child leads its own group; Ray's processes inherit it
-    deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None and not _manifest_lines(out):
-            time.sleep(0.02)
+        wait_until(lambda: proc.poll() is not None or _manifest_lines(out), 240, "finished source", 0.02)
         assert proc.poll() is None, (
             "the run finished before it could be killed:\n" + proc.stdout.read().decode()[-3000:]
         )
@@ -75,10 +73,8 @@ def _kill_after_first_sources(cmd: list[str], out: Path, ray_tmp: str) -> tuple[
         proc.wait(timeout=30)
         finished = len(_manifest_lines(out))
         # Ray's daemons are in the group too and die with it; give the kernel a moment to reap them.
-        for _ in range(50):
-            if not pids_in_group(pgid):
-                break
-            time.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: not pids_in_group(pgid), 5, "end of the killed group")
         return finished, len(pids_in_group(pgid))
     finally:
         for pid in pids_in_group(pgid):  # never leave anything of ours running, even on failure

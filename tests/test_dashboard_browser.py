@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dashboard_fixtures import curated_folder, two_runs
+from waiting import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -33,14 +34,13 @@ def _free_port() -> int:
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.poll() is None, "svp dashboard exited early"
         with contextlib.suppress(OSError):
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200:
-                return
-        time.sleep(0.5)
-    raise AssertionError("svp dashboard did not answer its health check")
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).status == 200
+        return False
+
+    wait_until(healthy, timeout, "answer to svp dashboard's health check", interval=0.5)
 
 
 def _browser():
@@ -72,13 +72,12 @@ def _browser():
 
 
 def _wait_for(driver, css: str, count: int = 1, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def shown() -> list:
         found = driver.find_elements("css selector", css)
-        if len(found) >= count and not driver.find_elements("css selector", '[data-testid="stStatusWidget"]'):
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"the page never showed {count} x {css}")
+        busy = driver.find_elements("css selector", '[data-testid="stStatusWidget"]')
+        return found if len(found) >= count and not busy else []
+
+    return wait_until(shown, timeout, f"{count} x {css} on the page", interval=0.5)
 
 
 def _external_requests(driver) -> list[str]:
@@ -91,14 +90,15 @@ def _external_requests(driver) -> list[str]:
 
 def _loaded_images(driver, want: int, timeout: float = 60) -> int:
     """How many <img> have their pixels, polled until `want` have: an <img> is in the page before its bytes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        loaded = driver.execute_script(
+
+    def loaded() -> int:
+        return driver.execute_script(
             "return [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
         )
-        if loaded >= want or time.monotonic() > deadline:
-            return loaded
-        time.sleep(0.25)
+
+    with contextlib.suppress(TimeoutError):  # the caller says how many it wanted
+        wait_until(lambda: loaded() >= want, timeout, f"{want} loaded images", interval=0.25)
+    return loaded()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from dashboard_fixtures import LRS, two_runs
 from mlflow.tracking import MlflowClient
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.cli import main
 from orchestration.dashboard.run_table import resolve
 

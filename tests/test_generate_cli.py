@@ -13,10 +13,10 @@ import torch
 from model_test_support import one_thread  # noqa: F401 (fixture)
 from shard_fixtures import make_shards
 
+from core.errors import UserError
 from curation.format import MOTION_CAPTION_TEMPLATE
 from model import kernels
 from model.config import LinearDiTConfig
-from model.errors import UserError
 from model.linear_dit import LinearDiT
 from model.pretrained import save_pretrained
 from model.video_io import read_frames

@@ -233,7 +233,7 @@ def test_official_load_errors_name_the_key_and_path(diffusers_model, tmp_path):
 
 
 def test_a_sample_prediction_model_is_not_exported_as_a_velocity_model():
-    from model.errors import UserError
+    from core.errors import UserError
     from model.linear_dit import LinearDiT
 
     model = LinearDiT(LinearDiTConfig.from_preset("tiny", prediction="sample"))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from model_test_support import one_thread  # noqa: F401  (fixture)
 
+from core.errors import UserError
 from model.config import LinearDiTConfig
-from model.errors import UserError
 from model.flow import (
     add_noise,
     flow_matching_loss,

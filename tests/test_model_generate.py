@@ -16,7 +16,8 @@ from model.generate import (
     video_to_uint8,
 )
 from model.linear_dit import LinearDiT
-from model.samplers import block_ar_sample, flow_sigmas
+from model.samplers import block_ar_sample
+from model.schedules import flow_sigmas
 from model.text_encoders import build_text_encoder
 from model.video_io import Mp4Writer, encode_mp4, read_frames
 

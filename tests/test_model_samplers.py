@@ -16,12 +16,11 @@ from model.linear_dit import LinearDiT
 from model.samplers import (
     autoregressive_segments,
     block_ar_sample,
-    flow_sigmas,
     guided_field,
     model_velocity,
     sample,
-    sigmas_from_timesteps,
 )
+from model.schedules import flow_sigmas, sigmas_from_timesteps
 
 DIM = 4
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import own_session_svp, wait_until
+from process_groups import own_session_svp, wait_while_running
 from training_runs import tiny_data
 
 from curation.resume import MANIFEST, RESULTS, WORK_DIR
@@ -26,7 +26,7 @@ def _interrupt_when(args: list[str], ready: Callable[[], bool], timeout_s: float
     """Run `svp ARGS` in its own session with its own Ray; SIGINT its process group once `ready()`.
     Returns (exit status, output)."""
     with own_session_svp(args) as proc:
-        wait_until(proc, ready, timeout_s, "the interrupt")
+        wait_while_running(proc, ready, timeout_s, "the interrupt")
         os.killpg(proc.pid, signal.SIGINT)
         output = proc.communicate(timeout=120)[0].decode()
         return proc.returncode, output

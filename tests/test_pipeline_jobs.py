@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from pipeline_files import make_pipeline, write_pipeline
 from ray_cluster import ROOT, start_cluster
+from waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 CURATE_TASK = "process_source"
@@ -105,12 +106,13 @@ def test_submitted_pipeline_finishes_with_curation_on_both_nodes(cluster, undist
 
 def wait_for_end(cluster, job: str, deadline: float) -> str:
     """The job's final status (STOPPED, SUCCEEDED or FAILED), polled until it has one."""
-    while True:
-        status = svp(cluster, "jobs", "status", job, "--address", cluster.dashboard).stdout.split()
-        if len(status) > 1 and status[1] in ("STOPPED", "SUCCEEDED", "FAILED"):
-            return status[1]
-        assert time.monotonic() < deadline, f"job {job} still {status[1:]}"
-        time.sleep(1)
+    status: list[str] = []
+
+    def final() -> str | None:
+        status[:] = svp(cluster, "jobs", "status", job, "--address", cluster.dashboard).stdout.split()
+        return status[1] if len(status) > 1 and status[1] in ("STOPPED", "SUCCEEDED", "FAILED") else None
+
+    return wait_until(final, deadline - time.monotonic(), lambda: f"end of job {job} (still {status[1:]})", 1)
 
 
 def test_lost_node_then_stop_and_resubmit_resumes_with_identical_shards(
@@ -130,19 +132,27 @@ def test_lost_node_then_stop_and_resubmit_resumes_with_identical_shards(
     # has not finished: running there (its worker dies with it) or finished there (its output blocks live
     # in that node's object store and are lost with it). Which of the two depends on the machine's load.
     deadline = time.monotonic() + 300
-    while not any(t["node_id"] == side_node for t in curate_tasks(cluster) if t["task_id"] not in before):
-        assert time.monotonic() < deadline, "no curation task ran on the second node"
+
+    def placed_on_side() -> bool:
+        if any(t["node_id"] == side_node for t in curate_tasks(cluster) if t["task_id"] not in before):
+            return True
         assert not record.is_file(), "curation finished before any of its tasks ran on the second node"
-        time.sleep(0.5)
+        return False
+
+    wait_until(placed_on_side, 300, "curation task on the second node", interval=0.5)
     side.kill()
 
     # Once curation is recorded as finished, stop the job (it is filtering or training by then). Sources the
     # lost node took down are recorded as failed: the record then does not make the step finished.
-    while not record.is_file():
-        assert time.monotonic() < deadline + 300, svp(
-            cluster, "jobs", "logs", job, "--address", cluster.dashboard
-        ).stdout[-3000:]
-        time.sleep(0.5)
+    wait_until(
+        record.is_file,
+        deadline + 300 - time.monotonic(),
+        lambda: (
+            "record of the curation: "
+            + svp(cluster, "jobs", "logs", job, "--address", cluster.dashboard).stdout[-3000:]
+        ),
+        interval=0.5,
+    )
     stopped = svp(cluster, "jobs", "stop", job, "--address", cluster.dashboard)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     final = wait_for_end(cluster, job, time.monotonic() + 300)

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from process_groups import reap_group
 from tracking_servers import MlflowServer, Postgres, find_postgres_bin
 from training_runs import tiny_data
+from waiting import wait_until
 
 from training.tracking import PARENT_TAG, TAG_DATASET, TAG_EXPORT, TAG_GIT, TAG_STAGE
 
@@ -71,11 +71,13 @@ def _logged_steps(client: MlflowClient) -> list[int]:
 
 
 def _wait(condition, proc: subprocess.Popen, what: str, timeout_s: float = 420) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
+    def check() -> bool:
+        if condition():
+            return True
         assert proc.poll() is None, f"svp train ended before {what}:\n{proc.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.2)
+        return False
+
+    wait_until(check, timeout_s, what, interval=0.2)
 
 
 def _start_svp_train(args: list[str], env: dict[str, str]) -> subprocess.Popen:

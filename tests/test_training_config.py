@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.errors import UserError
+from core.errors import UserError
 from training.config import latent_frames, load_pipeline, load_preset
 from training.step import deepspeed_config
 
@@ -144,11 +144,11 @@ def test_overrides_by_name_index_and_wildcard(tmp_path):
         ({"steps": None}, "stages[1].steps: Field required"),
         (
             {"deepspeed": {"bf16": "maybe"}},
-            "stages[1].deepspeed.bf16: Value error, must be 'auto', true or false",
+            "stages[1].deepspeed.bf16: must be 'auto', true or false",
         ),
         ({"init_from": {"stage": "vid"}}, "stages[1].init_from.stage: 'vid' is not an earlier stage"),
-        ({"init_from": {"stage": "img", "path": "/x"}}, "stages[1].init_from: Value error, give exactly one"),
-        ({"name": "bad name"}, "stages[1].name: Value error, 'bad name' must be 1-128 characters"),
+        ({"init_from": {"stage": "img", "path": "/x"}}, "stages[1].init_from: give exactly one"),
+        ({"name": "bad name"}, "stages[1].name: 'bad name' must be 1-128 characters"),
         ({"model": {"preset": "huge"}}, "stages[1].model: unknown model preset 'huge'"),
         (
             {"model": {"preset": "tiny", "overrides": {"depthh": 3}}},
@@ -168,7 +168,7 @@ def test_overrides_by_name_index_and_wildcard(tmp_path):
         ),
         (
             {"optimizer": {"lr": 1e-3, "betas": [0.9, 1.5]}},
-            "stages[1].optimizer.betas: Value error, each beta",
+            "stages[1].optimizer.betas: each beta",
         ),
         ({"autoencoder": {"name": "vqgan"}}, "stages[1].autoencoder.name: unknown autoencoder 'vqgan'"),
         (
@@ -207,7 +207,7 @@ def test_file_level_errors(tmp_path):
         load_pipeline(tmp_path / "missing.yaml")
     path = tmp_path / "broken.yaml"
     path.write_text("name: x\nstages: [\n")
-    with pytest.raises(ValueError, match=r"broken.yaml: line \d+: "):
+    with pytest.raises(ValueError, match=r"broken.yaml: invalid YAML at line \d+: "):
         load_pipeline(path)
     data = edited()
     data["extra_top"] = 1

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import own_session_svp, wait_until
+from process_groups import own_session_svp, wait_while_running
 from shard_fixtures import broken_keys, make_shards
 from test_model_autoencoders import _tiny_wan
 from test_model_text_encoders import _tiny_gemma
@@ -175,7 +175,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 def _sigkill_when(args: list[str], ready, timeout_s: float = 300) -> None:
     """Run `svp ARGS` in its own session with its own Ray; SIGKILL the whole process group once `ready()`."""
     with own_session_svp(args) as proc:
-        wait_until(proc, ready, timeout_s, "the kill")
+        wait_while_running(proc, ready, timeout_s, "the kill")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
 

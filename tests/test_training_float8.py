@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_training_step import _batch, single_process_group  # noqa: F401 (a fixture)
 
+from core.errors import UserError
 from model import LinearDiT
-from model.errors import UserError
 from training.config import load_preset
 from training.config.schema import DeepSpeedSpec
 from training.step import StageStep, build_engine, guarded_step, step_generator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from process_groups import own_session_svp, wait_until
+from process_groups import own_session_svp, wait_while_running
 from training_runs import tiny_data
+from waiting import wait_until
 
 from curation.format import thresholds_digest
 from training.errors import StageConfigError
@@ -171,15 +173,13 @@ def test_worker_logger_batches_metrics_until_the_step_count_or_a_flush(work_dir)
     time.sleep(1.0)
     assert client.get_metric_history(child, "train/loss") == [], "sent before a batch was due"
     logger.log_metrics({"train/loss": 0.25}, 3)  # the third step: a batch is due
-    deadline = time.monotonic() + 30
-    while len(client.get_metric_history(child, "train/loss")) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # the assertion below says what arrived
+        wait_until(lambda: len(client.get_metric_history(child, "train/loss")) >= 3, 30, "3 metrics")
     assert [m.step for m in client.get_metric_history(child, "train/loss")] == [1, 2, 3]
     logger.log_metrics({"train/loss": 0.125}, 4)
     logger.flush()  # what a checkpoint does: no waiting, but it goes now
-    deadline = time.monotonic() + 30
-    while len(client.get_metric_history(child, "train/loss")) < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # the assertion below says what arrived
+        wait_until(lambda: len(client.get_metric_history(child, "train/loss")) >= 4, 30, "4 metrics")
     assert [m.step for m in client.get_metric_history(child, "train/loss")] == [1, 2, 3, 4]
     assert logger.close()
 
@@ -230,7 +230,7 @@ def test_sigterm_ends_the_stage_and_pipeline_runs_killed(tmp_path, monkeypatch):
     # RAY_AUTH_MODE: orchestration.ray_connect sets it after Ray is imported, too late for Ray 2.60 in a fresh
     # process (the driver then refuses its own local Ray); a user's shell has it from the start.
     with own_session_svp(args, set_env={"RAY_AUTH_MODE": "token"}) as proc:
-        wait_until(proc, lambda: any(work.glob("ray/term-image-*")), 300, "the SIGTERM")
+        wait_while_running(proc, lambda: any(work.glob("ray/term-image-*")), 300, "the SIGTERM")
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 143, output[-3000:]

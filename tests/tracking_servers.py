@@ -17,12 +17,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from process_groups import reap_group
+from waiting import wait_until
 
 
 def find_postgres_bin() -> Path | None:
@@ -118,18 +118,14 @@ class MlflowServer:
             stdout=subprocess.DEVNULL,
             stderr=open(self.artifacts.parent / f"mlflow-server-{self.port}.log", "ab"),  # noqa: SIM115
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited {self.process.returncode}: see {self.log_path}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer,
-            ):
-                if answer.status == 200:
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"mlflow server not healthy after {timeout_s} s: see {self.log_path}")
+        wait_until(self._healthy, timeout_s, f"healthy mlflow server (see {self.log_path})", interval=0.3)
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited {self.process.returncode}: see {self.log_path}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+            return answer.status == 200
+        return False
 
     @property
     def log_path(self) -> Path:

@@ -20,8 +20,8 @@ import tarfile
 
 import numpy as np
 
+from core.errors import UserError
 from curation.format import CAPTION_MEMBER, MOTION_CAPTION_TEMPLATE, split_motion_score, with_motion_score
-from model.errors import UserError
 from training.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from core.atomic import replace_folder
 from training.errors import WorldSizeMismatchError
 
 DS_DIR = "ds"
@@ -284,10 +285,7 @@ def export_stage(checkpoint_dir: Path, export_dir: Path, model_config: Any, extr
         shutil.copyfile(checkpoint_dir / EMA_FILE, tmp / EMA_FILE)
     info = {"step": state.step, "source_checkpoint": str(checkpoint_dir), **state.to_dict(), **dict(extra)}
     (tmp / EXPORT_STATE_FILE).write_text(json.dumps(info, indent=2, default=str))
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    os.replace(tmp, export_dir)
-    return export_dir
+    return replace_folder(tmp, export_dir)
 
 
 def export_complete(export_dir: Path) -> bool:

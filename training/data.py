@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from model.errors import UserError
+from core.errors import UserError
 from training.buckets import DataPosition, EpochPlan, PlannedBatch, assign_buckets, rank_batches
 from training.config import BucketConfig, StageConfig
 from training.latent_store import DataEntry, open_latents

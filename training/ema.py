@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.errors import UserError
+from core.atomic import atomic_write
+from core.errors import UserError
 
 
 class EMA:
@@ -71,7 +72,8 @@ class EMA:
             self.shadow[name].copy_(state[name])
 
     def save(self, path: Path) -> None:
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path))
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, str(tmp)))  # the umask's mode, not safetensors' 0600
 
     def load(self, path: Path) -> None:
         self.load_state_dict(load_file(str(path)))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.format import atomic_write, atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from training.encode_shard import ShardEncoder, ShardTask, encode_empty_caption, read_record, task_row
 from training.latent_store import (
     EMPTY_CAPTION_FILE,

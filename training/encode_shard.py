@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from curation.format import atomic_write_text, write_tar_streaming
+from core.atomic import atomic_write_text
+from curation.shard_tar import write_tar_streaming
 from training.latent_store import (
     COMPUTE_DTYPES,
     ENCODE_WINDOW_SEED,
@@ -46,7 +47,7 @@ class ShardTask:
 
     @property
     def digest(self) -> str:
-        from training.fingerprints import digest
+        from core.digest import digest
 
         return digest([self.shard, self.samples])
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from ray.train import UserCallback
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 class NonRetryableError(UserError):

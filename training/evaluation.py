@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.errors import UserError
+from core.errors import UserError
 from training.checkpoints import EXPORT_STATE_FILE
 from training.config.schema import EvalSpec
 

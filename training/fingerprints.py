@@ -15,7 +15,6 @@ current one. The world size is not an input: resuming on another number of worke
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from core.atomic import atomic_write_text
+from core.digest import digest
 from training.checkpoints import EXPORT_STATE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -41,11 +42,6 @@ def platform_version() -> str:
         return version("svp")
     except PackageNotFoundError:  # running from a checkout that is not installed
         return "unknown"
-
-
-def digest(value: Any) -> str:
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -102,10 +98,8 @@ def explain_change(old: Mapping[str, Any] | None, new: StageInputs) -> str:
 
 
 def _atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """fsynced and renamed into place: `fingerprint.json` is the marker that an export is complete."""
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def write_export_fingerprint(export_dir: Path, inputs: StageInputs) -> None:

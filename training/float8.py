@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from model.errors import UserError
+from core.errors import UserError
 from model.kernels.fp8 import POINTWISE_HOOK, float8_targets
 from model.kernels.fp8_torchao import float8_supported, require_torchao
 

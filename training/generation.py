@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.errors import UserError
+from core.errors import UserError
 from training.caption_template import condition_prompt
 from training.checkpoints import EXPORT_STATE_FILE
 

@@ -87,7 +87,7 @@ def encoding_identity(stage: StageConfig, compute_dtype: str = "float32") -> dic
 
 
 def encoding_id(identity: dict[str, Any]) -> str:
-    from training.fingerprints import digest
+    from core.digest import digest
 
     return digest(identity)
 

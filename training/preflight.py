@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from model.errors import UserError
+from core.errors import UserError
 from training.checkpoints import export_complete
 from training.config.schema import PipelineConfig, StageConfig
 from training.stage_lock import check_unlocked

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from model.errors import UserError
+from core.errors import UserError
 
 log = logging.getLogger("svp.training")
 

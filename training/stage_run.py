@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.errors import UserError
+from core.errors import UserError
 from training.checkpoints import clear_staging, export_complete, export_stage, staging_dir
 from training.config.schema import PipelineConfig, StageConfig
 from training.disk_budget import warn_if_disk_short

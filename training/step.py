@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from model.errors import UserError
+from core.errors import UserError
 
 if TYPE_CHECKING:
     from training.config import StageConfig

@@ -27,6 +27,7 @@ import yaml
 from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from core.digest import digest
 from curation.format import THRESHOLDS_FILE, thresholds_digest
 from training.errors import StageConfigError
 from training.tracking_sender import BufferedSender, SenderLimits
@@ -97,7 +98,7 @@ def thresholds_hash(data_sources: Iterable[str]) -> str:
                 break
     if not digests:
         return "none"
-    return digests[0] if len(digests) == 1 else hashlib.sha256(",".join(digests).encode()).hexdigest()[:16]
+    return digests[0] if len(digests) == 1 else digest(digests)
 
 
 def _truncate(value: str) -> str:

@@ -17,7 +17,7 @@ import importlib.util
 import torch
 from torch import nn
 
-from model.errors import UserError
+from core.errors import UserError
 from model.kernels.fp8 import swapped_float8
 
 

@@ -11,7 +11,7 @@ import contextlib
 
 from torch import nn
 
-from model.errors import UserError
+from core.errors import UserError
 
 PRECISIONS = ("native", "fp8", "fp8-scaled-mm")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.commands.options import ADDRESS_HELP, VERBOSE_OPT, config_overrides, set_help
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from model.errors import UserError
+from core.errors import UserError
 
 SEEDS_HELP = "Noise seeds, comma-separated: one video per prompt and seed."
 CLIP_HELP = (

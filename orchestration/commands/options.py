@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from model.errors import UserError
+from core.errors import UserError
 
 ADDRESS_HELP = "Join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: RAY_ADDRESS, else a private local Ray)."
 
@@ -38,6 +38,6 @@ def set_help(config: str, example: str) -> str:
 
 def config_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """`--set` pairs as {dotted key: value}, each value read as a YAML scalar (`3e-3`, `true`, `[1, 2]`)."""
-    from model.dotted_keys import parse_value
+    from core.dotted_keys import parse_value
 
     return {key: parse_value(value) for key, value in name_value_pairs(pairs, "--set").items()}

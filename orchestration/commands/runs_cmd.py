@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from model.errors import UserError
+from core.errors import UserError
 
 
 def _client_and_table(runs: Path | None, tracking_uri: str | None, pipeline: str | None):

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import UserError
 from curation.format import THRESHOLDS_FILE
 from curation.thresholds import Thresholds, load_thresholds, write_thresholds
-from model.errors import UserError
 
 
 def save_thresholds(out_dir: Path, target: str, t: Thresholds, overwrite: bool) -> Path:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model.errors import UserError
+from core.errors import UserError
 
 CONFIG_ENV = "SVP_DASHBOARD_CONFIG"
 APP_FILE = Path(__file__).with_name("app.py")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model.errors import UserError
+from core.errors import UserError
 
 # Tag names from the writer itself, so the reader cannot drift from it.
 from training.tracking import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.pipeline.outputs import file_sha256
 from orchestration.pipeline.spec import STEP_ENCODE, STEP_FILTER, PipelineSpec, reads_curated
 from orchestration.pipeline.steps import CurationStep, StepInputs, forget_records, write_record

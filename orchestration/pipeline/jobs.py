@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.pipeline.spec import PipelineSpec
 
 JOB_FILE = "pipeline.yaml"

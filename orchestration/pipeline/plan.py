@@ -12,7 +12,7 @@ have. `from_step` forces that step and every later one; `only` limits the plan t
 
 from __future__ import annotations
 
-from model.errors import UserError
+from core.errors import UserError
 from orchestration.pipeline.encode_step import encode_step, encoded_stages
 from orchestration.pipeline.spec import (
     STEP_CURATE,

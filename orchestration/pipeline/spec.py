@@ -33,8 +33,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from model.config_paths import resolve_config_path
-from model.errors import UserError
+from core.config_paths import resolve_config_path
+from core.errors import UserError
+from core.yaml_files import read_yaml_mapping
 from training.config.schema import PipelineConfig, StageConfig
 
 STEP_CURATE, STEP_FILTER, STEP_ENCODE = "curate", "filter", "encode"
@@ -130,7 +131,6 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
     """Read and validate a pipeline file, with dotted keys set first (`svp pipeline … --set`): keys under
     `training.stages` and `training.defaults` become `training.overrides` (checked against the training
     schema when the training section is built), the others are checked here."""
-    from curation.yaml_files import read_yaml_mapping
 
     path = Path(path)
     if not path.is_file():
@@ -152,7 +152,7 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
 def _first_problem(err: ValidationError) -> str:
     """The first error as `KEY: what is wrong`. A misspelt key also makes the key it meant missing: the
     unknown key is the cause, said as `--set` says it (with the key it may have meant, and the keys there)."""
-    from model.dotted_keys import set_dotted
+    from core.dotted_keys import set_dotted
 
     errors = err.errors(include_url=False)
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
@@ -168,7 +168,7 @@ def _first_problem(err: ValidationError) -> str:
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
-    from model.dotted_keys import set_dotted
+    from core.dotted_keys import set_dotted
 
     for key, value in overrides.items():
         training_key = key.removeprefix("training.")
@@ -200,8 +200,8 @@ def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     """The training `PipelineConfig` of the file: stages' `data: [filter]` and a preset's `${data_root}`
     point at the filter step's output (the curation folder, whose shards it rewrites). An error names what
     the user wrote (the file's key or the `--set` flag), never the bundled preset's file."""
-    from training.config import load_preset
-    from training.config.loader import _build, preset_path
+    from training.config import build_pipeline, load_preset
+    from training.config.loader import preset_path
 
     data = str(spec.curated)
     section = spec.training
@@ -217,7 +217,7 @@ def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     if section.defaults is not None:
         raw["defaults"] = section.defaults
     try:
-        return _build(raw, Path(spec.base), spec.source, variables, section.overrides)
+        return build_pipeline(raw, Path(spec.base), spec.source, variables, section.overrides)
     except UserError as err:  # ConfigKeyError, or a bad key of training.overrides
         raise UserError(_training_error(spec, str(err), "training.")) from None
 

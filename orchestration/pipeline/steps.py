@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.atomic import atomic_write_text, fsync_dir
+from core.atomic import atomic_write_text, fsync_dir
+from core.digest import digest
 from orchestration.pipeline.outputs import describe_output, output_problem
 from orchestration.pipeline.spec import STEP_CURATE, STEP_ENCODE, STEP_FILTER, PipelineSpec
-from training.fingerprints import digest, platform_version
+from training.fingerprints import platform_version
 from training.step_engine import Decision, Facts, runs
 
 RECORDS_DIR = ".svp-steps"

@@ -5,7 +5,13 @@ See `training.config.loader` for variables (`${data_root}`), defaults and overri
 """
 
 from training.config.checks import latent_frames
-from training.config.loader import PRESET_NAMES, load_pipeline, load_pipeline_or_preset, load_preset
+from training.config.loader import (
+    PRESET_NAMES,
+    build_pipeline,
+    load_pipeline,
+    load_pipeline_or_preset,
+    load_preset,
+)
 from training.config.schema import (
     AutoencoderSpec,
     BucketConfig,
@@ -39,6 +45,7 @@ __all__ = [
     "SampleSpec",
     "StageConfig",
     "TextEncoderSpec",
+    "build_pipeline",
     "latent_frames",
     "load_pipeline",
     "load_pipeline_or_preset",

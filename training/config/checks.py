@@ -10,7 +10,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 from training.config.schema import PipelineConfig, StageConfig
 
 

@@ -15,19 +15,18 @@ file's folder. URIs with a scheme (`s3://`, `gs://`, …) are left as they are.
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from model.config_paths import resolve_config_path, resolve_config_paths
-from model.dotted_keys import set_dotted
-from model.errors import UserError
+from core.config_paths import resolve_config_path, resolve_config_paths
+from core.dotted_keys import set_dotted
+from core.errors import UserError
+from core.yaml_files import dotted_key, first_error, read_yaml_mapping
 from training.config.checks import ConfigKeyError, check_pipeline
 from training.config.schema import PipelineConfig, StageConfig
 
@@ -42,7 +41,6 @@ class PipelineFile(BaseModel):
     stages: list[StageConfig]
 
 
-_UNKNOWN_KEY_ERRORS = ("extra_forbidden", "unexpected_keyword_argument")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PRESET_NAMES = ("tiny", "sana-video")
 VAR_PREFIX = "SVP_VAR_"  # environment variables that give ${name} variables: SVP_VAR_DATA_ROOT
@@ -83,31 +81,24 @@ def load_pipeline(
 
     `overrides` maps dotted keys to values, applied before the defaults are merged: `"defaults.steps"`,
     `"stages.video.steps"` (a stage by name or index), `"stages.*.checkpoint.every"` (every stage); a key the
-    file's schema does not have is an error naming the valid keys (`model.dotted_keys`, as `svp train --set`).
+    file's schema does not have is an error naming the valid keys (`core.dotted_keys`, as `svp train --set`).
     Every error is a UserError of one line: `FILE: KEY: what is wrong`.
     """
     path = Path(path)
     label = str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pipeline file not found: {path}")
+    raw = read_yaml_mapping(path, "pipeline file")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "yaml"
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{label}: {where}: {problem}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{label}: expected a mapping with 'name' and 'stages' at the top level")
-    try:
-        return _build(raw, path.parent, label, variables or {}, overrides or {})
+        return build_pipeline(raw, path.parent, label, variables or {}, overrides or {})
     except UserError as err:  # ConfigKeyError and the overrides' key errors
         raise UserError(f"{label}: {err}") from None
 
 
-def _build(
+def build_pipeline(
     raw: dict[str, Any], base: Path, label: str, variables: dict[str, str], overrides: dict[str, Any]
 ) -> PipelineConfig:
+    """Resolve and validate the mapping of a pipeline (a YAML file's, or the `training` section of a
+    pipeline file): `base` is the folder relative paths are taken from, `label` the source named in errors.
+    Errors are `KEY: what is wrong` (the caller prefixes where the mapping came from)."""
     raw = copy.deepcopy(raw)
     stages = raw.get("stages")
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
@@ -137,7 +128,7 @@ def _build(
     return pipeline
 
 
-# Paths a stage may name, relative to the YAML that names them (`model.config_paths`).
+# Paths a stage may name, relative to the YAML that names them (`core.config_paths`).
 STAGE_PATH_KEYS = (
     "data.*",
     "autoencoder.path",
@@ -207,30 +198,15 @@ def _merge(defaults: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _first_error(err: ValidationError, raw: dict[str, Any], defaults: dict[str, Any]) -> tuple[str, str]:
-    """The first pydantic error as (dotted key, message). A key that a stage only has through `defaults`
-    is reported as `defaults.…`, where the user wrote it."""
-    errors = err.errors(include_url=False)
-    # A misspelt key also makes the key it meant missing: report the unknown key, which is the cause.
-    unknown = [e for e in errors if e["type"] in _UNKNOWN_KEY_ERRORS]
-    first = unknown[0] if unknown else errors[0]
-    loc = list(first["loc"])
-    key = _dotted(loc)
+    """The error to report (`core.yaml_files.first_error`) as (dotted key, message). A key that a stage
+    only has through `defaults` is reported as `defaults.…`, where the user wrote it."""
+    loc, message = first_error(err)
+    key = dotted_key(loc)
     if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int):
         stage_raw = raw["stages"][loc[1]] if loc[1] < len(raw["stages"]) else {}
         if _has_path(defaults, loc[2:]) and not _has_path(_without(stage_raw, defaults), loc[2:]):
-            key = _dotted(["defaults", *loc[2:]])
-    message = first["msg"]
-    if first["type"] in _UNKNOWN_KEY_ERRORS:
-        message = "unknown key" + _did_you_mean(loc, errors)
-    more = len(errors) - 1
-    return key, message + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
-
-
-def _did_you_mean(loc: list[Any], errors: list[Any]) -> str:
-    """` (did you mean 'steps'?)` when a key missing next to the unknown one is spelt like it."""
-    missing = [e["loc"][-1] for e in errors if e["type"] == "missing" and list(e["loc"][:-1]) == loc[:-1]]
-    close = difflib.get_close_matches(str(loc[-1]), [str(m) for m in missing], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+            key = dotted_key(["defaults", *loc[2:]])
+    return key, message
 
 
 def _without(stage: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -256,10 +232,3 @@ def _has_path(data: Any, loc: list[Any]) -> bool:
             return False
         data = data[part]
     return True
-
-
-def _dotted(loc: list[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

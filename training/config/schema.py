@@ -8,15 +8,15 @@ setting silently ignored. Checks that need more than one field (shapes against t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from core.digest import digest
+from core.errors import UserError
 from curation.format import Bucket, validate_key
-from model.errors import UserError
 
 
 def _safe_name(name: str) -> str:
@@ -296,8 +296,7 @@ class StageConfig:
         return dataclasses.replace(self, **changes)
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.training_inputs(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest(self.training_inputs())
 
     def to_flat_params(self) -> dict[str, str]:
         """Dotted keys → strings, e.g. {"optimizer.lr": "5e-05", "buckets.0.height": "256"} (for MLflow)."""

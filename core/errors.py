@@ -1,6 +1,6 @@
 """`UserError`: the one exception type for "the user asked for something wrong".
 
-It lives in `model/`, the bottom of the import chain (model <- curation <- training <- orchestration), so that
+It lives in `core/`, the bottom of the import chain (core <- model <- curation <- training <- orchestration), so that
 every package can raise it where it validates input. `svp` prints a UserError as one line
 (`svp: error: …`, exit status 2); any other exception is a bug and keeps its traceback.
 

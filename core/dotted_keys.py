@@ -2,7 +2,7 @@
 pydantic schema of the config before anything is validated.
 
 One implementation for every config `svp` reads (curation config, thresholds, training pipeline, pipeline
-file). It lives in `model/`, the bottom of the import chain, so that curation and training can both use it.
+file). It lives in `core/`, the bottom of the import chain, so that curation and training can both use it.
 A key that the schema does not have is a one-line `UserError` naming the valid keys at that level; the
 values themselves are left to the schema's validation (which reports them with the file and key).
 
@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any
 
-from model.errors import UserError
+from core.errors import UserError
 
 # A number as people write it; YAML 1.1 (PyYAML) reads `3e-3` as a string, since it wants a dot.
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

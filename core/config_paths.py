@@ -4,7 +4,7 @@ A curation config, a thresholds file, a training pipeline YAML and a pipeline fi
 folders; a relative one is taken from the folder of the file it is written in, never from the current
 directory of whoever runs `svp` (or of a Ray worker, which runs elsewhere). Values given on the command line
 (`--var`, `--thresholds`, `--set`) are relative to the current directory, as any command-line path.
-URIs with a scheme (`s3://`, `gs://`, …) are left as they are. It lives in `model/`, the bottom of the import
+URIs with a scheme (`s3://`, `gs://`, …) are left as they are. It lives in `core/`, the bottom of the import
 chain, so that every package's loader applies the same rule.
 """
 

@@ -4,12 +4,18 @@ Every file the resume logic trusts (per-source results, manifests, indexes, shar
 goes through `atomic_write`: write a temp file in the same folder, fsync it, rename it over the target, fsync
 the folder (without that last step the rename itself can be lost on power failure, leaving the old file
 or, for a new one, none). The temp name is `.<name>.tmp`: writers clean such leftovers of a killed run.
-Training imports this through `curation.format` (the one curation module it may import).
+Every package writes through it: it lives in `core/`, below model, curation, training and orchestration.
+
+The file gets the mode `open()` would give it (0666 less the umask), whatever wrote the temp file: safetensors
+writes 0600 (as `mkstemp` does), and weights nobody else can read are of no use on shared storage (an MLflow
+server, pods under another uid, a colleague's `svp generate`). A folder (a stage's export) is replaced by
+renames only (`replace_folder`), never deleted before the new one is in place.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +47,30 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def umask_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process's umask."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux says it without changing it; elsewhere set and restore it (a moment when another thread's new
+    # file could get the wrong mode, so only where there is no other way).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_umask_mode(path: str | os.PathLike) -> None:
+    """Set `path`'s mode to what `open()` would have given it (see the module docstring)."""
+    os.chmod(path, umask_mode())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call `write(temp)` to write the new content to a temp file, then fsync it, rename it to `path` and
     fsync the folder. If `write` fails, `path` is untouched and the temp file is removed."""
@@ -49,6 +79,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     tmp = temp_path(path)
     try:
         write(tmp)
+        give_umask_mode(tmp)
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -64,3 +95,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def replace_folder(new: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put the complete folder `new` at `target` by renames only: the old `target` is renamed aside, `new`
+    renamed in, then the old one deleted. A crash leaves the old folder whole (aside, at `.<name>.old`) or
+    the new one in place, never a half-deleted one under `target`'s name."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # a crash's leftover: the folder it replaced was complete
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -7,10 +7,10 @@
 
 1. Writes `--clips` real H.264 clips into shards (the tests' shard fixture) and a random-weight VAE through
    diffusers' `save_pretrained`, loaded back by the trainer's own loader (`model.autoencoders`).
-2. Runs `svp encode`'s job (`training.encode_job.run_encode`) on a private local Ray (one actor, the GPU when
+2. Runs `svp encode`'s job (`training.encode.encode_job.run_encode`) on a private local Ray (one actor, the GPU when
    there is one): clips/s over the whole job, actor start included, Ray start excluded.
-3. Times the trainer's own step (`training.step.guarded_step` inside DeepSpeed, one process) on the stage's
-   batches (`training.data.StageData`): once encoding each batch in the step (latents: off), once reading
+3. Times the trainer's own step (`training.worker.step.guarded_step` inside DeepSpeed, one process) on the stage's
+   batches (`training.data.stage_data.StageData`): once encoding each batch in the step (latents: off), once reading
    the precomputed latents (latents: required). Median of `--steps` steps after `--warmup`.
 
 The text encoder is the hashed one at Gemma-2-2B's width (2304 channels, 300 tokens): Gemma-2-2B costs 0.026 s
@@ -98,7 +98,7 @@ def _stage(args: argparse.Namespace, data: Path, vae: Path, latents: str):
 def _encode(stage) -> dict[str, float]:
     import ray
 
-    from training.encode_job import run_encode
+    from training.encode.encode_job import run_encode
 
     ray.init(address="local", include_dashboard=False, num_gpus=torch.cuda.device_count())
     try:
@@ -118,8 +118,8 @@ def _encode(stage) -> dict[str, float]:
 def _actor_throughput(stage) -> dict[str, float]:
     """One encoder actor's own loop (read, decode, encode, write), warm, in this process: the steady-state
     clips/s per actor, without Ray's and the actor's start. It rewrites the same files with the same bytes."""
-    from training.encode_job import plan_encode
-    from training.encode_shard import ShardEncoder
+    from training.encode.encode_job import plan_encode
+    from training.encode.encode_shard import ShardEncoder
 
     tasks = [task for plan in plan_encode(stage) for task in plan.tasks]
     encoder = ShardEncoder(stage.resolved(), "float32", batch_size=1)
@@ -135,8 +135,8 @@ def _actor_throughput(stage) -> dict[str, float]:
 
 def _step_times(stage, args: argparse.Namespace) -> dict[str, float]:
     from model import LinearDiT
-    from training.data import StageData
-    from training.step import StageStep, build_engine, guarded_step, step_generator
+    from training.data.stage_data import StageData
+    from training.worker.step import StageStep, build_engine, guarded_step, step_generator
 
     use_gpu = torch.cuda.is_available()
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")

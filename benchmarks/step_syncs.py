@@ -3,9 +3,9 @@ every step (`log_every` 1) and every 10 steps (the GPU default).
 
     python -m benchmarks.step_syncs --preset sana-video-2b-480p --frames 21 --height 256 --width 256
 
-One process, one device, the trainer's own step (`training.step.guarded_step`: weight-free space-to-depth
+One process, one device, the trainer's own step (`training.worker.step.guarded_step`: weight-free space-to-depth
 autoencoder and hashed text encoder, the model at the preset's width, DeepSpeed ZeRO-2, bf16 on a GPU) and its
-log window (`training.metrics.StepWindow`). Every read waits for the GPU's queued work; between reads the
+log window (`training.tracking.metrics.StepWindow`). Every read waits for the GPU's queued work; between reads the
 host queues the next steps' kernels while the GPU runs. Prints one JSON line per `log_every`.
 """
 
@@ -57,9 +57,9 @@ def _stage(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     from model import LinearDiT
-    from training.data import Batch, DataPosition
-    from training.metrics import StepWindow
-    from training.step import StageStep, build_engine, guarded_step, step_generator
+    from training.data.stage_data import Batch, DataPosition
+    from training.tracking.metrics import StepWindow
+    from training.worker.step import StageStep, build_engine, guarded_step, step_generator
 
     use_gpu = torch.cuda.is_available()
     if not use_gpu:

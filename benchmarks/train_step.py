@@ -3,12 +3,12 @@
     python -m benchmarks.train_step --preset sana-video-2b-480p --frames 81 --height 480 --width 832
 
 One process, one device, DeepSpeed with the same engine config as `svp train` (ZeRO-2, bf16 on GPU,
-activation checkpointing by default), and the loop's own step (`training.step`: noise, flow-matching loss,
+activation checkpointing by default), and the loop's own step (`training.worker.step`: noise, flow-matching loss,
 backward, optimizer step). Latents and text embeddings are random tensors of the real shapes, so the numbers
 are the DiT's alone (as with precomputed latents); the VAE and text encoder are not timed.
 
 MFU counts model FLOPs only (3 × `model.info.forward_flops`; the recompute of activation checkpointing is
-extra work that is not counted) against the device's dense peak (`training.metrics.peak_flops`,
+extra work that is not counted) against the device's dense peak (`training.tracking.metrics.peak_flops`,
 `SVP_PEAK_TFLOPS` overrides). Prints one JSON line per run.
 """
 
@@ -85,7 +85,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         from model import LinearDiT
         from model.info import latent_shape
-        from training.step import build_engine, step_flops_and_tokens
+        from training.worker.step import build_engine, step_flops_and_tokens
 
         self.use_gpu = torch.cuda.is_available() and not args.cpu
         if not self.use_gpu:
@@ -123,7 +123,7 @@ class Bench:
     def step(self, latents: torch.Tensor | None = None) -> torch.Tensor:
         """The trainer's step: noise, flow-matching loss (block-causal with the stage's chunks), backward,
         optimizer step; on `latents` when given (a data stream), else the fixed random batch."""
-        from training.step import forward_loss, noise_latents
+        from training.worker.step import forward_loss, noise_latents
 
         latents = self.latents if latents is None else latents
         noisy, timesteps, noise, weights = noise_latents(self.stage, latents, self.generator, self.dtype)
@@ -149,7 +149,7 @@ class Bench:
         return times, first_step_s, float(loss.detach())
 
     def figures(self, times: list[float]) -> dict[str, object]:
-        from training.metrics import peak_flops
+        from training.tracking.metrics import peak_flops
 
         step_s = statistics.median(times)
         peak = peak_flops(self.device, self.bf16)

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from training.tracking import TAG_STAGE
+from training.tracking.runs import TAG_STAGE
 
 _KEYS = (
     "train/loss",

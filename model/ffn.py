@@ -20,7 +20,7 @@ from model.kernels.fp8 import POINTWISE_HOOK
 
 def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1×1 conv over tokens as one matmul; the conv's float8 matmul while one is set (inference:
-    `model.kernels.fp8.swapped_float8`; training: `training.float8`)."""
+    `model.kernels.fp8.swapped_float8`; training: `training.worker.float8`)."""
     float8 = getattr(conv, POINTWISE_HOOK, None)
     if float8 is not None:
         return float8(x)

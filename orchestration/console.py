@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.stage_run import StageResult
+    from training.driver.stage_run import StageResult
 
 # For `ray.init(**ray_init_options(verbose))` wherever svp starts or joins Ray.
 RAY_QUIET_INIT = {"log_to_driver": False}

@@ -59,7 +59,7 @@ class DemoResult:
     video: Path  # the generated long video
     report: dict
     figures: dict  # orchestration.demo_check.learning_figures: generated vs training statistics, loss curve
-    samples: dict  # training.generation.write_conditioning_samples (start_image, image_to_video, continued)
+    samples: dict  # training.inference.generation.write_conditioning_samples (start_image, image_to_video, continued)
     clip: Path  # the training clip the prompt is the caption of, which the samples start from
 
 
@@ -79,7 +79,7 @@ def run_demo(
     from orchestration.console import ray_log_dir
     from orchestration.ray_connect import ray_connection
     from training.config import load_preset
-    from training.pipeline import run_pipeline
+    from training.driver.pipeline import run_pipeline
 
     out = Path(out)
     raw, curated, work_dir = out / "raw", out / "curated", out / "runs"
@@ -112,8 +112,8 @@ def _generate(
     through the constant-memory cache. Unlike a prompt, a first frame says where the shape is."""
     from model.video_io import write_mp4
     from orchestration.demo_check import learning_figures, showcase, training_clips
-    from training.generation import generate_from_export, write_conditioning_samples
-    from training.tracking import resolve_tracking_uri
+    from training.inference.generation import generate_from_export, write_conditioning_samples
+    from training.tracking.runs import resolve_tracking_uri
 
     stage = pipeline.stages[-1]
     clips = training_clips(stage)

@@ -38,7 +38,7 @@ def frame_stats(frames: np.ndarray) -> dict[str, float]:
 def training_clips(stage: Any, clips: int = 8) -> list[tuple[str, np.ndarray]]:
     """`clips` (caption, frames) pairs exactly as the stage's data loader gave them to the model; frames are
     uint8 (T, H, W, 3)."""
-    from training.data import StageData
+    from training.data.stage_data import StageData
 
     pixels_stage = stage.replace(latents="off")  # decoded frames, whatever `svp encode` stored
     batches = StageData(pixels_stage, 0, 1, stage.seed).batches(None)
@@ -89,7 +89,7 @@ def loss_curve(tracking_uri: str, pipeline: str, window: int = 10) -> dict[str, 
     ten; the median says whether the loss fell."""
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import TAG_STAGE
+    from training.tracking.runs import TAG_STAGE
 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(pipeline)

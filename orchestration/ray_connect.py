@@ -10,7 +10,7 @@ The rule (the same for `svp curate`, `svp train`, `svp demo`, `svp pipeline run`
   Client: the driver's work runs on the cluster; only the client port must be reachable), or `RAY_ADDRESS`
   set to any of these (a Ray job's entrypoint gets it from the job server): join that cluster.
 
-The library functions (`curation.pipeline.run_curation`, `training.stage_run.run_stage`) use the Ray that is
+The library functions (`curation.pipeline.run_curation`, `training.driver.stage_run.run_stage`) use the Ray that is
 connected in their process and raise when there is none; they never choose an address themselves.
 A cluster with token authentication (`RAY_AUTH_MODE=token`) needs its token here too: a refusal is one line
 that says what to set instead of Ray's traceback.

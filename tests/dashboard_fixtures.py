@@ -9,8 +9,8 @@ from typing import Any
 
 from training_runs import image_pipeline, tiny_data
 
-from training.stage_run import run_stage
-from training.tracking import Tracker
+from training.driver.stage_run import run_stage
+from training.tracking.runs import Tracker
 
 _MADE: dict[str, Any] = {}
 PIPELINE = "tiny"
@@ -60,7 +60,7 @@ def two_runs(base: Path) -> Path:
                         "steps": 2,
                     },
                     "stages.image.checkpoint.every": 2,
-                    # Scored at export (training.evaluation): eval metrics for `svp runs` and the page.
+                    # Scored at export (training.inference.evaluation): eval metrics for `svp runs` and the page.
                     "stages.image.eval": {"prompts": [EVAL_PROMPT], "num_frames": 5, "steps": 2},
                 },
             )

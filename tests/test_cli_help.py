@@ -13,7 +13,7 @@ from pipeline_files import KEEP_ALL, make_pipeline
 
 import training
 from orchestration.cli import app, main
-from training.stage_run import DEFAULT_WORK_DIR
+from training.driver.stage_run import DEFAULT_WORK_DIR
 
 COMMANDS = [
     ["synth"],

@@ -13,7 +13,7 @@ from core.atomic import atomic_write, replace_folder, umask_mode
 from model.config import LinearDiTConfig
 from model.linear_dit import LinearDiT
 from model.pretrained import WEIGHTS_FILE, save_pretrained
-from training.ema import EMA
+from training.worker.ema import EMA
 
 
 @pytest.fixture

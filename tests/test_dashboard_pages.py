@@ -170,7 +170,7 @@ def test_compare_opens_on_the_latest_sample_step_every_run_has(
 ):
     """One run sampled at steps 2 and 4, the other at step 2 only: the page starts on step 2, both side by side
     (not on step 4, which one run lacks)."""
-    from training.tracking import TAG_PIPELINE, TAG_STAGE
+    from training.tracking.runs import TAG_PIPELINE, TAG_STAGE
 
     base = tmp_path_factory.getbasetemp() / "dashboard"
     two_runs(base)  # made once per session: a real sample video to log

@@ -21,15 +21,15 @@ from model.linear_dit import LinearDiT
 from model.pretrained import save_pretrained
 from model.video_io import read_frames
 from orchestration.cli import main
-from training.caption_template import PLAIN_TEMPLATE, caption_conditioning
-from training.checkpoints import EXPORT_STATE_FILE
-from training.generation import Inference, load_export
+from training.data.caption_template import PLAIN_TEMPLATE, caption_conditioning
+from training.inference.generation import Inference, load_export
+from training.worker.checkpoints import EXPORT_STATE_FILE
 
 MEDIAN = 5
 
 
 def _export(folder: Path, caption: dict | None) -> Path:
-    """A tiny stage export as `training.checkpoints.export_stage` lays it out (random weights, 32x32, 8 fps)."""
+    """A tiny stage export as `training.worker.checkpoints.export_stage` lays it out (random weights, 32x32, 8 fps)."""
     torch.manual_seed(0)
     model = LinearDiT(
         LinearDiTConfig.from_preset(

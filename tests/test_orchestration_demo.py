@@ -19,7 +19,7 @@ from model.video_io import read_frames
 from orchestration.cli import main
 from orchestration.commands.demo_cmd import FOLLOWS, STATISTICS
 from orchestration.demo import DEMO_STEPS
-from training.tracking import PARENT_TAG, TAG_DATASET, TAG_STAGE, TAG_THRESHOLDS
+from training.tracking.runs import PARENT_TAG, TAG_DATASET, TAG_STAGE, TAG_THRESHOLDS
 
 pytestmark = pytest.mark.slow
 

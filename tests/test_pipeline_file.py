@@ -21,7 +21,7 @@ from pipeline_files import KEEP_ALL, make_pipeline, write_pipeline
 from orchestration.cli import main
 from orchestration.pipeline.plan import plan_pipeline
 from orchestration.pipeline.spec import load_spec
-from training.fingerprints import FINGERPRINT_FILE
+from training.driver.fingerprints import FINGERPRINT_FILE
 
 pytestmark = pytest.mark.slow
 STEPS = ["curate", "filter", "image", "video"]
@@ -224,9 +224,9 @@ def test_encode_step_runs_between_filter_and_stages_and_is_skipped_after(finishe
     """An `encode:` block adds `svp encode` as a step: planned after the filter step, the stage it encodes
     waits for it and then trains from the latents; run again, everything is skipped. Taken out again, the
     stage's earlier export is restored, not retrained."""
-    from training.data import StageData
-    from training.fingerprints import export_record
-    from training.latent_store import ENCODING_FILE, encoding_id, encoding_identity, latents_folder
+    from training.data.latent_store import ENCODING_FILE, encoding_id, encoding_identity, latents_folder
+    from training.data.stage_data import StageData
+    from training.driver.fingerprints import export_record
 
     path = write_pipeline(finished_pipeline, encode={"stages": ["vidoe"]})
     assert main(["pipeline", "plan", str(path)]) == 2

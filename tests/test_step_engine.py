@@ -1,4 +1,4 @@
-"""The one rule of `training.step_engine`: every step (curate, filter, encode, each stage) is decided by
+"""The one rule of `training.driver.step_engine`: every step (curate, filter, encode, each stage) is decided by
 `decide` from what it knows, and `plan` decides a chain in order, each step seeing the ones before it."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.step_engine import Action, Decision, Facts, decide, format_plan, plan, runs
+from training.driver.step_engine import Action, Decision, Facts, decide, format_plan, plan, runs
 
 
 def test_decide_covers_every_case_in_order():

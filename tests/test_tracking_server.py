@@ -20,7 +20,7 @@ from tracking_servers import MlflowServer, Postgres, find_postgres_bin
 from training_runs import tiny_data
 from waiting import wait_until
 
-from training.tracking import PARENT_TAG, TAG_DATASET, TAG_EXPORT, TAG_GIT, TAG_STAGE
+from training.tracking.runs import PARENT_TAG, TAG_DATASET, TAG_EXPORT, TAG_GIT, TAG_STAGE
 
 pytestmark = pytest.mark.slow
 

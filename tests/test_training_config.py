@@ -9,7 +9,7 @@ import yaml
 
 from core.errors import UserError
 from training.config import latent_frames, load_pipeline, load_preset
-from training.step import deepspeed_config
+from training.worker.step import deepspeed_config
 
 BASE = {
     "name": "demo",

@@ -11,10 +11,10 @@ import torch
 from shard_fixtures import broken_keys, make_shards
 
 from model.video_io import encode_mp4
-from training.buckets import DataPosition
 from training.config import load_preset
-from training.data import StageData
-from training.video_clips import decode_at, resize_crop, window_times
+from training.data.buckets import DataPosition
+from training.data.stage_data import StageData
+from training.data.video_clips import decode_at, resize_crop, window_times
 
 
 def video_stage(data, **changes):
@@ -288,7 +288,7 @@ def test_index_offsets_mean_one_ranged_read_per_sample_and_no_header_scan(tmp_pa
 
 def test_an_index_without_offsets_is_read_by_scanning_the_headers(tmp_path):
     """Indexes written before the offset columns existed still load, to the same batches."""
-    from training.shard_reader import read_index
+    from training.data.shard_reader import read_index
 
     data = make_shards(tmp_path / "d", 10, clips_per_shard=4, bad_video=1)
     new = StageData(video_stage(data))
@@ -363,7 +363,7 @@ def test_data_counters_are_summed_over_ranks(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient
     from training_runs import sqlite_tracker
 
-    from training.stage_run import run_stage
+    from training.driver.stage_run import run_stage
 
     # One undecodable clip, and the first shard cut in half: both ranks meet bad samples of both kinds.
     data = make_shards(tmp_path / "data", num_clips=8, bad_video=1, seed=3)
@@ -394,7 +394,7 @@ def test_data_counters_are_summed_over_ranks(ray_session, tmp_path):
 
 
 def test_index_wide_counter_is_taken_once_when_summing_ranks():
-    from training.data_metrics import sum_ranks
+    from training.data.data_metrics import sum_ranks
 
     rank = {"data/samples_read": 4.0, "data/skipped/fits_no_bucket": 3.0, "data/skipped/read_error": 1.0}
     summed = sum_ranks([{**rank, "data/skipped_total": 4.0}, {**rank, "data/skipped_total": 4.0}])

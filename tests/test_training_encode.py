@@ -26,23 +26,23 @@ from model import LinearDiT
 from model.autoencoders import build_autoencoder
 from model.pretrained import load_pretrained
 from model.text_encoders import build_text_encoder
-from training.buckets import DataPosition
 from training.config import load_preset
 from training.config.schema import AutoencoderSpec, ModelSpec, PipelineConfig, TextEncoderSpec
-from training.data import StageData
-from training.drills import FaultInjection, fault_drills
-from training.encode_job import run_encode
-from training.latent_store import (
+from training.data.buckets import DataPosition
+from training.data.latent_store import (
     ENCODE_WINDOW_SEED,
     WORK_DIR,
     encoding_id,
     encoding_identity,
     latents_folder,
 )
-from training.shard_reader import ShardReader
-from training.stage_run import run_stage
-from training.step import StageStep, step_generator
-from training.video_clips import clip_from_members, clip_rng
+from training.data.shard_reader import ShardReader
+from training.data.stage_data import StageData
+from training.data.video_clips import clip_from_members, clip_rng
+from training.driver.drills import FaultInjection, fault_drills
+from training.driver.stage_run import run_stage
+from training.encode.encode_job import run_encode
+from training.worker.step import StageStep, step_generator
 
 
 def encoded_stage(base: Path, data: Path, **overrides):

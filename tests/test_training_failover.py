@@ -12,11 +12,11 @@ from training_runs import image_pipeline, reference_run, sqlite_tracker, tiny_da
 
 from model import LinearDiT, LinearDiTConfig
 from model.pretrained import save_pretrained
-from training.checkpoints import staging_dir
-from training.drills import FaultInjection, fault_drills
+from training.driver.drills import FaultInjection, fault_drills
+from training.driver.stage_run import run_stage
 from training.errors import ShapeMismatchError
-from training.stage_run import run_stage
-from training.tracking import TAG_ERROR
+from training.tracking.runs import TAG_ERROR
+from training.worker.checkpoints import staging_dir
 
 pytestmark = pytest.mark.slow
 

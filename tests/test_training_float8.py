@@ -12,7 +12,7 @@ from core.errors import UserError
 from model import LinearDiT
 from training.config import load_preset
 from training.config.schema import DeepSpeedSpec
-from training.step import StageStep, build_engine, guarded_step, step_generator
+from training.worker.step import StageStep, build_engine, guarded_step, step_generator
 
 pytest.importorskip("torchao", reason="torchao is the fp8 extra (pip install -e '.[fp8]')")
 
@@ -34,7 +34,7 @@ def test_float8_option_is_validated():
 
 
 def test_min_dim_keeps_small_gemms_out(tmp_path):
-    from training.float8 import convert_to_float8
+    from training.worker.float8 import convert_to_float8
 
     stage = _stage(tmp_path)  # min_dim 256: every GEMM of the tiny model (width 64) is small
     model = LinearDiT(stage.model_config())
@@ -45,7 +45,7 @@ def test_min_dim_keeps_small_gemms_out(tmp_path):
 def test_sampling_in_float8_inference_gives_the_training_hooks_back(tmp_path):
     """A float8-trained model renders its sample through an inference precision; training resumes in float8."""
     from model.kernels.precision import precision_context
-    from training.float8 import Float8Pointwise, convert_to_float8
+    from training.worker.float8 import Float8Pointwise, convert_to_float8
 
     stage = _stage(tmp_path, min_dim=16)
     model = LinearDiT(stage.model_config()).eval()
@@ -64,7 +64,7 @@ def test_sampling_in_float8_inference_gives_the_training_hooks_back(tmp_path):
 def test_tiny_stage_trains_in_float8(single_process_group, tmp_path, recipe):  # noqa: F811
     from torchao.float8.float8_linear import Float8Linear
 
-    from training.float8 import Float8Pointwise
+    from training.worker.float8 import Float8Pointwise
 
     stage = _stage(tmp_path, recipe=recipe, min_dim=16)
     video = torch.rand(4, 3, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -100,7 +100,7 @@ def test_tiny_stage_trains_in_float8(single_process_group, tmp_path, recipe):  #
 def test_float8_on_a_gpu_without_float8_tensor_cores_is_a_user_error(tmp_path):
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() >= (8, 9):
         pytest.skip("needs a CUDA GPU below compute capability 8.9")
-    from training.float8 import convert_to_float8
+    from training.worker.float8 import convert_to_float8
 
     stage = _stage(tmp_path)
     with pytest.raises(UserError, match="compute capability 8.9"):

@@ -8,7 +8,7 @@ import torch
 from model import LinearDiT, LinearDiTConfig
 from model.pretrained import save_pretrained
 from training.errors import ShapeMismatchError
-from training.init_from import init_from_weights
+from training.worker.init_from import init_from_weights
 
 HIRES = {"in_channels": 192, "out_channels": 192, "patch_size": (1, 1, 1), "vae_stride": (1, 8, 8)}
 

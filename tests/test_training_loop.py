@@ -10,9 +10,9 @@ from training_runs import STEPS, image_pipeline, reference_run, tiny_data
 from model import LinearDiT
 from model.flow import flow_matching_loss
 from model.pretrained import load_pretrained
-from training.checkpoints import export_complete
-from training.data import StageData
-from training.step import StageStep, step_generator
+from training.data.stage_data import StageData
+from training.worker.checkpoints import export_complete
+from training.worker.step import StageStep, step_generator
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,9 @@ from training_runs import tiny_data
 
 from model.video_io import read_frames
 from orchestration.cli import main
-from training.generation import write_conditioning_samples
-from training.stage_lock import LOCK_FILE
-from training.tracking import (
+from training.driver.stage_lock import LOCK_FILE
+from training.inference.generation import write_conditioning_samples
+from training.tracking.runs import (
     PARENT_TAG,
     TAG_DATASET,
     TAG_EXPORT,
@@ -191,7 +191,7 @@ def test_four_tiny_stages_chain_and_generate(ray_session, tmp_path, tmp_path_fac
     _check_image_to_video(gen, tmp_path, capsys)
     _check_continuation(exports["long-video-ar"], video, tmp_path, capsys)
 
-    # What the demo shows after the long video (training.generation.write_conditioning_samples).
+    # What the demo shows after the long video (training.inference.generation.write_conditioning_samples).
     samples = write_conditioning_samples(
         exports["long-video-ar"],
         tmp_path / "samples",

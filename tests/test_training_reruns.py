@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 from training_runs import sqlite_tracker, tiny_data
 
 from training.config import load_preset
-from training.fingerprints import FINGERPRINT_FILE, export_record
-from training.pipeline import run_pipeline
-from training.stage_plan import RERUN, RESTORE, RUN, SKIP, decide_stage
-from training.tracking import PARENT_TAG, TAG_EXPORT, TAG_STAGE, TAG_STAGE_FINGERPRINT
+from training.driver.fingerprints import FINGERPRINT_FILE, export_record
+from training.driver.pipeline import run_pipeline
+from training.driver.stage_plan import RERUN, RESTORE, RUN, SKIP, decide_stage
+from training.tracking.runs import PARENT_TAG, TAG_EXPORT, TAG_STAGE, TAG_STAGE_FINGERPRINT
 
 pytestmark = pytest.mark.slow
 TWO = ["image", "video"]

@@ -12,7 +12,11 @@ from ray.train.v2.api.exceptions import TrainingFailedError
 from training_runs import image_pipeline, sqlite_tracker, tiny_data
 
 from model.pretrained import load_pretrained
-from training.checkpoints import (
+from training.driver.disk_budget import disk_shortfall, stage_sizes
+from training.driver.drills import FaultInjection, fault_drills
+from training.driver.stage_run import run_stage
+from training.errors import WorldSizeMismatchError
+from training.worker.checkpoints import (
     RAY_STORAGE_MARKER,
     STATE_FILE,
     TrainState,
@@ -22,10 +26,6 @@ from training.checkpoints import (
     resume_point,
     staging_dir,
 )
-from training.disk_budget import disk_shortfall, stage_sizes
-from training.drills import FaultInjection, fault_drills
-from training.errors import WorldSizeMismatchError
-from training.stage_run import run_stage
 
 
 def test_plain_zero_checkpoint_on_another_world_size_is_refused(tmp_path):

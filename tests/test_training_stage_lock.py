@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 from pipeline_files import write_pipeline
-from process_groups import wait_until
+from process_groups import wait_while_running
 from shard_fixtures import make_shards
 
 from orchestration.cli import main
 from orchestration.pipeline.run import run_pipeline_file
 from orchestration.pipeline.spec import load_spec
 from training.config import load_preset
-from training.stage_lock import LOCK_FILE, StageLock, StageLockedError, check_unlocked, read_holder
-from training.stage_run import run_stage
+from training.driver.stage_lock import LOCK_FILE, StageLock, StageLockedError, check_unlocked, read_holder
+from training.driver.stage_run import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = (
-    "import sys, time; from pathlib import Path; from training.stage_lock import StageLock\n"
+    "import sys, time; from pathlib import Path; from training.driver.stage_lock import StageLock\n"
     "lock = StageLock(Path(sys.argv[1]), 'image'); lock.acquire(); print('held', flush=True)\n"
     "if sys.argv[2] == 'die': import os; os._exit(0)  # killed: no release, the file stays\n"
     "time.sleep(600)\n"
@@ -49,7 +49,7 @@ def test_a_live_driver_makes_svp_train_of_its_stage_refuse_in_one_line(tmp_path,
     lock = work / "tiny" / "image" / LOCK_FILE
     holder = _holder(lock, "sleep")
     try:
-        wait_until(holder, lock.exists, 60, "the holder took the lock")
+        wait_while_running(holder, lock.exists, 60, "the holder took the lock")
         record = json.loads(lock.read_text())
         assert (record["host"], record["pid"]) == (socket.gethostname(), holder.pid)
         expected = (
@@ -128,7 +128,7 @@ def test_svp_pipeline_run_refuses_before_curating_when_a_driver_holds_a_stage(tm
     lock = spec.work / "pipe" / "video" / LOCK_FILE
     holder = _holder(lock, "sleep")
     try:
-        wait_until(holder, lock.exists, 60, "the holder took the lock")
+        wait_while_running(holder, lock.exists, 60, "the holder took the lock")
         with pytest.raises(
             StageLockedError, match=f"stage 'video' is being trained by host .* pid {holder.pid}"
         ):

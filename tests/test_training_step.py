@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 
 from model import LinearDiT
-from training.buckets import DataPosition
 from training.config import load_preset
-from training.data import Batch
-from training.step import StageStep, build_engine, guarded_step, step_generator
+from training.data.buckets import DataPosition
+from training.data.stage_data import Batch
+from training.worker.step import StageStep, build_engine, guarded_step, step_generator
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_nan_batch_is_skipped_and_finite_batch_is_applied(single_process_group, 
 
 
 def test_ema_folds_every_k_steps_with_the_matching_decay(tmp_path):
-    from training.ema import EMA
+    from training.worker.ema import EMA
 
     module = torch.nn.Linear(3, 2)
     with torch.no_grad():
@@ -145,7 +145,7 @@ def test_image_conditioned_first_frame_is_clean_and_out_of_the_loss(single_proce
 def test_fused_adamw_takes_the_same_steps_as_the_unfused_one(single_process_group, tmp_path):
     """`optimizer.fused` hands torch's fused AdamW to DeepSpeed (auto: on GPU only); torch has it on the CPU
     too, so the same ZeRO-2 steps can be compared here."""
-    from training.step import forward_loss, noise_latents
+    from training.worker.step import forward_loss, noise_latents
 
     base = load_preset("tiny", variables={"data_root": str(tmp_path)}).stage("image")
     assert not base.optimizer.fused_enabled(use_gpu=False) and base.optimizer.fused_enabled(use_gpu=True)
@@ -176,7 +176,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_unfused_one(single_process_grou
 
 
 def test_log_window_sums_steps_on_the_device_and_leaves_skipped_losses_out():
-    from training.metrics import StepTotals, StepWindow, step_metrics
+    from training.tracking.metrics import StepTotals, StepWindow, step_metrics
 
     window = StepWindow(torch.device("cpu"))
     # Two ranks' totals of three steps; the second had a NaN on one rank (skipped everywhere).

@@ -19,7 +19,7 @@ from waiting import wait_until
 
 from curation.format import thresholds_digest
 from training.errors import StageConfigError
-from training.tracking import (
+from training.tracking.runs import (
     PARENT_TAG,
     TAG_ERROR,
     TAG_EXPORT,

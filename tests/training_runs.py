@@ -12,8 +12,8 @@ from typing import Any
 from shard_fixtures import make_shards
 
 from training.config import load_preset
-from training.stage_run import StageResult, run_stage
-from training.tracking import Tracker
+from training.driver.stage_run import StageResult, run_stage
+from training.tracking.runs import Tracker
 
 _RUNS: dict[str, Any] = {}
 STEPS = 12

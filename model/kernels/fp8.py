@@ -60,7 +60,7 @@ class Float8Linear(nn.Module):
 def float8_targets(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
     """(parent, attribute, module) of every matmul that goes float8: each block's attention projections and
     the Mix-FFN's two 1×1 convs (the large GEMMs; embeddings, output layer and small convs stay high precision).
-    The torchao inference path and float8 training (`training.float8`) convert the same set."""
+    The torchao inference path and float8 training (`training.worker.float8`) convert the same set."""
     for block in model.blocks:
         for attention in (block.attn1, block.attn2):
             for name in ("to_q", "to_k", "to_v", "to_out"):

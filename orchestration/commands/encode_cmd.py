@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         setup_logging()  # before anything imports Ray
         from orchestration.ray_connect import ray_connection
         from training.config import load_pipeline_or_preset
-        from training.encode_job import plan_encode, run_encode
+        from training.encode.encode_job import plan_encode, run_encode
 
         config = load_pipeline_or_preset(pipeline, variables=name_value_pairs(var, "--var"))
         stages = [config.stage(name) for name in stage] if stage else list(config.stages)

@@ -49,7 +49,7 @@ def eval_(
     """Generate each export's videos once, score them (flicker, motion, sanity; CLIP, aesthetic with weights)
     and log the metrics to the MLflow run that trained the export, at its step."""
     from training.config.schema import EvalSpec
-    from training.evaluation import evaluate_export, log_report, tracking_uri_for_export
+    from training.inference.evaluation import evaluate_export, log_report, tracking_uri_for_export
 
     spec = EvalSpec(
         prompts_file=str(prompts),

@@ -83,7 +83,7 @@ def generate(
     """Generate a video from a trained stage's export."""
     import torch
 
-    from training.generation import Inference, generate_from_export
+    from training.inference.generation import Inference, generate_from_export
 
     inference = Inference.resolve(
         device, dtype, torch.cuda.is_available(), precision=precision, compile=compile, kernels=kernels

@@ -59,7 +59,7 @@ def train(
     from orchestration.console import ray_init_options, ray_log_dir, stage_summary
     from orchestration.ray_connect import ray_connection
     from training.config import load_pipeline_or_preset
-    from training.pipeline import check_pipeline, run_pipeline
+    from training.driver.pipeline import check_pipeline, run_pipeline
 
     config = load_pipeline_or_preset(
         pipeline, variables=name_value_pairs(var, "--var"), overrides=config_overrides(set_)

@@ -1,7 +1,7 @@
 """The dashboard's Streamlit entry (`streamlit run` this file; `svp dashboard` does): two pages.
 
 Each page module is imported when its page is first shown: the experiments page reads MLflow through
-`training.tracking` (which imports Ray), and the curation page should not wait for that.
+`training.tracking.runs` (which imports Ray), and the curation page should not wait for that.
 """
 
 import streamlit as st

@@ -1,6 +1,6 @@
 """Training runs as tables, and what differs between runs: shared by the experiments page and `svp runs`.
 
-Reads the MLflow store the trainer writes (`training.tracking`: one experiment per pipeline, a parent run
+Reads the MLflow store the trainer writes (`training.tracking.runs`: one experiment per pipeline, a parent run
 per pipeline run, a child run per stage with tags for the stage, dataset fingerprint, thresholds hash, git
 commit and init-from). No Streamlit here.
 """
@@ -16,7 +16,7 @@ import pandas as pd
 from core.errors import UserError
 
 # Tag names from the writer itself, so the reader cannot drift from it.
-from training.tracking import (
+from training.tracking.runs import (
     PARENT_TAG,
     TAG_DATASET,
     TAG_GIT,
@@ -27,7 +27,7 @@ from training.tracking import (
 )
 
 LOSS = "train/loss"
-EVAL_PREFIX = "eval/"  # training.evaluation.METRIC_PREFIX
+EVAL_PREFIX = "eval/"  # training.inference.evaluation.METRIC_PREFIX
 LR = "train/lr"
 PERF_METRICS = ("perf/samples_per_s", "perf/tokens_per_s", "perf/step_time_s", "perf/mfu")
 LINEAGE = {"dataset": TAG_DATASET, "thresholds": TAG_THRESHOLDS, "git": TAG_GIT, "init_from": TAG_INIT_FROM}

@@ -3,7 +3,7 @@ filter step's output, between the filter step and the training stages, fingerpri
 other steps; the stages then read the latents (`latents: auto` takes a complete, current set).
 
 Its fingerprint: the filter step's (the shards) + each stage's encoding id (VAE, text encoder, buckets, …:
-`training.latent_store.encoding_identity`) + platform version. Its record (`OUT/.svp-steps/encode.json`)
+`training.data.latent_store.encoding_identity`) + platform version. Its record (`OUT/.svp-steps/encode.json`)
 keeps the sha256 of each latents folder's `encoding.json`, the file `svp encode` writes last: the step is
 skipped only while each is still the one it wrote. Where it runs (actors, GPUs) is not in the fingerprint.
 """
@@ -18,7 +18,7 @@ from orchestration.pipeline.outputs import file_sha256
 from orchestration.pipeline.spec import STEP_ENCODE, STEP_FILTER, PipelineSpec, reads_curated
 from orchestration.pipeline.steps import CurationStep, StepInputs, forget_records, write_record
 from training.config.schema import PipelineConfig, StageConfig
-from training.fingerprints import platform_version
+from training.driver.fingerprints import platform_version
 
 
 def encoded_stages(spec: PipelineSpec, training: PipelineConfig) -> list[StageConfig]:
@@ -37,7 +37,7 @@ def encoded_stages(spec: PipelineSpec, training: PipelineConfig) -> list[StageCo
 def encode_inputs(
     spec: PipelineSpec, stages: list[StageConfig], filter_fingerprint: str | None
 ) -> StepInputs:
-    from training.latent_store import encoding_id, encoding_identity
+    from training.data.latent_store import encoding_id, encoding_identity
 
     values: dict[str, str | None] = {"data": filter_fingerprint}
     values |= {f"encoding.{stage.name}": encoding_id(encoding_identity(stage)) for stage in stages}
@@ -52,8 +52,8 @@ def encode_step(spec: PipelineSpec, training: PipelineConfig, filter_fingerprint
 
 
 def run_encode_step(spec: PipelineSpec, inputs: StepInputs, *, stages: list[StageConfig]) -> list:
-    from training.encode_job import run_encode
-    from training.latent_store import ENCODING_FILE
+    from training.data.latent_store import ENCODING_FILE
+    from training.encode.encode_job import run_encode
 
     assert spec.encode is not None
     forget_records(spec, STEP_ENCODE)

@@ -110,7 +110,7 @@ def _filter_problem(out: Path, expected: dict[str, Any], record: dict[str, Any])
 
 
 def _encode_problem(out: Path, expected: dict[str, Any]) -> str | None:
-    from training.latent_store import ENCODING_FILE
+    from training.data.latent_store import ENCODING_FILE
 
     for name, sha in sorted(expected["encodings"].items()):
         path = out / name / ENCODING_FILE  # relative to OUT, or absolute (an absolute `name` wins)

@@ -1,7 +1,7 @@
 """Decide every step of a pipeline file — skip, run, rerun or restore, and why — without running anything.
 
-The steps (curate, filter, encode when the file has an `encode:` block, each training stage) are `training.step_engine.Step`s decided in order by the one
-rule (`training.step_engine.decide`); `svp pipeline run` executes this very plan. A step reruns when its
+The steps (curate, filter, encode when the file has an `encode:` block, each training stage) are `training.driver.step_engine.Step`s decided in order by the one
+rule (`training.driver.step_engine.decide`); `svp pipeline run` executes this very plan. A step reruns when its
 fingerprint changed (or its output is incomplete), and so does everything downstream: the filter step's
 inputs include the curate step's fingerprint; a training stage's data is the filter step's output, so when
 the filter step has to run the stage is decided again after it (its dataset fingerprint is read from the new
@@ -24,8 +24,8 @@ from orchestration.pipeline.spec import (
 )
 from orchestration.pipeline.steps import CurationStep, curate_inputs, filter_inputs, run_curate, run_filter
 from training.config.schema import PipelineConfig
-from training.stage_plan import StageStep
-from training.step_engine import Action, Decision, Step, format_plan, plan
+from training.driver.stage_plan import StageStep
+from training.driver.step_engine import Action, Decision, Step, format_plan, plan
 
 NOT_SELECTED = Action.NOT_SELECTED
 

@@ -3,7 +3,7 @@ parent run that records every step as run / rerun / skipped / restored with its 
 
 Runs on the Ray this process is connected to (`orchestration.ray_connect`; inside a Ray job, the job's
 cluster). The curation steps run as planned. The training stages go through
-`training.pipeline.run_pipeline`, whose stages decide with the same `training.stage_plan.StageStep` rule:
+`training.driver.pipeline.run_pipeline`, whose stages decide with the same `training.driver.stage_plan.StageStep` rule:
 the same decision as the plan, except for a stage the plan said waits for the data ("decided again once it
 has run"), which is now decided on the rewritten shards, so a re-filter that leaves them unchanged
 retrains nothing.
@@ -19,11 +19,11 @@ from orchestration.pipeline.plan import check_step, forced_steps, pipeline_steps
 from orchestration.pipeline.spec import PipelineSpec, training_pipeline
 from orchestration.pipeline.steps import CurationStep
 from training.config.schema import PipelineConfig
-from training.step_engine import Action, Decision, plan, runs
+from training.driver.step_engine import Action, Decision, plan, runs
 
 if TYPE_CHECKING:
-    from training.stage_run import StageResult
-    from training.tracking import Tracker
+    from training.driver.stage_run import StageResult
+    from training.tracking.runs import Tracker
 
 
 def run_pipeline_file(
@@ -37,9 +37,9 @@ def run_pipeline_file(
     echo: Callable[[str], None] = print,
 ) -> list[StageResult]:
     """Run the steps that need it; returns the training stages' results."""
-    from training.pipeline import run_pipeline
-    from training.preflight import check_no_other_driver
-    from training.tracking import Tracker, ending_run, resolve_tracking_uri
+    from training.driver.pipeline import run_pipeline
+    from training.driver.preflight import check_no_other_driver
+    from training.tracking.runs import Tracker, ending_run, resolve_tracking_uri
 
     training = training_pipeline(spec)
     names = spec.step_names(training.stage_names)

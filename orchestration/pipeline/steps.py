@@ -26,8 +26,8 @@ from core.atomic import atomic_write_text, fsync_dir
 from core.digest import digest
 from orchestration.pipeline.outputs import describe_output, output_problem
 from orchestration.pipeline.spec import STEP_CURATE, STEP_ENCODE, STEP_FILTER, PipelineSpec
-from training.fingerprints import platform_version
-from training.step_engine import Decision, Facts, runs
+from training.driver.fingerprints import platform_version
+from training.driver.step_engine import Decision, Facts, runs
 
 RECORDS_DIR = ".svp-steps"
 
@@ -131,7 +131,7 @@ def changed_inputs(old: dict[str, Any], new: StepInputs) -> str:
 
 @dataclass(frozen=True)
 class CurationStep:
-    """A curation step as a `training.step_engine.Step`: its inputs, its record, and the step whose run
+    """A curation step as a `training.driver.step_engine.Step`: its inputs, its record, and the step whose run
     rewrites its input (the filter step's: curate), which makes it run too."""
 
     spec: PipelineSpec

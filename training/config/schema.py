@@ -103,7 +103,7 @@ class CheckpointSpec(StrictModel):
 
 
 class Float8TrainingSpec(StrictModel):
-    """Float8 matmuls in training through torchao (`training.float8`): the blocks' attention projections and
+    """Float8 matmuls in training through torchao (`training.worker.float8`): the blocks' attention projections and
     Mix-FFN 1×1 convs; the patch embedding, the conditioning embedders, the output projection and GEMMs with a
     dimension below `min_dim` (or not a multiple of 16) stay in the stage's precision."""
 
@@ -175,7 +175,7 @@ class SampleSpec(StrictModel):
 
 class EvalSpec(StrictModel):
     """`eval:` of a stage: after the stage exports, videos of fixed prompts and seeds are generated from the
-    export and scored (`training.evaluation`, `curation.video_eval`); the metrics land in the stage's MLflow run
+    export and scored (`training.inference.evaluation`, `curation.video_eval`); the metrics land in the stage's MLflow run
     at the export's step. Not part of the stage's fingerprint: changing it never retrains the stage."""
 
     prompts: list[str] = Field(default_factory=list)

@@ -1,9 +1,9 @@
 """Run a pipeline's stages in order, each starting from the previous one's export, under one MLflow parent run.
 
 A stage whose export is complete and was made from its current inputs (config, data, init_from export,
-platform version: `training.fingerprints`) is skipped, so rerunning the same command after a crash (of a
+platform version: `training.driver.fingerprints`) is skipped, so rerunning the same command after a crash (of a
 worker, a node or the driver) continues where the pipeline stopped: the unfinished stage resumes from its
-latest checkpoint (`training.stage_run`), later stages follow. A stage whose inputs changed reruns, and so do
+latest checkpoint (`training.driver.stage_run`), later stages follow. A stage whose inputs changed reruns, and so do
 the stages after it (their init_from export changed). `stages` picks a subset by name; a picked stage whose
 `init_from` stage has not been exported yet is an error that says so. `force` retrains every picked stage,
 `force_from` the named stage and every later one.
@@ -15,9 +15,9 @@ import os
 from collections.abc import Sequence
 
 from training.config.schema import PipelineConfig, StageConfig
-from training.preflight import check_before_training
-from training.stage_run import StageResult, StageRun, resolve_work_dir
-from training.tracking import Tracker, ending_run, resolve_tracking_uri
+from training.driver.preflight import check_before_training
+from training.driver.stage_run import StageResult, StageRun, resolve_work_dir
+from training.tracking.runs import Tracker, ending_run, resolve_tracking_uri
 
 
 def check_pipeline(

@@ -1,5 +1,5 @@
 """`svp encode`: precompute a stage's latents and caption embeddings with Ray Data (layout and identity:
-`training.latent_store`; one shard's work: `training.encode_shard`).
+`training.data.latent_store`; one shard's work: `training.encode.encode_shard`).
 
     shard tasks ─► map_batches(ShardEncoder)   actor pool, GPUs when the cluster has them; one shard per call
     then, per data folder: index.parquet, empty_caption.safetensors, encoding.json (written last: complete)
@@ -28,8 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
-from training.encode_shard import ShardEncoder, ShardTask, encode_empty_caption, read_record, task_row
-from training.latent_store import (
+from training.data.latent_store import (
     EMPTY_CAPTION_FILE,
     ENCODING_FILE,
     INDEX_FILE,
@@ -37,7 +36,8 @@ from training.latent_store import (
     encoding_identity,
     latents_folder,
 )
-from training.shard_reader import is_remote, join_uri
+from training.data.shard_reader import is_remote, join_uri
+from training.encode.encode_shard import ShardEncoder, ShardTask, encode_empty_caption, read_record, task_row
 
 if TYPE_CHECKING:
     from training.config.schema import StageConfig
@@ -89,7 +89,7 @@ class EncodeResult:
 def plan_encode(stage: StageConfig) -> list[FolderPlan]:
     """What encoding `stage` means, one plan per data folder; user errors (missing weights, remote data) are
     ValueError/FileNotFoundError before anything runs."""
-    from training.data import StageData
+    from training.data.stage_data import StageData
 
     for what, spec in (("autoencoder", stage.autoencoder), ("text_encoder", stage.text_encoder)):
         if spec.path and not Path(spec.path).expanduser().exists():

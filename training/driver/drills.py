@@ -49,7 +49,7 @@ def check_drill_allowed(fault: FaultInjection | None) -> None:
     if fault is not None and not _ENABLED["on"]:
         raise RuntimeError(
             "a FaultInjection kills training workers; it is for tests and drills only: "
-            "run it inside `with training.drills.fault_drills():`"
+            "run it inside `with training.driver.drills.fault_drills():`"
         )
 
 

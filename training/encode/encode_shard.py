@@ -1,4 +1,4 @@
-"""One unit of `svp encode`: a curation shard → its companion shard of latents (`training.latent_store`).
+"""One unit of `svp encode`: a curation shard → its companion shard of latents (`training.data.latent_store`).
 
 A Ray Data actor (`ShardEncoder`) holds the stage's autoencoder and text encoder (on its GPU when it has one)
 and encodes whole shards, one per call: samples are grouped by bucket (sorted by bucket, then key), decoded
@@ -24,15 +24,15 @@ import torch
 
 from core.atomic import atomic_write_text
 from curation.shard_tar import write_tar_streaming
-from training.latent_store import (
+from training.data.latent_store import (
     COMPUTE_DTYPES,
     ENCODE_WINDOW_SEED,
     LATENT_MEMBER,
     WORK_DIR,
     pack_sample,
 )
-from training.shard_reader import ShardReader
-from training.video_clips import BadClip, clip_from_members, clip_rng
+from training.data.shard_reader import ShardReader
+from training.data.video_clips import BadClip, clip_from_members, clip_rng
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ShardEncoder:
         from pydantic import TypeAdapter
 
         from training.config import StageConfig
-        from training.step import build_stage_autoencoder, build_stage_text_encoder
+        from training.worker.step import build_stage_autoencoder, build_stage_text_encoder
 
         self.stage = TypeAdapter(StageConfig).validate_python(stage)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,8 +159,8 @@ def encode_empty_caption(stage: dict[str, Any], compute_dtype: str) -> bytes:
     from safetensors.torch import save
 
     from training.config import StageConfig
-    from training.latent_store import STORED_DTYPE
-    from training.step import build_stage_text_encoder
+    from training.data.latent_store import STORED_DTYPE
+    from training.worker.step import build_stage_text_encoder
 
     config = TypeAdapter(StageConfig).validate_python(stage)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

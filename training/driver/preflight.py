@@ -12,17 +12,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from core.errors import UserError
-from training.checkpoints import export_complete
 from training.config.schema import PipelineConfig, StageConfig
-from training.stage_lock import check_unlocked
-from training.stage_run import StageRun
+from training.driver.stage_lock import check_unlocked
+from training.driver.stage_run import StageRun
+from training.worker.checkpoints import export_complete
 
 
 def check_before_training(
     pipeline: PipelineConfig, selected: Sequence[StageConfig], work_dir: Path, workers: int
 ) -> None:
     """Raise the first problem of the `selected` stages (in pipeline order) as a one-line user error."""
-    from training.data import StageData
+    from training.data.stage_data import StageData
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -45,7 +45,7 @@ def check_before_training(
 
 def check_no_other_driver(pipeline: PipelineConfig, stages: Iterable[StageConfig], work_dir: Path) -> None:
     """Refuse, before Ray starts or anything is written, when a live driver holds one of `stages` in this
-    work dir (`training.stage_lock`; each stage run takes the lock itself too, for drivers that start
+    work dir (`training.driver.stage_lock`; each stage run takes the lock itself too, for drivers that start
     together)."""
     for stage in stages:
         check_unlocked(StageRun(pipeline, stage, work_dir).lock_path, stage.name)

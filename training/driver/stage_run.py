@@ -1,20 +1,20 @@
 """`StageRun`: one stage of a pipeline, driven from this process as a Ray Train job on the Ray it is connected
 to (`orchestration.ray_connect` connects the `svp` commands): plan → prepare → fit → export → record.
 
-- plan: skip when the stage's export is complete and was made from the same inputs (`training.stage_plan`),
+- plan: skip when the stage's export is complete and was made from the same inputs (`training.driver.stage_plan`),
   else run or rerun; `force` retrains anyway (the old export and Ray run are set aside, a new MLflow run is
   made).
 - prepare: the stage's Ray run `{pipeline}-{stage}-{fingerprint}` under `{work_dir}/ray`, ready to start or
-  resume from its latest checkpoint (`training.resume`), with a warning when the disk cannot hold it.
-- fit: `workers` DeepSpeed workers (`training.worker`), each given the typed `StageJob`. Worker deaths are
+  resume from its latest checkpoint (`training.driver.resume`), with a warning when the disk cannot hold it.
+- fit: `workers` DeepSpeed workers (`training.worker.worker`), each given the typed `StageJob`. Worker deaths are
   retried (`FailureConfig(max_failures)`); errors a retry cannot fix stop at once
-  (`training.errors.FailFastCallback`). The driver draws rank 0's progress (`training.progress`), and each
+  (`training.errors.FailFastCallback`). The driver draws rank 0's progress (`training.tracking.progress`), and each
   rank appends its full log to `{work_dir}/logs/{pipeline}/{stage}/rank<N>.log`.
 - export: the stage export (universal checkpoint + consolidated weights + EMA) from the final checkpoint.
-- record: the export in the stage's MLflow run, which `training.tracking.ending_run` ends FINISHED, FAILED
+- record: the export in the stage's MLflow run, which `training.tracking.runs.ending_run` ends FINISHED, FAILED
   or KILLED.
 
-The whole walk holds the stage's lock (`training.stage_lock`): a second driver on the same work dir refuses.
+The whole walk holds the stage's lock (`training.driver.stage_lock`): a second driver on the same work dir refuses.
 """
 
 from __future__ import annotations
@@ -30,13 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
-from training.checkpoints import clear_staging, export_complete, export_stage, staging_dir
 from training.config.schema import PipelineConfig, StageConfig
-from training.disk_budget import warn_if_disk_short
-from training.drills import FaultInjection, check_drill_allowed
-from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
-from training.evaluation import evaluate_stage_export
-from training.fingerprints import (
+from training.driver.disk_budget import warn_if_disk_short
+from training.driver.drills import FaultInjection, check_drill_allowed
+from training.driver.fingerprints import (
     StageInputs,
     explain_change,
     recall,
@@ -45,14 +42,15 @@ from training.fingerprints import (
     supersede_export,
     write_export_fingerprint,
 )
-from training.job import StageJob
-from training.progress import stage_progress
-from training.restore import restore_export, restore_lineage
-from training.resume import other_fingerprints, prepare_resume, tqdm_off_if_asked
-from training.sampling import export_extra
-from training.stage_lock import LOCK_FILE, StageLock
-from training.stage_plan import RESTORE, SKIP, StageDecision, decide_stage, export_dir_of, stage_dir
-from training.tracking import (
+from training.driver.job import StageJob
+from training.driver.restore import restore_export, restore_lineage
+from training.driver.resume import other_fingerprints, prepare_resume, tqdm_off_if_asked
+from training.driver.stage_lock import LOCK_FILE, StageLock
+from training.driver.stage_plan import RESTORE, SKIP, StageDecision, decide_stage, export_dir_of, stage_dir
+from training.errors import FailFastCallback, StageConfigError, unwrap_training_error
+from training.inference.evaluation import evaluate_stage_export
+from training.tracking.progress import stage_progress
+from training.tracking.runs import (
     TAG_CONFIG,
     TAG_DATASET,
     TAG_INIT_FROM,
@@ -63,6 +61,8 @@ from training.tracking import (
     ending_run,
     thresholds_hash,
 )
+from training.worker.checkpoints import clear_staging, export_complete, export_stage, staging_dir
+from training.worker.sampling import export_extra
 
 if TYPE_CHECKING:
     from ray.train import Result
@@ -82,11 +82,13 @@ class StageResult:
     export_dir: Path
     skipped: bool  # the export was already there: nothing ran
     metrics: dict[str, Any] = field(default_factory=dict)
-    fingerprint: str | None = None  # of the stage's inputs (training.fingerprints)
+    fingerprint: str | None = None  # of the stage's inputs (training.driver.fingerprints)
     reason: str = ""  # why it was skipped, run or rerun
     checkpoint: str | None = None
     mlflow_run_id: str | None = None
-    restored_from: Path | None = None  # a kept export put back instead of training (`training.restore`)
+    restored_from: Path | None = (
+        None  # a kept export put back instead of training (`training.driver.restore`)
+    )
 
 
 def resolve_work_dir(pipeline: PipelineConfig, work_dir: str | os.PathLike | None) -> Path:
@@ -343,7 +345,7 @@ class StageRun:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        from training.worker import train_loop_per_worker
+        from training.worker.worker import train_loop_per_worker
 
         gpus = {"GPU": self.gpus_per_worker} if self.use_gpu else {}
         return TorchTrainer(
@@ -364,7 +366,7 @@ class StageRun:
         )
 
     def restore(self) -> StageResult:
-        """The kept export of exactly these inputs put back (`training.restore`), pointing to its MLflow run."""
+        """The kept export of exactly these inputs put back (`training.driver.restore`), pointing to its MLflow run."""
         kept = self.decided.kept
         superseded = restore_export(self.export_dir, kept)
         if self.tracker is not None:

@@ -1,4 +1,4 @@
-"""The background sender behind `training.tracking.RunLogger`: batched, and tolerant of a tracking server that
+"""The background sender behind `training.tracking.runs.RunLogger`: batched, and tolerant of a tracking server that
 goes away.
 
 The training loop only appends to a bounded buffer; one daemon thread sends it with `MlflowClient.log_batch`

@@ -1,6 +1,6 @@
 """The math of one training step, independent of Ray: encoders, noising, loss, the DeepSpeed engine.
 
-Used by the Ray Train worker loop (`training.worker`) and by `benchmarks/train_step.py`, so the benchmark
+Used by the Ray Train worker loop (`training.worker.worker`) and by `benchmarks/train_step.py`, so the benchmark
 measures exactly the step that training runs.
 """
 
@@ -51,7 +51,7 @@ class StageStep:
         return self._text_encoder
 
     def encode(self, batch: Any, generator: torch.Generator):
-        """Latents (B, C, F, H, W) and text (embeddings, mask) of a `training.data.Batch`, with caption
+        """Latents (B, C, F, H, W) and text (embeddings, mask) of a `training.data.stage_data.Batch`, with caption
         dropout → empty caption: encoded here from `batch.video`/`batch.captions`, or taken from the
         precomputed `batch.encoded` (the empty caption's precomputed embedding for dropped captions). The
         dropout draw comes first either way, so both paths consume the generator alike."""
@@ -223,7 +223,7 @@ def build_engine(stage: StageConfig, model: torch.nn.Module, world_size: int, us
     if universal:
         config["checkpoint"] = {"load_universal": True}
     if stage.deepspeed.float8.enabled:
-        from training.float8 import convert_to_float8
+        from training.worker.float8 import convert_to_float8
 
         convert_to_float8(model, stage.deepspeed.float8, use_gpu)  # before DeepSpeed wraps and compiles it
     params = [p for p in model.parameters() if p.requires_grad]
@@ -238,11 +238,11 @@ def guarded_step(
     generator: torch.Generator,
     data_wait_s: float = 0.0,
 ) -> tuple[Any, bool]:
-    """One optimizer step on a `training.data.Batch`, skipped on every rank when any rank's loss is NaN/inf.
+    """One optimizer step on a `training.data.stage_data.Batch`, skipped on every rank when any rank's loss is NaN/inf.
 
-    Returns the step's totals summed over ranks (`training.metrics.StepTotals`, still on the device) and
+    Returns the step's totals summed over ranks (`training.tracking.metrics.StepTotals`, still on the device) and
     whether the step was applied. One all-reduce carries the loss, the non-finite flag and the throughput
-    counters together; the host reads none of them here (`training.metrics.StepWindow` does, every
+    counters together; the host reads none of them here (`training.tracking.metrics.StepWindow` does, every
     `log_every` steps).
 
     The skip is decided on the device: when any rank's loss is not finite, every rank back-propagates its
@@ -253,7 +253,7 @@ def guarded_step(
     function adds none. Without a ZeRO optimizer (stage 0) nothing would catch the NaN, so there the flag is
     read on the host before the backward pass (one sync per step, stage 0 only).
     """
-    from training.metrics import StepTotals
+    from training.tracking.metrics import StepTotals
 
     latents, text, mask = step_math.encode(batch, generator)
     noisy, timesteps, noise, weights = step_math.noise(latents, generator)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.checkpoints import convert_to_universal, ds_tag, read_state
+from training.worker.checkpoints import convert_to_universal, ds_tag, read_state
 
 log = logging.getLogger("svp.training")
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")

@@ -1,6 +1,6 @@
 """Weights-only initialisation of a stage from the previous stage's export or a path.
 
-This is the stage hand-off, distinct from resuming a stage (`training.checkpoints`): only module weights
+This is the stage hand-off, distinct from resuming a stage (`training.worker.checkpoints`): only module weights
 move; optimizer, schedule, step and data position start fresh, so the world size, ZeRO stage, autoencoder
 and patch size may all change between stages. Keys can be dropped (`drop_keys`, e.g. the patch embedding and
 output head when the latent space changes) or kept at their fresh init (`reinit_keys`); the Mix-FFN can grow

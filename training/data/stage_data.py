@@ -5,15 +5,15 @@
         batch.video     # (B, 3, T, H, W) float32 in [-1, 1]; T = 1 for image stages
         batch.position  # save it with the checkpoint; batches(position) continues with the next batch
 
-Which samples form which batch on which rank comes from the index alone (`training.buckets`); the samples are
-then read by byte offset from their shards (`training.shard_reader`) and decoded, resampled and cropped
-(`training.video_clips`), in `stage.num_workers` dataloader worker processes. A sample that cannot be used
+Which samples form which batch on which rank comes from the index alone (`training.data.buckets`); the samples are
+then read by byte offset from their shards (`training.data.shard_reader`) and decoded, resampled and cropped
+(`training.data.video_clips`), in `stage.num_workers` dataloader worker processes. A sample that cannot be used
 (undecodable mp4, missing caption, too short, unreadable) is replaced by the next sample of the same bucket and
 counted in `stats.skipped` by reason; it never stops training.
 
 Shards are local paths or fsspec URIs (`s3://…`, `gs://…`, with the matching fsspec backend installed).
 
-With precomputed latents (`svp encode`, `training.latent_store`; the stage's `latents` option), a batch carries
+With precomputed latents (`svp encode`, `training.data.latent_store`; the stage's `latents` option), a batch carries
 `batch.encoded` (latents, text embeddings, mask) instead of `batch.video`: the same batches in the same order,
 read from the companion shards, and the training worker never builds the VAE or the text encoder.
 """
@@ -34,11 +34,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from core.errors import UserError
-from training.buckets import DataPosition, EpochPlan, PlannedBatch, assign_buckets, rank_batches
 from training.config import BucketConfig, StageConfig
-from training.latent_store import DataEntry, open_latents
-from training.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
-from training.video_clips import BadClip, clip_from_members, clip_rng
+from training.data.buckets import DataPosition, EpochPlan, PlannedBatch, assign_buckets, rank_batches
+from training.data.latent_store import DataEntry, open_latents
+from training.data.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
+from training.data.video_clips import BadClip, clip_from_members, clip_rng
 
 __all__ = ["Batch", "DataPosition", "DataStats", "EncodedBatch", "StageData"]
 

@@ -7,7 +7,7 @@
   initialises the weights from the previous stage's export (`init_from`), and opens the data stream at each
   rank's saved position;
 - `step(n)` runs one optimizer step and adds its numbers to the log window, which `log(n)` reads every
-  `log_every` steps (the step itself never reads a device value on the host: `training.step.guarded_step`);
+  `log_every` steps (the step itself never reads a device value on the host: `training.worker.step.guarded_step`);
 - `checkpoint(n)` saves every `checkpoint.every` steps and at the last (Ray Train reports it);
 - `sample(n)` renders `stage.sample` every `sample.every` steps, on every rank (see `sample`).
 
@@ -19,7 +19,7 @@ A step whose loss is NaN/inf on any rank is skipped on every rank (decided on th
 so no rank waits in a collective the others skipped) and counted in `train/skipped_steps`.
 
 The export (consolidated weights + EMA) is built by the driver from the final checkpoint
-(`training.stage_run`), not here: it needs no worker and must not run once per rank.
+(`training.driver.stage_run`), not here: it needs no worker and must not run once per rank.
 """
 
 from __future__ import annotations
@@ -33,16 +33,22 @@ from typing import Any
 
 import torch
 
-from training.checkpoints import TrainState, clear_staging, load_checkpoint, resume_point, save_checkpoint
-from training.data_metrics import data_metrics
-from training.drills import maybe_die
+from training.data.data_metrics import data_metrics
+from training.driver.drills import maybe_die
+from training.driver.job import StageJob
 from training.errors import StageConfigError
-from training.evaluation import sample_metrics
-from training.job import StageJob
-from training.metrics import StepWindow, peak_flops, step_metrics
-from training.progress import BoardAddress, ProgressPublisher
-from training.sampling import DEFAULT_FPS, render_sample
-from training.step import StageStep, build_engine, guarded_step, step_generator
+from training.inference.evaluation import sample_metrics
+from training.tracking.metrics import StepWindow, peak_flops, step_metrics
+from training.tracking.progress import BoardAddress, ProgressPublisher
+from training.worker.checkpoints import (
+    TrainState,
+    clear_staging,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+)
+from training.worker.sampling import DEFAULT_FPS, render_sample
+from training.worker.step import StageStep, build_engine, guarded_step, step_generator
 
 log = logging.getLogger("svp.training")
 
@@ -53,7 +59,7 @@ class Trainer:
     def __init__(self, job: StageJob, rank: int, world: int, device: torch.device) -> None:
         if not job.staging_dir:
             raise StageConfigError(
-                "StageJob.staging_dir is not set (training.stage_run.StageRun.job sets it)"
+                "StageJob.staging_dir is not set (training.driver.stage_run.StageRun.job sets it)"
             )
         self.job, self.stage, self.rank, self.world, self.device = job, job.stage, rank, world, device
         self.use_gpu = device.type == "cuda"
@@ -62,7 +68,7 @@ class Trainer:
         self.staging_root = Path(job.staging_dir)
         self.tracker = None
         if rank == 0 and job.mlflow_run_id:
-            from training.tracking import RunLogger
+            from training.tracking.runs import RunLogger
 
             self.tracker = RunLogger(job.tracking_uri, job.mlflow_run_id)
         board = BoardAddress(**job.progress) if rank == 0 and job.progress else None
@@ -122,14 +128,14 @@ class Trainer:
             self.engine = build_engine(self.stage, model, self.world, self.use_gpu, universal=universal)
             self.ema = None
             if self.stage.ema and self.rank == 0:
-                from training.ema import EMA
+                from training.worker.ema import EMA
 
                 self.ema = EMA(self.engine.module, self.stage.ema.decay, self.stage.ema.update_every)
             self.restore(point)
         self._open_data(point)
 
     def _init_weights(self, model: torch.nn.Module) -> None:
-        from training.init_from import init_from_weights
+        from training.worker.init_from import init_from_weights
 
         spec = self.stage.init_from
         report = init_from_weights(
@@ -167,7 +173,7 @@ class Trainer:
         self.state.world_size, self.state.zero_stage = self.world, zero
 
     def _open_data(self, point: Any) -> None:
-        from training.data import DataPosition, StageData
+        from training.data.stage_data import DataPosition, StageData
 
         try:
             self.data = StageData(self.stage, self.rank, self.world, self.stage.seed)

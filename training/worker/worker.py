@@ -1,7 +1,7 @@
 """The Ray Train entry point of a stage: one call of `train_loop_per_worker` per worker process.
 
 It sends this rank's log lines to its own file (`<work_dir>/logs/<pipeline>/<stage>/rank<N>.log`, see
-`training.stage_run`) and runs the stage's `training.trainer.Trainer`, where the loop and its steps live.
+`training.driver.stage_run`) and runs the stage's `training.worker.trainer.Trainer`, where the loop and its steps live.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from training.job import StageJob
+from training.driver.job import StageJob
 
 # Loggers that do not pass their records up to the root logger (DeepSpeed has its own handler).
 _OWN_HANDLER_LOGGERS = ("DeepSpeed",)
@@ -20,7 +20,7 @@ def train_loop_per_worker(config: dict[str, StageJob]) -> None:
     """Ray Train entry point (see the module docstring): `config["job"]` is the stage's `StageJob`."""
     import ray.train
 
-    from training.trainer import Trainer
+    from training.worker.trainer import Trainer
 
     job = config["job"]
     rank = ray.train.get_context().get_world_rank()

@@ -26,7 +26,7 @@ from typing import Any
 
 from core.atomic import atomic_write_text
 from core.digest import digest
-from training.checkpoints import EXPORT_STATE_FILE
+from training.worker.checkpoints import EXPORT_STATE_FILE
 
 FINGERPRINT_FILE = "fingerprint.json"
 HISTORY_DIR = "fingerprints"

@@ -1,6 +1,6 @@
 """Videos from the training's models: sample videos during a stage, and `svp generate` from a stage export.
 
-A stage export (see `training.checkpoints`) carries in `stage.json` the autoencoder, text encoder, frame rate
+A stage export (see `training.worker.checkpoints`) carries in `stage.json` the autoencoder, text encoder, frame rate
 and resolution the stage trained with, so generating from it needs only the folder and a prompt.
 """
 
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.caption_template import caption_conditioning
+from training.data.caption_template import caption_conditioning
 
 if TYPE_CHECKING:
     from training.config import StageConfig
-    from training.step import StageStep
+    from training.worker.step import StageStep
 
 DEFAULT_FPS = 16.0
 
@@ -79,5 +79,5 @@ def render_sample(
     return save_video(frames, path, fps=stage.target_fps or DEFAULT_FPS)
 
 
-# `svp generate` lives in training.generation; re-exported here, where callers have always found it.
-from training.generation import generate_from_export  # noqa: E402, F401
+# `svp generate` lives in training.inference.generation; re-exported here, where callers have always found it.
+from training.inference.generation import generate_from_export  # noqa: E402, F401

@@ -10,7 +10,7 @@ Ray from what every rank wrote:
     ema.safetensors                              the EMA (rank 0), when the stage keeps one
 
 A plain ZeRO checkpoint only resumes on the world size that wrote it; a universal one resumes on any. The
-driver converts the latest checkpoint in place when it sees the world size change (`training.stage_run`), and
+driver converts the latest checkpoint in place when it sees the world size change (`training.driver.stage_run`), and
 every stage ends with an export folder holding a universal checkpoint plus consolidated fp32 weights:
 
     export/model.safetensors, export/config.json   `model.pretrained` format: init_from and `svp generate` read it
@@ -217,7 +217,7 @@ def resume_point(checkpoint_dir: Path, rank: int, world_size: int, zero_stage: i
         raise WorldSizeMismatchError(
             f"checkpoint {checkpoint_dir} was written by {state.world_size} workers with ZeRO-{state.zero_stage}; "
             f"this run has {world_size} workers with ZeRO-{zero_stage} and the checkpoint has no universal copy "
-            f"({ds_dir / universal_tag}) — convert it with training.checkpoints.convert_to_universal or resume "
+            f"({ds_dir / universal_tag}) — convert it with training.worker.checkpoints.convert_to_universal or resume "
             f"on {state.world_size} workers"
         )
     return ResumePoint(state, ds_dir, universal_tag, True, position or None, ema)

@@ -1,6 +1,6 @@
 """MLflow tracking: one experiment per pipeline, a parent run per pipeline run, a child run per stage.
 
-The driver (`training.pipeline` / `training.stage_run`) creates or re-attaches the runs and logs what is known
+The driver (`training.driver.pipeline` / `training.driver.stage_run`) creates or re-attaches the runs and logs what is known
 before training (resolved config, tags); world rank 0 of the Ray Train worker group logs metrics and sample
 videos into the child run by its id. Everything goes through `MlflowClient` with explicit run ids, so no
 process relies on MLflow's global "active run" and a restarted driver or worker re-attaches to the same
@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from core.digest import digest
 from curation.format import THRESHOLDS_FILE, thresholds_digest
 from training.errors import StageConfigError
-from training.tracking_sender import BufferedSender, SenderLimits
+from training.tracking.tracking_sender import BufferedSender, SenderLimits
 
 # Tag names, in one place so the tests and the run-comparison tooling agree with the writer.
 TAG_PIPELINE = "svp.pipeline"
@@ -44,7 +44,7 @@ TAG_CONFIG = "svp.config_fingerprint"
 TAG_GIT = "svp.git_commit"
 TAG_INIT_FROM = "svp.init_from"
 TAG_EXPORT = "svp.export_uri"
-TAG_STAGE_FINGERPRINT = "svp.stage_fingerprint"  # of the stage's inputs (training.fingerprints)
+TAG_STAGE_FINGERPRINT = "svp.stage_fingerprint"  # of the stage's inputs (training.driver.fingerprints)
 TAG_RUN_KEY = "svp.run_key"  # the Ray run a child run tracks; a retrain gets a new one
 PARENT_TAG = "mlflow.parentRunId"
 TAG_ERROR = "svp.error"  # why a run ended FAILED or KILLED
@@ -275,7 +275,7 @@ def ending_run(tracker: Tracker | None, run_id: str | None) -> Iterator[None]:
 class RunLogger:
     """Rank-0 writer of one stage run's metrics and artifacts (used inside the Ray Train worker).
 
-    Metrics are buffered and sent in batches by a background thread (`training.tracking_sender`), so a step
+    Metrics are buffered and sent in batches by a background thread (`training.tracking.tracking_sender`), so a step
     costs no round trip to the server and a server that goes away mid-stage never stops training: the buffer
     waits (bounded, oldest dropped with a warning) and sending is retried with backoff. `flush()` sends now
     (before each checkpoint), `close()` sends what is left at the end, waiting up to `close_timeout_s`; when

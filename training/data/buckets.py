@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from training.config import BucketConfig
-from training.video_clips import fits
+from training.data.video_clips import fits
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.errors import UserError
 from curation.format import CAPTION_MEMBER, MOTION_CAPTION_TEMPLATE, split_motion_score, with_motion_score
-from training.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
+from training.data.shard_reader import ShardReader, find_shard_folder, join_uri, read_index
 
 log = logging.getLogger(__name__)
 

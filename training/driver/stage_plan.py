@@ -1,8 +1,8 @@
-"""The training stage as a step of the one step engine (`training.step_engine`): its fingerprint (the
-stage's inputs: `training.fingerprints`), its record (`<stage>/export/fingerprint.json`) and the export of
+"""The training stage as a step of the one step engine (`training.driver.step_engine`): its fingerprint (the
+stage's inputs: `training.driver.fingerprints`), its record (`<stage>/export/fingerprint.json`) and the export of
 exactly that fingerprint kept under `<stage>/exports/` (restored instead of retrained).
 
-Used by `training.stage_run.StageRun` before it trains, and by `svp pipeline plan`, which decides a whole
+Used by `training.driver.stage_run.StageRun` before it trains, and by `svp pipeline plan`, which decides a whole
 pipeline without running anything: there an upstream stage's fingerprint is the one it will have once it
 has run (its inputs are known), so a change propagates down the chain without training anything.
 """
@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.config.schema import PipelineConfig, StageConfig
-from training.errors import StageConfigError
-from training.fingerprints import (
+from training.driver.fingerprints import (
     SUPERSEDED_DIR,
     StageInputs,
     explain_change,
@@ -23,7 +22,8 @@ from training.fingerprints import (
     platform_version,
     weights_fingerprint,
 )
-from training.step_engine import Action, Decision, Facts, decide, runs
+from training.driver.step_engine import Action, Decision, Facts, decide, runs
+from training.errors import StageConfigError
 
 # The words of the engine's actions (`Action` compares equal to them).
 SKIP, RUN, RERUN, RESTORE = Action.SKIP, Action.RUN, Action.RERUN, Action.RESTORE
@@ -86,7 +86,7 @@ def stage_inputs(
 ) -> tuple[StageInputs | None, str]:
     """The stage's inputs, or (None, why not known yet): `data_pending` says that the data is rewritten by
     a step that runs first; `upstream` maps stage names to the fingerprint they will have (None: unknown)."""
-    from training.data import StageData
+    from training.data.stage_data import StageData
 
     init, why = _init_fingerprint(pipeline, stage, work_dir, upstream or {})
     if why:
@@ -112,7 +112,7 @@ def kept_export(stage_folder: Path, fingerprint: str) -> Path | None:
 
 @dataclass(frozen=True)
 class StageStep:
-    """A training stage as a `training.step_engine.Step`. `data_pending`: why its data is not final yet
+    """A training stage as a `training.driver.step_engine.Step`. `data_pending`: why its data is not final yet
     (a curation step upstream rewrites it), decided again once it is."""
 
     pipeline: PipelineConfig
@@ -167,7 +167,7 @@ def decide_stage(
     upstream: Mapping[str, str | None] | None = None,
     data_pending: str | None = None,
 ) -> StageDecision:
-    """Skip, run, rerun or restore, and why (`training.step_engine.decide`). `upstream`: the fingerprints
+    """Skip, run, rerun or restore, and why (`training.driver.step_engine.decide`). `upstream`: the fingerprints
     upstream stages will have (None: not known yet)."""
     earlier = {
         name: Decision(name, Action.RUN, "", fingerprint) for name, fingerprint in (upstream or {}).items()

@@ -37,8 +37,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from training.shard_reader import ShardReader, is_remote, join_uri
-from training.video_clips import BadClip
+from training.data.shard_reader import ShardReader, is_remote, join_uri
+from training.data.video_clips import BadClip
 
 if TYPE_CHECKING:
     from training.config.schema import StageConfig
@@ -59,7 +59,7 @@ COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def encoding_identity(stage: StageConfig, compute_dtype: str = "float32") -> dict[str, Any]:
     """What determines a stage's latents (see the module docstring); `encoding_id` hashes it."""
-    from training.fingerprints import weights_fingerprint
+    from training.driver.fingerprints import weights_fingerprint
 
     def weights(path: str | None) -> str | None:
         # Missing weights: no latents match (the pixel path, or `svp encode`, reports the missing folder).

@@ -14,8 +14,8 @@ import logging
 import os
 from pathlib import Path
 
-from training.fingerprints import supersede_export
-from training.tracking import TAG_EXPORT, TAG_STAGE, TAG_STAGE_FINGERPRINT, Tracker
+from training.driver.fingerprints import supersede_export
+from training.tracking.runs import TAG_EXPORT, TAG_STAGE, TAG_STAGE_FINGERPRINT, Tracker
 
 log = logging.getLogger("svp.training")
 
@@ -59,7 +59,7 @@ def restore_lineage(
 
 
 def _fingerprint_of(export_dir: Path) -> str:
-    from training.fingerprints import export_record
+    from training.driver.fingerprints import export_record
 
     record, _ = export_record(export_dir)
     return record["fingerprint"] if record is not None else ""

@@ -1,6 +1,6 @@
 """Evaluation of a stage export: videos of fixed prompts and seeds, generated once, scored, and recorded.
 
-`evaluate_export` loads the export once (`training.generation.load_export`), generates one video per prompt
+`evaluate_export` loads the export once (`training.inference.generation.load_export`), generates one video per prompt
 and seed with `model.generate.generate_video` (as `svp generate` does), writes each as mp4, scores it with
 `curation.video_eval` and writes `eval.json` (per video and the mean per metric). `log_report` puts the means
 in the MLflow run that trained the export (its `stage.json` names it) as `eval/<metric>` at the export's step,
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.errors import UserError
-from training.checkpoints import EXPORT_STATE_FILE
 from training.config.schema import EvalSpec
+from training.worker.checkpoints import EXPORT_STATE_FILE
 
 if TYPE_CHECKING:
     from training.config.schema import StageConfig
@@ -140,7 +140,7 @@ def _generate(
     """Per prompt and seed: {prompt, seed, path, frames, image}; the model is loaded once for all of them."""
     from model.conditioning import open_image
     from model.generate import generate_video, save_video
-    from training.generation import _valid_frames, load_export
+    from training.inference.generation import _valid_frames, load_export
 
     model, autoencoder, text_encoder, info = load_export(export_dir, ema, device)
     chunks = info.get("chunk_sizes")

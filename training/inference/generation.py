@@ -1,6 +1,6 @@
 """`svp generate`: video from a stage export — from text, from a starting image, or continuing a clip.
 
-A stage export (see `training.checkpoints`) carries in `stage.json` the autoencoder, text encoder, frame rate,
+A stage export (see `training.worker.checkpoints`) carries in `stage.json` the autoencoder, text encoder, frame rate,
 resolution and caption template the stage trained with, so generating from it needs only the folder and a
 prompt. Next to each mp4 a `<name>.json` records how it was made: the prompt the model got, the device, dtype
 and kernel path, the wall time and the conditioning (the image's path and sha256, or the continued clip's
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
-from training.caption_template import condition_prompt
-from training.checkpoints import EXPORT_STATE_FILE
+from training.data.caption_template import condition_prompt
+from training.worker.checkpoints import EXPORT_STATE_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ def generate_from_export(
     """Generate `seconds` of video from a stage export and write it as mp4 (block-AR with `block_frames`),
     from `image` (image-to-video) or after the clip `continue_from` (then `seconds` is the new part).
 
-    The prompt is put in the caption template the stage trained with (`training.caption_template`: the
+    The prompt is put in the caption template the stage trained with (`training.data.caption_template`: the
     motion-score suffix, `motion_score` or the training clips' median). `inference` (default: the CPU, fp32)
     says where and how: on CUDA the fused linear-attention kernel and, with `compile`, every block compiled
     (`LinearDiT.enable_inference_compile`; a CPU run stays eager); `precision="fp8"` runs the large matmuls in

@@ -1,0 +1,1 @@
+"""What runs on the driver: a stage's walk (StageRun), the step engine, fingerprints, locks, pipelines."""

@@ -1,0 +1,1 @@
+"""`svp encode`: latents and caption embeddings computed once, as companion shards."""

@@ -1,0 +1,1 @@
+"""From an export: `svp generate` and `svp eval`."""

@@ -268,12 +268,8 @@ def iter_block_ar_sample(
     if context is not None:
         fold_into_cache(model, context, cache_text, cache_mask, cache, block_frames)
         offset = context.shape[2]
-    guidance = {
-        "guidance_scale": guidance_scale,
-        "negative_text": negative_text,
-        "negative_mask": negative_mask,
-        "timesteps": timesteps,
-    }
+    guidance = {"guidance_scale": guidance_scale, "negative_text": negative_text}
+    guidance |= {"negative_mask": negative_mask, "timesteps": timesteps}
     for start, end in autoregressive_segments(num_latent_frames, block_frames):
         start_at, end_at = start + offset, end + offset
         first = None

@@ -114,7 +114,7 @@ def stage_summary(result: StageResult) -> str:
     """What became of a training stage, as `svp train` and `svp pipeline run` both print it: skipped or
     trained, why, and where its export is."""
     if result.restored_from:
-        return f"{result.stage}: restored to {result.export_dir} ({result.reason})"
+        return f"{result.stage}: restored ({result.reason}) into {result.export_dir}"
     if result.skipped:
         return f"{result.stage}: skipped, already exported to {result.export_dir} ({result.reason})"
     return f"{result.stage}: trained ({result.reason}) and exported to {result.export_dir}"

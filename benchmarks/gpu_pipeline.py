@@ -58,7 +58,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--keep", type=int, default=None, help="clips the filter keeps (default 100; 6 with --tiny)"
     )
-    p.add_argument("--ray-dir", type=Path, default=None, help="where the Ray run folder (checkpoints) goes")
     p.add_argument("--no-kill", action="store_true", help="do not kill a training worker")
     p.add_argument("--timeout", type=float, default=3600, help="seconds for each svp command")
     args = p.parse_args()

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks.storage_placement import Placement, choose, free_bytes, memory_room
 from benchmarks.two_gpu_runs import TrainRun, folder_bytes, last_step, say, stage_history
 from benchmarks.two_gpu_training import speed_of
 
@@ -22,6 +23,7 @@ PARTS = ("weights", "corpus", "curate", "encode", "train", "generate")
 PIPELINE = "gpu-pipeline"
 STAGE = "video-480p"
 PRESETS = Path(__file__).resolve().parent.parent / "training" / "presets"
+MEMORY = Path("/dev/shm")  # a tmpfs: what the disk cannot hold (benchmarks.storage_placement)
 PROMPT = "a red kite waves over a busy street in soft morning light"
 
 
@@ -204,13 +206,7 @@ class Recipe:
         a = self.args
         argv = _svp("pipeline", "run", str(self.pipeline_file), "--workers", "1")
         argv += ["--gpus-per-worker", "0" if a.tiny else "1"]
-        if (
-            a.ray_dir
-        ):  # the checkpoints on another filesystem than the export (a 64 GB disk holds one of them)
-            a.ray_dir.mkdir(parents=True, exist_ok=True)
-            link = self.work / "runs" / "ray"
-            if not link.is_symlink():
-                link.symlink_to(a.ray_dir, target_is_directory=True)
+        placement = self._place_checkpoints()
         run = TrainRun("train", argv, self.work / "train.log", self.tracking_uri, PIPELINE, STAGE)
         run.start()
         try:
@@ -224,7 +220,44 @@ class Recipe:
             run.stop()
         if code != 0:
             raise SystemExit(f"svp pipeline run (training) failed ({code}): see {run.log_path}")
-        self.report["train"] = self._train_figures(run) | {"done": True}
+        self.report["train"] = self._train_figures(run) | {"placement": placement.as_dict(), "done": True}
+
+    def _place_checkpoints(self) -> Placement:
+        """Ray's run folder (the checkpoints) and the stage folder (the export) on the disk or in memory, and
+        the EMA dropped only where neither holds the stage with it (`benchmarks.storage_placement`)."""
+        from training.config.loader import build_pipeline
+        from training.driver.disk_budget import stage_sizes
+
+        spec = yaml.safe_load(self.pipeline_file.read_text())
+        sizes = {}
+        for ema in (True, False):
+            training = spec["training"] | {"name": PIPELINE}
+            if not ema:
+                training["stages"] = [training["stages"][0] | {"ema": None}]
+            stage = build_pipeline(training, self.work, str(self.pipeline_file), {}, {}).stages[0]
+            sizes[ema] = stage_sizes(stage, use_gpu=not self.args.tiny)
+        placement = choose(sizes, free_bytes(self.work), memory_room(MEMORY))
+        if placement is None:
+            raise SystemExit(
+                f"{STAGE}: no room for two checkpoints and the export ({sizes[False][0] / 1e9:.0f} and "
+                f"{sizes[False][1] / 1e9:.0f} GB without EMA): {free_bytes(self.work) / 1e9:.0f} GB free on "
+                f"{self.work}, {memory_room(MEMORY) / 1e9:.0f} GB of room in {MEMORY}"
+            )
+        say(
+            f"train: checkpoints on {placement.checkpoints}, export on {placement.export}, EMA {placement.ema}"
+        )
+        if not placement.ema:
+            spec["training"]["stages"][0]["ema"] = None
+            self.pipeline_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+        runs = self.work / "runs"
+        for name, where in (("ray", placement.checkpoints), (f"{PIPELINE}/{STAGE}", placement.export)):
+            link = runs / name
+            if where == "memory" and not link.is_symlink():
+                target = MEMORY / "svp-gpu-pipeline" / name.replace("/", "-")
+                target.mkdir(parents=True, exist_ok=True)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(target, target_is_directory=True)
+        return placement
 
     def _train_figures(self, run: TrainRun) -> dict[str, Any]:
         history = stage_history(self.tracking_uri, PIPELINE, STAGE)

@@ -201,6 +201,7 @@ def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     point at the filter step's output (the curation folder, whose shards it rewrites). An error names what
     the user wrote (the file's key or the `--set` flag), never the bundled preset's file."""
     from training.config import build_pipeline, load_preset
+    from training.config.checks import OverrideError
     from training.config.loader import preset_path
 
     data = str(spec.curated)
@@ -209,6 +210,8 @@ def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     if section.preset is not None:
         try:
             pipeline = load_preset(section.preset, variables=variables, overrides=section.overrides)
+        except OverrideError as err:
+            raise UserError(_training_error(spec, err.bare, "training.")) from None
         except UserError as err:
             message = str(err).removeprefix(f"{preset_path(section.preset)}: ")
             raise UserError(_training_error(spec, message, f"training (preset {section.preset})")) from None
@@ -219,7 +222,8 @@ def training_pipeline(spec: PipelineSpec) -> PipelineConfig:
     try:
         return build_pipeline(raw, Path(spec.base), spec.source, variables, section.overrides)
     except UserError as err:  # ConfigKeyError, or a bad key of training.overrides
-        raise UserError(_training_error(spec, str(err), "training.")) from None
+        message = err.bare if isinstance(err, OverrideError) else str(err)
+        raise UserError(_training_error(spec, message, "training.")) from None
 
 
 def _preset_stages(spec: PipelineSpec, pipeline: Any) -> Any:

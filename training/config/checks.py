@@ -23,6 +23,16 @@ class ConfigKeyError(UserError):
         self.message = message
 
 
+class OverrideError(UserError):
+    """A bad dotted override (`--set KEY=VALUE`): said against the flag, not the file. `bare` is the
+    `KEY: what is wrong` for callers that name the override's source themselves (a pipeline file's
+    `training.overrides`)."""
+
+    def __init__(self, bare: str) -> None:
+        super().__init__(f"--set {bare}")
+        self.bare = bare
+
+
 def latent_frames(num_frames: int, vae_stride_t: int) -> int:
     """Latent frames of a clip of `num_frames` pixel frames.
 

@@ -27,7 +27,7 @@ from core.config_paths import resolve_config_path, resolve_config_paths
 from core.dotted_keys import set_dotted
 from core.errors import UserError
 from core.yaml_files import dotted_key, first_error, read_yaml_mapping
-from training.config.checks import ConfigKeyError, check_pipeline
+from training.config.checks import ConfigKeyError, OverrideError, check_pipeline
 from training.config.schema import PipelineConfig, StageConfig
 
 
@@ -89,7 +89,9 @@ def load_pipeline(
     raw = read_yaml_mapping(path, "pipeline file")
     try:
         return build_pipeline(raw, path.parent, label, variables or {}, overrides or {})
-    except UserError as err:  # ConfigKeyError and the overrides' key errors
+    except OverrideError:
+        raise
+    except UserError as err:  # ConfigKeyError: a key of the file
         raise UserError(f"{label}: {err}") from None
 
 
@@ -104,7 +106,10 @@ def build_pipeline(
     if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
         raise ConfigKeyError("stages", "must be a list of stage mappings")
     for key, value in overrides.items():
-        set_dotted(raw, key, value, PipelineFile)
+        try:
+            set_dotted(raw, key, value, PipelineFile)
+        except UserError as err:  # a typo in the override, not in the file: name the override
+            raise OverrideError(str(err)) from None
     file_vars = raw.pop("variables", None) or {}
     if not isinstance(file_vars, dict):
         raise ConfigKeyError("variables", "must be a mapping of name: value")

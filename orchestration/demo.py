@@ -7,11 +7,14 @@ sources, stages and the corpus are not redone.
 
 The corpus is the synthetic "shapes" scene (a moving square or disc on a flat background, captioned with what
 it shows) and the tiny stages get demo settings (`DEMO_OVERRIDES`) so that the model visibly learns in the
-demo's few minutes; `orchestration.demo_check` measures that it did.
+demo's few minutes; `orchestration.demo_check` measures that it did. The generated videos are scored as any
+evaluation scores its own (`training.inference.evaluation`) and the scores logged to the last stage's MLflow
+run as `eval/<metric>` (`svp runs list`, the experiments page).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -133,12 +136,31 @@ def _generate(
         block_frames=4,
         **DEMO_SAMPLER,
     )
-    figures = learning_figures(
-        {"generated": video, "image_to_video": samples["image_to_video"]},
-        prompt,
-        clips,
-        resolve_tracking_uri(work_dir.resolve()),
-        pipeline.name,
-        out / "demo_frames.png",
-    )
+    uri = resolve_tracking_uri(work_dir.resolve())
+    report = _evaluate(export_dir, out / "eval", prompt, video, samples, uri)
+    names = ("generated", "image_to_video")
+    png = out / "demo_frames.png"
+    figures = learning_figures(report, names, prompt, clips, uri, pipeline.name, png, stage.target_fps)
     return video, samples, clip_path, figures
+
+
+def _evaluate(export_dir: Path, out: Path, prompt: str, video: Path, samples: dict, tracking_uri: str):
+    """The demo's three videos scored as any evaluation scores its own (`training.inference.evaluation`:
+    flicker, motion, sanity; the image-to-video one against its image, the continued one against the end of
+    its clip) and logged to the last stage's MLflow run as `eval/<metric>` at its export's step, so they show
+    in `svp runs list/compare` and on the experiments page like any evaluation. Returns the report."""
+    from training.inference.evaluation import log_report, score_videos
+
+    continued = samples["continued"]
+    kept = json.loads(Path(continued).with_suffix(".json").read_text())["frames_kept"]
+    image_to_video = {"path": samples["image_to_video"], "image": samples["start_image"]}
+    videos = [
+        {"name": "generated", "path": video, "prompt": prompt},
+        {"name": "image_to_video", "prompt": prompt, **image_to_video},
+        {"name": "continued", "path": continued, "prompt": prompt, "clip_frames": kept},
+    ]
+    report = score_videos(export_dir, videos, out)
+    if report.run_id is not None:
+        log_report(report, tracking_uri)
+    log.info("    eval: %s (%s)", ", ".join(f"{k} {v:.3g}" for k, v in report.metrics.items()), out)
+    return report

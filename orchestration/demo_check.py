@@ -1,11 +1,16 @@
 """Did the demo's model learn? Its videos' statistics next to those of the clips it trained on.
 
 A model that learned nothing turns noise into noise: per-pixel colours unrelated from one frame to the next
-(mean absolute difference of consecutive frames ~70/255) and a grey mean. One that learned the corpus (flat
-backgrounds with a moving shape, `curation.synth` scene "shapes") makes frames that change little from one to
-the next, in the background colour its prompt names, with a shape on it. `learning_figures` measures the
-video generated from a prompt and the one generated from a training clip's first frame on the same footing as
-the clips: frames at the stage's frame rate and size, 0-255 levels.
+(mean absolute difference of consecutive frames, the eval's `flicker`, ~70/255) and a grey mean. One that
+learned the corpus (flat backgrounds with a moving shape, `curation.synth` scene "shapes") makes frames that
+change little from one to the next, in the background colour its prompt names, with a shape on it.
+`learning_figures` measures the video generated from a prompt and the one generated from a training clip's
+first frame on the same footing as the clips: frames at the stage's frame rate and size, 0-255 levels.
+
+The temporal figures (`flicker`, `motion`) are the evaluation's own (`training.inference.evaluation`: the demo's
+videos are scored by `score_videos` and logged to the last stage's run as `eval/<metric>`, the clips by the same
+`Scorers`); the figures here are those the evaluation has no counterpart for: the mean level, the contrast,
+the share of pixels on a shape, and how closely the background follows the prompt's colour.
 """
 
 from __future__ import annotations
@@ -26,13 +31,12 @@ def frame_medians(frames: np.ndarray) -> np.ndarray:
 
 
 def frame_stats(frames: np.ndarray) -> dict[str, float]:
-    """Of (T, H, W, 3) uint8 frames: consecutive-frame mean absolute difference, mean level, standard deviation,
-    and the share of pixels off the background (`SHAPE_LEVELS`)."""
+    """Of (T, H, W, 3) uint8 frames: mean level, standard deviation, and the share of pixels off the background
+    (`SHAPE_LEVELS`)."""
     pixels = frames.astype(np.float32)
-    diff = float(np.abs(np.diff(pixels, axis=0)).mean()) if len(frames) > 1 else 0.0
     background = frame_medians(pixels)[:, None, None, :]
     shape = float((np.abs(pixels - background).max(axis=-1) > SHAPE_LEVELS).mean())
-    return {"frame_diff": diff, "mean": float(pixels.mean()), "std": float(pixels.std()), "shape": shape}
+    return {"mean": float(pixels.mean()), "std": float(pixels.std()), "shape": shape}
 
 
 def training_clips(stage: Any, clips: int = 8) -> list[tuple[str, np.ndarray]]:
@@ -77,9 +81,15 @@ def prompt_following(generated: np.ndarray, prompt: str, clips: list[tuple[str, 
     }
 
 
-def mean_stats(videos: list[np.ndarray]) -> dict[str, float]:
-    stats = [frame_stats(v) for v in videos]
-    return {key: float(np.mean([s[key] for s in stats])) for key in stats[0]}
+def clip_figures(clips: list[tuple[str, np.ndarray]], fps: float) -> dict[str, float]:
+    """The mean over the clips of `frame_stats` and of the weight-free metrics the evaluation gives the
+    generated videos (`training.inference.evaluation.Scorers`: flicker, motion, sanity)."""
+    from training.inference.evaluation import Scorers
+
+    scorers = Scorers(None, fps)
+    stats = [frame_stats(frames) | scorers.score(frames, caption) for caption, frames in clips]
+    keys = sorted(set().union(*stats))
+    return {key: float(np.mean([s[key] for s in stats if key in s])) for key in keys}
 
 
 def loss_curve(tracking_uri: str, pipeline: str, window: int = 10) -> dict[str, tuple[float, float]]:
@@ -134,24 +144,34 @@ def write_strip(rows: list[np.ndarray], path: Path, frames: int = 6, scale: int 
 
 
 def learning_figures(
-    videos: dict[str, Path],
+    report: Any,
+    names: tuple[str, ...],
     prompt: str,
     clips: list[tuple[str, np.ndarray]],
     tracking_uri: str,
     pipeline: str,
     png: Path,
+    fps: float,
 ) -> dict[str, Any]:
-    """Statistics of each of `videos` (name → mp4 generated with `prompt`) and of the training clips
-    (`training_clips`, under "training"), how closely each video follows its prompt, the loss of each stage
-    (first, last), and `png`: frames of each video, one above the other, above the clip the prompt was taken
-    from (`showcase`)."""
+    """For the videos `names` of the demo's evaluation `report` (`training.inference.evaluation.EvalReport`:
+    each video's path and metrics, generated with `prompt`): their statistics beside their metrics, the same of
+    the training clips (`training_clips`, under "training"), how closely each video follows its prompt, the
+    evaluation's means and run, the loss of each stage (first, last), and `png`: frames of each video, one
+    above the other, above the clip the prompt was taken from (`showcase`). `fps`: the clips' frame rate."""
     from model.video_io import read_frames
 
-    frames = {name: read_frames(path) for name, path in videos.items()}
+    scored = {video["name"]: video for video in report.videos}
+    frames = {name: read_frames(scored[name]["path"]) for name in names}
     write_strip([*frames.values(), showcase(clips)[1]], png)
     return {
-        "videos": {name: frame_stats(video) for name, video in frames.items()},
-        "training": mean_stats([clip for _, clip in clips]),
+        "videos": {name: frame_stats(video) | scored[name]["metrics"] for name, video in frames.items()},
+        "training": clip_figures(clips, fps),
+        "eval": {
+            "metrics": report.metrics,
+            "run_id": report.run_id,
+            "step": report.step,
+            "out": report.out_dir,
+        },
         "prompt": prompt,
         "follows": {name: prompt_following(video, prompt, clips) for name, video in frames.items()},
         "loss": loss_curve(tracking_uri, pipeline),

@@ -12,6 +12,7 @@ from dashboard_fixtures import EVAL_PROMPT, two_runs
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from model.video_io import read_frames, write_mp4
 from orchestration.cli import main
 
 WEIGHT_FREE = {"flicker", "vbench_temporal_flickering", "motion", "blank_frames", "saturated_frames"}
@@ -89,6 +90,17 @@ def test_svp_eval_logs_clip_metrics_and_runs_compare_shows_them(
     (report,) = json.loads(capsys.readouterr().out)
     assert report["ema"] is True and set(report["metrics"]) >= WEIGHT_FREE
     assert 0.0 <= report["metrics"]["conditioning_match"] <= 1.0
+
+    # With --video every video continues the clip (in one block: the image stage is not block-AR); the mp4 is
+    # the clip then the new frames, and only the new ones are scored, the first against the clip's last frame.
+    clip = write_mp4(np.full((4, 32, 32, 3), 90, dtype=np.uint8), tmp_path / "clip.mp4", fps=8.0)
+    args = ["eval", str(exports[0]), "--prompts", str(prompts), "--frames", "5", "--steps", "2"]
+    args += ["--video", str(clip), "--no-mlflow", "--out", str(tmp_path / "continued"), "--json"]
+    assert main(args) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert set(report["metrics"]) >= WEIGHT_FREE and "conditioning_match" not in report["metrics"]
+    assert 0.0 <= report["metrics"]["continuation_match"] <= 1.0
+    assert len(read_frames(report["videos"][0]["path"])) == 4 + 5
 
 
 def client_metric(uri: str, run_id: str, name: str) -> list[int]:

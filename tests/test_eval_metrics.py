@@ -60,6 +60,23 @@ def test_conditioning_match_is_one_for_the_image_itself():
     assert frames.conditioning_match(video, 255 - video[0]) < 0.5
 
 
+def test_continuation_match_is_one_where_the_clip_ended_and_low_after_a_jump():
+    clip = np.zeros((4, 48, 64, 3), dtype=np.uint8)
+    clip[-1, :, 32:] = 255  # its last frame: black on the left, white on the right
+    repeats = np.repeat(clip[-1:], 3, axis=0)  # a continuation that holds the last frame
+    scores = frames.frame_metrics(repeats, fps=12.0, clip_end=clip[-1])
+    assert scores["continuation_match"] == 1.0 and "conditioning_match" not in scores
+    inverted = 255 - repeats  # jumps to the negative of where the clip ended
+    assert frames.continuation_match(inverted, clip[-1]) == 0.0
+    # Only the first generated frame counts: a video that starts where the clip ended and then changes.
+    drifts = np.concatenate([repeats[:1], inverted[1:]])
+    assert frames.continuation_match(drifts, clip[-1]) == 1.0
+    # Half the pixels off by 255: 1 - 0.5.
+    half = repeats.copy()
+    half[0, :, :32] = 255
+    assert frames.continuation_match(half, clip[-1]) == pytest.approx(0.5)
+
+
 def test_without_weights_the_clip_metrics_say_they_are_skipped(tmp_path):
     reason = clip_metrics.availability(ClipModelSettings())
     assert reason is not None and "skipped" in reason and "eval.clip_checkpoint" in reason

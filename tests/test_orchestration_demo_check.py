@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from curation.synth import render_shape_shot
-from orchestration.demo_check import frame_stats, prompt_following, showcase, write_strip
+from orchestration.demo_check import clip_figures, frame_stats, prompt_following, showcase, write_strip
 
 
 def _shot(seed: int, hue: float, motion: int = 2) -> tuple[str, np.ndarray]:
@@ -20,10 +20,19 @@ def test_frame_stats_tell_a_moving_shape_from_noise():
     _, clip = _shot(1, 0.6)
     noise = np.random.default_rng(0).integers(0, 256, clip.shape, dtype=np.uint8)
     shape, random = frame_stats(clip), frame_stats(noise)
-    # A 21-pixel disc on 64x64 frames (~8% of the pixels, a little less where antialiased), moving 2 px a frame.
-    assert 0.05 < shape["shape"] < 0.09 and shape["frame_diff"] < 10
-    assert random["shape"] > 0.4 and random["frame_diff"] > 70
-    assert frame_stats(clip[:1])["frame_diff"] == 0.0
+    # A 21-pixel disc on 64x64 frames (~8% of the pixels, a little less where antialiased).
+    assert 0.05 < shape["shape"] < 0.09 and random["shape"] > 0.4
+    assert set(frame_stats(clip[:1])) == {"mean", "std", "shape"}
+
+
+def test_clip_figures_add_the_evaluations_temporal_metrics():
+    # The frame-to-frame change is the evaluation's `flicker` (curation.video_eval.frames), with its motion.
+    clips = [_shot(1, 0.6), _shot(2, 0.3)]
+    noise = [("noise", np.random.default_rng(0).integers(0, 256, clips[0][1].shape, dtype=np.uint8))]
+    moving, random = clip_figures(clips, fps=8.0), clip_figures(noise, fps=8.0)
+    assert moving["flicker"] < 10 < 70 < random["flicker"]  # the disc moves 2 px a frame
+    assert moving["motion"] > 0 and moving["blank_frames"] == 0.0
+    assert moving["shape"] == np.mean([frame_stats(frames)["shape"] for _, frames in clips])
 
 
 def test_prompt_following_is_near_its_captions_clips_only():

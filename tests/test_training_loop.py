@@ -1,6 +1,9 @@
-"""2 workers, ZeRO-2, tiny model, real Ray + DeepSpeed (gloo, CPU) + MLflow sqlite: the loss goes down."""
+"""2 workers, ZeRO-2, tiny model, real Ray + DeepSpeed (gloo, CPU) + MLflow sqlite: the loss goes down, and the
+`eval:` block is scored during training (`eval.every`), its videos shared between the ranks."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -57,3 +60,15 @@ def test_two_workers_zero2_loss_decreases(ray_session, tmp_path_factory):
     ):
         assert key in metrics, key
     assert metrics["perf/samples_per_s"] > 0 and metrics["train/skipped_steps"] == 0
+
+    # `eval.every: 4` (training_runs.REFERENCE_EVAL): the eval videos generated with the live weights at steps 4
+    # and 8, one seed on each rank, gathered and logged by rank 0; step 12 (the last) by the export's evaluation.
+    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "eval/flicker")] == [4, 8, 12]
+    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "time/eval_s")] == [4, 8]
+    files = {
+        f.path.rsplit("/", 1)[1] for f in client.list_artifacts(result.mlflow_run_id, "eval/step00000004")
+    }
+    assert files == {"prompt00-seed0.mp4", "prompt00-seed1.mp4", "eval.json"}
+    report = json.loads((result.export_dir.parent / "eval" / "step00000008" / "eval.json").read_text())
+    assert [v["seed"] for v in report["videos"]] == [0, 1] and report["step"] == 8
+    assert report["metrics"]["flicker"] >= 0 and not [s for s in report["skipped"] if "failed" in s]

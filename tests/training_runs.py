@@ -40,12 +40,18 @@ def image_pipeline(data: Path, **overrides: Any):
     return load_preset("tiny", variables={"data_root": str(data)}, overrides=values)
 
 
+# The reference run's `eval:` block: 2 videos (one per rank) every 4 steps during training (steps 4 and 8) and
+# at export (step 12). It changes no weight: the failover test compares a run without it to this one, bit for bit.
+REFERENCE_EVAL = {"prompts": ["a small red square"], "seeds": [0, 1], "num_frames": 5, "steps": 2, "every": 4}
+
+
 def reference_run(tmp_path_factory: Any) -> StageResult:
-    """The image stage on 2 workers, uninterrupted (the baseline of the loss and failover tests)."""
+    """The image stage on 2 workers, uninterrupted (the baseline of the loss and failover tests), with an
+    `eval:` block evaluated during training (`REFERENCE_EVAL`)."""
     if "reference" not in _RUNS:
         base = tmp_path_factory.mktemp("reference")
         data = tiny_data(tmp_path_factory.getbasetemp())
-        pipeline = image_pipeline(data)
+        pipeline = image_pipeline(data, **{"stages.image.eval": REFERENCE_EVAL})
         tracker = sqlite_tracker(pipeline, base / "work")
         _RUNS["reference"] = run_stage(pipeline, "image", workers=2, work_dir=base / "work", tracker=tracker)
     return _RUNS["reference"]

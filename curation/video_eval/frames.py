@@ -8,6 +8,10 @@
 - `blank_frames`, `saturated_frames`, `nonfinite_frames`: imaging sanity, each the fraction of frames that is
   flat (one colour), mostly clipped to black or white, or (float frames only) holds NaN/inf.
 - `conditioning_match`: for image-to-video, 1 - mean |first frame - conditioning image| / 255.
+- `continuation_match`: for a continuation, 1 - mean |first generated frame - last frame of the clip it
+  continues| / 255 (the frames given are the generated ones only, after the clip): 1 when the video picks up
+  exactly where the clip ended, lower the more it jumps (the clip's last frame inverted scores 0 on black and
+  white content, ~0.5 on uniform noise).
 
 A one-frame video has no temporal metrics: they are left out rather than made up.
 """
@@ -69,8 +73,20 @@ def conditioning_match(frames: np.ndarray, image: np.ndarray) -> float:
     return 1.0 - float(np.abs(first.astype(np.int16) - image.astype(np.int16)).mean()) / 255.0
 
 
-def frame_metrics(frames: np.ndarray, fps: float, image: np.ndarray | None = None) -> dict[str, float]:
-    """Every weight-free metric of one video (see the module docstring)."""
+def continuation_match(frames: np.ndarray, clip_end: np.ndarray) -> float:
+    """1 - mean |first generated frame - last frame of the continued clip| / 255 (`frames` are the generated
+    frames only, after the clip; `clip_end` (H, W, 3) is resized to the frame size first)."""
+    return conditioning_match(frames, clip_end)
+
+
+def frame_metrics(
+    frames: np.ndarray,
+    fps: float,
+    image: np.ndarray | None = None,
+    clip_end: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Every weight-free metric of one video (see the module docstring): `image` is the image it started from
+    (image-to-video), `clip_end` the last frame of the clip it continues (then `frames` are the new ones)."""
     video = _as_uint8(frames)
     out = sanity(frames)
     if len(video) >= 2:
@@ -79,4 +95,6 @@ def frame_metrics(frames: np.ndarray, fps: float, image: np.ndarray | None = Non
         out["motion"] = frames_motion(list(video), fps)[0]
     if image is not None:
         out["conditioning_match"] = conditioning_match(video, image)
+    if clip_end is not None:
+        out["continuation_match"] = continuation_match(video, clip_end)
     return out

@@ -8,9 +8,11 @@ import typer
 
 from orchestration.commands.options import ADDRESS_HELP
 
-# The summary's rows: (figure, label, factor), and how far each video's background is from the clips'.
+# The summary's rows: (figure, label, factor), and how far each video's background is from the clips'. `flicker`
+# and `motion` are the evaluation's metrics (training.inference.evaluation), the others orchestration.demo_check's.
 STATISTICS = (
-    ("frame_diff", "frame-to-frame change", 1.0),
+    ("flicker", "flicker: frame-to-frame change", 1.0),
+    ("motion", "motion (% of the diagonal per s)", 1.0),
     ("mean", "mean level", 1.0),
     ("std", "contrast (std)", 1.0),
     ("shape", "shape (% of pixels off background)", 100.0),
@@ -87,5 +89,18 @@ def _print_summary(result) -> None:
     for stage, (first, last) in figures["loss"].items():
         loss.add_row(stage, f"{first:.3f}", f"{last:.3f}")
     console = Console(width=max(100, Console().width))
-    for table in (made, learned, loss):
+    for table in (made, learned, _eval_table(figures["eval"]), loss):
         console.print(table)
+
+
+def _eval_table(evaluation: dict):
+    """The means the demo's videos scored (`svp eval`'s metrics), as logged to the last stage's run."""
+    from rich.table import Table
+
+    run = evaluation["run_id"] or "no run"
+    title = f"eval of the demo's videos (eval/* of run {run[:8]} at step {evaluation['step']})"
+    table = Table(title=title, title_justify="left", show_header=False)
+    for name, value in evaluation["metrics"].items():
+        table.add_row(name, f"{value:.3f}")
+    table.add_row("videos, eval.json", evaluation["out"])
+    return table

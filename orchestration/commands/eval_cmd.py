@@ -34,6 +34,9 @@ def eval_(
     steps: int = typer.Option(10, "--steps", help="Sampler steps."),
     guidance_scale: float = typer.Option(6.0, help="Classifier-free guidance scale (<= 1 disables it)."),
     image: Path = typer.Option(None, help="Image-to-video: every video starts from this image."),
+    video: Path = typer.Option(
+        None, help="Continuation: every video continues this clip (scored against its last frame)."
+    ),
     clip_model: str = typer.Option("ViT-L-14-quickgelu", help="open_clip architecture name or config .json."),
     clip_checkpoint: Path = typer.Option(None, help=CLIP_HELP),
     aesthetic_mlp: Path = typer.Option(None, help="Aesthetic MLP weights (needs --clip-checkpoint)."),
@@ -58,6 +61,7 @@ def eval_(
         steps=steps,
         guidance_scale=guidance_scale,
         image=str(image) if image else None,
+        video=str(video) if video else None,
         clip_model=clip_model,
         clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
         aesthetic_mlp=str(aesthetic_mlp) if aesthetic_mlp else None,

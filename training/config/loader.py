@@ -141,6 +141,7 @@ STAGE_PATH_KEYS = (
     "init_from.path",
     "eval.prompts_file",
     "eval.image",
+    "eval.video",
     "eval.clip_checkpoint",
     "eval.aesthetic_mlp",
 )

@@ -175,8 +175,13 @@ class SampleSpec(StrictModel):
 
 class EvalSpec(StrictModel):
     """`eval:` of a stage: after the stage exports, videos of fixed prompts and seeds are generated from the
-    export and scored (`training.inference.evaluation`, `curation.video_eval`); the metrics land in the stage's MLflow run
-    at the export's step. Not part of the stage's fingerprint: changing it never retrains the stage."""
+    export and scored (`training.inference.evaluation`, `curation.video_eval`); the metrics land in the stage's
+    MLflow run at the export's step. With `every: N` the same videos are also generated and scored during
+    training with the live weights at every step that is a multiple of N but not the last (the export's
+    evaluation covers that), the prompts and seeds shared between the ranks (`training.worker.live_eval`).
+    `image` starts every video from an image (image-to-video, `conditioning_match`); `video` continues a
+    clip instead (`continuation_match`), block by block as `svp generate --continue` does. Not part of the
+    stage's fingerprint: changing it never retrains the stage."""
 
     prompts: list[str] = Field(default_factory=list)
     prompts_file: str | None = None  # one prompt a line; blank lines and `#` comments are skipped
@@ -185,6 +190,10 @@ class EvalSpec(StrictModel):
     steps: int = Field(default=10, gt=0)
     guidance_scale: float = 6.0
     image: str | None = None  # image-to-video: every video starts from this image
+    video: str | None = None  # continuation: every video continues this clip (mp4)
+    every: int | None = Field(
+        default=None, gt=0
+    )  # also during training, every N steps (None: at export only)
     clip_model: str = "ViT-L-14-quickgelu"  # curation.clip_model's default architecture
     clip_checkpoint: str | None = None  # without it the CLIP metrics are skipped with one line
     aesthetic_mlp: str | None = None
@@ -194,6 +203,8 @@ class EvalSpec(StrictModel):
     def _some_prompt(self) -> EvalSpec:
         if not self.prompts and self.prompts_file is None:
             raise UserError("needs prompts (a list) or prompts_file")
+        if self.image is not None and self.video is not None:
+            raise UserError("image and video cannot be combined: a continuation starts from its clip")
         return self
 
 

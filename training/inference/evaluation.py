@@ -1,23 +1,27 @@
-"""Evaluation of a stage export: videos of fixed prompts and seeds, generated once, scored, and recorded.
+"""Evaluation of a stage: videos of fixed prompts and seeds, generated, scored, and recorded.
 
-`evaluate_export` loads the export once (`training.inference.generation.load_export`), generates one video per prompt
-and seed with `model.generate.generate_video` (as `svp generate` does), writes each as mp4, scores it with
-`curation.video_eval` and writes `eval.json` (per video and the mean per metric). `log_report` puts the means
-in the MLflow run that trained the export (its `stage.json` names it) as `eval/<metric>` at the export's step,
-with the videos and the JSON as artifacts under `eval/step<N>/`. `svp eval` and a stage's `eval:` block
-(`evaluate_stage_export`, called by the driver once the export is built) share all of it.
+`generate_and_score` is the one path every evaluation takes: given a model, its autoencoder and text encoder,
+the `GenerationOptions` and the (prompt, seed) items (`eval_items`), it generates each video as `svp generate`
+does (`model.generate.generate_video`; from an image; or continuing a clip, `model.continuation`), scores it
+with `curation.video_eval` (`Scorers`) and writes it as mp4. `evaluate_export` runs it on an export loaded once
+(`training.inference.generation.load_export`) and writes `eval.json` (per video and the mean per metric);
+`training.worker.live_eval` runs it during training on the live weights (`eval.every`). `log_report` puts the
+means in the MLflow run that trained the export (its `stage.json` names it) as `eval/<metric>` at the export's
+step, with the videos and the JSON as artifacts under `eval/step<N>/`. `svp eval` and a stage's `eval:` block
+(`evaluate_stage_export`, called by the driver once the export is built) share all of it; `score_videos`
+scores videos generated elsewhere (the demo's) the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -78,14 +82,75 @@ def default_out_dir(export_dir: str | Path, step: int) -> Path:
     return export_dir.parent / "eval" / f"{export_dir.name}-step{step:08d}"
 
 
-class _Scorers:
-    """The metric groups that can run with `spec`'s weights; the others are named in `skipped`."""
+@dataclass(frozen=True)
+class EvalItem:
+    """One video of an evaluation: its prompt (and the prompt's index, for the file name) and noise seed."""
 
-    def __init__(self, spec: EvalSpec, fps: float):
+    index: int
+    prompt: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"prompt{self.index:02d}-seed{self.seed}"
+
+
+def eval_items(spec: EvalSpec) -> list[EvalItem]:
+    """Every prompt with every seed: the videos one evaluation generates."""
+    return [EvalItem(p, prompt, seed) for p, prompt in enumerate(read_prompts(spec)) for seed in spec.seeds]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How every video of an evaluation is generated (`generation_options`)."""
+
+    num_frames: int  # of a continuation: the new frames
+    height: int
+    width: int
+    fps: float
+    steps: int
+    guidance_scale: float
+    block_frames: int | None = None  # latent frames per block: block-AR as the stage trained
+    image: str | None = None  # image-to-video: every video starts from it
+    video: str | None = None  # continuation: every video continues this clip
+
+
+def generation_options(spec: EvalSpec, info: dict, autoencoder: Any) -> GenerationOptions:
+    """The options of `spec` for a stage described by `info`: an export's `stage.json`, or during training
+    `training.worker.sampling.export_extra(stage)` (the same keys)."""
+    from training.inference.generation import _valid_frames
+
+    chunks = info.get("chunk_sizes")
+    return GenerationOptions(
+        num_frames=_valid_frames(autoencoder, spec.num_frames or _stage_frames(info)),
+        height=info["height"],
+        width=info["width"],
+        fps=float(info["fps"]),
+        steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        block_frames=chunks[0] if chunks else None,
+        image=spec.image,
+        video=spec.video,
+    )
+
+
+def _stage_frames(info: dict) -> int:
+    """Frames when the spec names none: a second at the stage's frame rate (at least 2, for the temporal
+    metrics)."""
+    return max(2, round(float(info["fps"])))
+
+
+class Scorers:
+    """The metric groups that can run with `spec`'s weights; the others are named in `skipped`. Without a
+    spec: the weight-free metrics only (`curation.video_eval.frames`)."""
+
+    def __init__(self, spec: EvalSpec | None, fps: float):
         from curation.video_eval import clip_metrics
         from curation.video_eval.clip_metrics import ClipModelSettings
 
-        self.fps, self.clip = fps, None
+        self.fps, self.clip, self.skipped = fps, None, []
+        if spec is None:
+            return
         settings = ClipModelSettings(
             clip_model=spec.clip_model, clip_checkpoint=spec.clip_checkpoint, device=spec.device
         )
@@ -96,13 +161,111 @@ class _Scorers:
                 self.skipped.append("aesthetic skipped: no weights configured (eval.aesthetic_mlp)")
         self.skipped.append(clip_metrics.vbench_availability())
 
-    def score(self, frames: np.ndarray, prompt: str, image: np.ndarray | None) -> dict[str, float]:
+    def score(
+        self,
+        frames: np.ndarray,
+        prompt: str,
+        image: np.ndarray | None = None,
+        clip_end: np.ndarray | None = None,
+    ) -> dict[str, float]:
+        """The metrics of generated `frames`; `image` is the image they started from, `clip_end` the last
+        frame of the clip they continue (`frames` are then only the new ones)."""
         from curation.video_eval.frames import frame_metrics
 
-        out = frame_metrics(frames, self.fps, image)
+        out = frame_metrics(frames, self.fps, image, clip_end)
         if self.clip is not None:
             out |= self.clip.score(frames, prompt, image)
         return out
+
+
+@dataclass(frozen=True)
+class _Conditioning:
+    """What every video of an evaluation starts from: an image (H, W, 3) or a clip (T, H, W, 3), uint8."""
+
+    image: np.ndarray | None = None
+    clip: np.ndarray | None = None
+    block_frames: int | None = None  # of a continuation: the stage's block, else the new part in one block
+
+    @classmethod
+    def load(cls, options: GenerationOptions, autoencoder: Any) -> _Conditioning:
+        from model.conditioning import open_image
+        from model.continuation import read_clip
+
+        if options.image is not None:
+            return cls(image=np.asarray(open_image(options.image).convert("RGB")))
+        if options.video is None:
+            return cls()
+        block = options.block_frames or math.ceil(options.num_frames / autoencoder.stride[0])
+        return cls(clip=read_clip(options.video, autoencoder), block_frames=block)
+
+    @property
+    def clip_end(self) -> np.ndarray | None:
+        return None if self.clip is None else self.clip[-1]
+
+
+def generate_and_score(
+    model: Any,
+    autoencoder: Any,
+    text_encoder: Any,
+    options: GenerationOptions,
+    items: list[EvalItem],
+    scorers: Scorers,
+    out: Path | None,
+) -> list[dict]:
+    """The one generation and scoring path of every evaluation (an export's, and during training
+    `training.worker.live_eval`'s): per item, a video generated as `svp generate` makes it (from the prompt,
+    from `options.image`, or after `options.video`), scored and written as `out/<item>.mp4` — or with `out`
+    None kept as mp4 bytes under "mp4" (a rank that sends its videos to rank 0). A continuation's video is
+    the clip then the new frames; the new frames only are scored. Returns {prompt, seed, name, metrics, path
+    or mp4} per item."""
+    from model.video_io import encode_mp4, write_mp4
+
+    conditioning = _Conditioning.load(options, autoencoder)
+    videos = []
+    for item in items:
+        new = _generate_one((model, autoencoder, text_encoder), options, item, conditioning)
+        video: dict[str, Any] = {"prompt": item.prompt, "seed": item.seed, "name": item.name}
+        video["metrics"] = scorers.score(new, item.prompt, conditioning.image, conditioning.clip_end)
+        shown = new if conditioning.clip is None else np.concatenate([conditioning.clip, new])
+        if out is None:
+            video["mp4"] = encode_mp4(shown, options.fps)
+        else:
+            video["path"] = str(write_mp4(shown, Path(out) / f"{item.name}.mp4", options.fps))
+        videos.append(video)
+    return videos
+
+
+def _generate_one(
+    loaded: tuple, options: GenerationOptions, item: EvalItem, conditioning: _Conditioning
+) -> np.ndarray:
+    """The new frames (T, H, W, 3) uint8 of one item; `loaded` is (model, autoencoder, text encoder)."""
+    import torch
+
+    from model.continuation import iter_continuation_blocks
+    from model.generate import generate_video
+
+    common = {"steps": options.steps, "guidance_scale": options.guidance_scale, "seed": item.seed}
+    if conditioning.clip is not None:
+        blocks = iter_continuation_blocks(
+            *loaded,
+            item.prompt,
+            conditioning.clip,
+            num_frames=options.num_frames,
+            block_frames=conditioning.block_frames,
+            **common,
+        )
+        return torch.cat(list(blocks)).cpu().numpy()
+    frames = generate_video(
+        *loaded,
+        item.prompt,
+        num_frames=options.num_frames,
+        height=options.height,
+        width=options.width,
+        block_frames=options.block_frames,
+        image=options.image,
+        **common,
+    )
+    return frames.cpu().numpy()
 
 
 def evaluate_export(
@@ -110,67 +273,60 @@ def evaluate_export(
 ) -> EvalReport:
     """Generate `spec`'s videos from the export once, score them, write them and `eval.json` to `out_dir`."""
     from curation.video_eval.clip_metrics import resolve_device
+    from training.inference.generation import load_export
 
     info = export_info(export_dir)
-    prompts = read_prompts(spec)
-    device = str(resolve_device(spec.device))
+    items = eval_items(spec)
     report = EvalReport(
         str(Path(export_dir).resolve()), int(info["step"]), info.get("mlflow_run_id"), ema=ema
     )
     out = Path(out_dir) if out_dir is not None else default_out_dir(export_dir, report.step)
     out.mkdir(parents=True, exist_ok=True)
-    report.out_dir = str(out)
-    scorers = _Scorers(spec, float(info["fps"]))
-    report.skipped = scorers.skipped
-    for line in report.skipped:
+    scorers = Scorers(spec, float(info["fps"]))
+    for line in scorers.skipped:
         log.info(line)
     started = time.perf_counter()
-    for video in _generate(export_dir, spec, prompts, out, device, ema):
-        video["metrics"] = scorers.score(video.pop("frames"), video["prompt"], video.pop("image"))
-        report.videos.append(video)
-    report.metrics = _means([v["metrics"] for v in report.videos])
-    report.metrics["generate_s"] = time.perf_counter() - started
+    model, autoencoder, text_encoder, info = load_export(export_dir, ema, str(resolve_device(spec.device)))
+    options = generation_options(spec, info, autoencoder)
+    videos = generate_and_score(model, autoencoder, text_encoder, options, items, scorers, out)
+    return finish_report(report, videos, scorers.skipped, out, time.perf_counter() - started)
+
+
+def score_videos(export_dir: str | Path, videos: list[dict], out_dir: str | Path) -> EvalReport:
+    """Videos generated from the export elsewhere (the demo's), scored with the weight-free metrics as
+    `generate_and_score` scores its own, in a report at the export's step for its run (`log_report`). Each
+    video: `path`, `prompt`, and `image` (the image it started from) or `clip_frames` (how many of its first
+    frames are the clip it continues: the rest is scored, against the clip's last frame)."""
+    from model.conditioning import open_image
+    from model.video_io import read_frames
+
+    info = export_info(export_dir)
+    report = EvalReport(str(Path(export_dir).resolve()), int(info["step"]), info.get("mlflow_run_id"))
+    scorers = Scorers(None, float(info["fps"]))
+    scored = []
+    for video in videos:
+        frames, kept = read_frames(video["path"]), int(video.get("clip_frames") or 0)
+        image = video.get("image")
+        image = None if image is None else np.asarray(open_image(image).convert("RGB"))
+        metrics = scorers.score(frames[kept:], video["prompt"], image, frames[kept - 1] if kept else None)
+        scored.append(
+            {k: str(v) if isinstance(v, Path) else v for k, v in video.items()} | {"metrics": metrics}
+        )
+    return finish_report(report, scored, scorers.skipped, Path(out_dir))
+
+
+def finish_report(
+    report: EvalReport, videos: list[dict], skipped: list[str], out: Path, seconds: float | None = None
+) -> EvalReport:
+    """`report` with its videos, their means and `generate_s` (the seconds the generation and scoring took,
+    when given), written as `out/eval.json`."""
+    report.videos, report.skipped, report.out_dir = videos, list(skipped), str(out)
+    report.metrics = _means([v["metrics"] for v in videos])
+    if seconds is not None:
+        report.metrics["generate_s"] = seconds
+    out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
     return report
-
-
-def _generate(
-    export_dir: str | Path, spec: EvalSpec, prompts: list[str], out: Path, device: str, ema: bool
-) -> Iterator[dict]:
-    """Per prompt and seed: {prompt, seed, path, frames, image}; the model is loaded once for all of them."""
-    from model.conditioning import open_image
-    from model.generate import generate_video, save_video
-    from training.inference.generation import _valid_frames, load_export
-
-    model, autoencoder, text_encoder, info = load_export(export_dir, ema, device)
-    chunks = info.get("chunk_sizes")
-    options = {
-        "num_frames": _valid_frames(autoencoder, spec.num_frames or _stage_frames(info)),
-        "height": info["height"],
-        "width": info["width"],
-        "steps": spec.steps,
-        "guidance_scale": spec.guidance_scale,
-        "block_frames": chunks[0] if chunks else None,
-        "image": spec.image,
-    }
-    image = np.asarray(open_image(spec.image).convert("RGB")) if spec.image else None
-    for p, prompt in enumerate(prompts):
-        for seed in spec.seeds:
-            frames = generate_video(model, autoencoder, text_encoder, prompt, seed=seed, **options)
-            path = save_video(frames, out / f"prompt{p:02d}-seed{seed}.mp4", fps=float(info["fps"]))
-            yield {
-                "prompt": prompt,
-                "seed": seed,
-                "path": str(path),
-                "frames": frames.cpu().numpy(),
-                "image": image,
-            }
-
-
-def _stage_frames(info: dict) -> int:
-    """Frames when the spec names none: a second at the stage's frame rate (at least 2, for the temporal
-    metrics)."""
-    return max(2, round(float(info["fps"])))
 
 
 def _means(per_video: list[dict[str, float]]) -> dict[str, float]:

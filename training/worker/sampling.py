@@ -45,6 +45,19 @@ def _inference_context(module: torch.nn.Module):
     return torch.autocast(device_type=param.device.type, dtype=param.dtype)
 
 
+@contextlib.contextmanager
+def inference_mode(module: torch.nn.Module):
+    """The training module set up to generate: in eval mode (its mode restored after), under autocast when
+    its weights are not fp32. Sample videos and the evaluation during training (`live_eval`) run in it."""
+    was_training = module.training
+    module.eval()
+    try:
+        with _inference_context(module):
+            yield
+    finally:
+        module.train(was_training)
+
+
 def render_sample(
     stage: StageConfig, step_math: StageStep, module: torch.nn.Module, path: Path | None
 ) -> Path | None:
@@ -55,24 +68,19 @@ def render_sample(
     spec = stage.sample
     bucket = stage.buckets[0]
     block = stage.chunk_sizes[0] if stage.chunk_sizes else None
-    was_training = module.training
-    module.eval()
-    try:
-        with _inference_context(module):
-            frames = generate_video(
-                module,
-                step_math.autoencoder,
-                step_math.text_encoder,
-                spec.prompt,
-                num_frames=spec.num_frames,
-                height=bucket.height,
-                width=bucket.width,
-                steps=spec.steps,
-                seed=stage.seed,
-                block_frames=block,
-            )
-    finally:
-        module.train(was_training)
+    with inference_mode(module):
+        frames = generate_video(
+            module,
+            step_math.autoencoder,
+            step_math.text_encoder,
+            spec.prompt,
+            num_frames=spec.num_frames,
+            height=bucket.height,
+            width=bucket.width,
+            steps=spec.steps,
+            seed=stage.seed,
+            block_frames=block,
+        )
     if path is None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)

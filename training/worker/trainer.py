@@ -1,4 +1,5 @@
-"""`Trainer`: one Ray Train worker's stage, in named steps: build → restore → (step, checkpoint, sample)* → close.
+"""`Trainer`: one Ray Train worker's stage, in named steps: build → restore → (step, checkpoint, sample, evaluate)*
+→ close.
 
 `Trainer.from_ray(job)` reads the worker's rank and device from Ray Train; `run()` is the whole stage:
 
@@ -9,7 +10,9 @@
 - `step(n)` runs one optimizer step and adds its numbers to the log window, which `log(n)` reads every
   `log_every` steps (the step itself never reads a device value on the host: `training.worker.step.guarded_step`);
 - `checkpoint(n)` saves every `checkpoint.every` steps and at the last (Ray Train reports it);
-- `sample(n)` renders `stage.sample` every `sample.every` steps, on every rank (see `sample`).
+- `sample(n)` renders `stage.sample` every `sample.every` steps, on every rank (see `sample`);
+- `evaluate(n)` generates and scores the `eval:` block's videos every `eval.every` steps but the last, the
+  prompts and seeds shared between the ranks (`training.worker.live_eval`).
 
 Determinism: every random draw of a step (caption dropout, noise level, noise) comes from a generator seeded
 by (seed, rank, step), and the data stream resumes from each rank's saved position, so a stage interrupted
@@ -47,6 +50,7 @@ from training.worker.checkpoints import (
     resume_point,
     save_checkpoint,
 )
+from training.worker.live_eval import LiveEval, log_live_report
 from training.worker.sampling import DEFAULT_FPS, render_sample
 from training.worker.step import StageStep, build_engine, guarded_step, step_generator
 
@@ -77,6 +81,7 @@ class Trainer:
         self.peak = job.peak_flops_per_worker or peak_flops(device, self.bf16)
         self.last_position: Any = None
         self.last_metrics: dict[str, float] = {}
+        self.live_eval: LiveEval | None = None  # the `eval:` block during training (`build`)
 
     @classmethod
     def from_ray(cls, job: StageJob) -> Trainer:
@@ -98,11 +103,16 @@ class Trainer:
                     self.checkpoint(step)
                 if self.stage.sample and self.job.samples_dir and self._due(self.stage.sample.every, step):
                     self.sample(step)
+                if self._eval_due(step):
+                    self.evaluate(step)
         finally:
             self.close()
 
     def _due(self, every: int, step: int, at_end: bool = False) -> bool:
         return step % every == 0 or (at_end and step == self.stage.steps)
+
+    def _eval_due(self, step: int) -> bool:
+        return bool(self.live_eval and self.job.samples_dir and self.live_eval.due(step))
 
     # -- build and restore ------------------------------------------------------------------------------
 
@@ -113,6 +123,7 @@ class Trainer:
         from model import LinearDiT
 
         clear_staging(self.staging_root, self.rank)  # what a killed save of this rank left behind
+        self.live_eval = LiveEval.of(self.stage, self.rank, self.world)
         torch.manual_seed(self.stage.seed)  # identical fresh init on every rank
         self.step_math = StageStep(self.stage, self.device, self.dtype)
         model = LinearDiT(self.step_math.model_config)
@@ -219,6 +230,7 @@ class Trainer:
             self._due(self.job.log_every, step, at_end=True)
             or self._due(self.stage.checkpoint.every, step)
             or bool(sample and self._due(sample.every, step))
+            or self._eval_due(step)
         )
 
     def log(self, step: int) -> None:
@@ -276,6 +288,15 @@ class Trainer:
             fps = self.stage.target_fps or DEFAULT_FPS
             self.tracker.log_metrics({"time/sample_s": seconds, **sample_metrics(written, fps)}, step)
             self.tracker.log_artifact(written, "samples")
+
+    def evaluate(self, step: int) -> None:
+        """The `eval:` block's videos with the current weights, each rank generating its share; rank 0 writes
+        them beside the samples (`<stage>/eval/step<N>/`) and logs `eval/<metric>` at this step."""
+        start = time.perf_counter()
+        out_root = Path(self.job.samples_dir).parent / "eval"
+        report = self.live_eval.run(step, self.engine.module, self.step_math, out_root)
+        if report is not None:
+            log_live_report(self.tracker, report, time.perf_counter() - start)
 
     def close(self) -> None:
         if getattr(self, "ema", None) is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from benchmarks.storage_placement import Placement, choose, free_bytes, memory_room
-from benchmarks.two_gpu_runs import TrainRun, folder_bytes, last_step, say, stage_history
+from benchmarks.two_gpu_runs import TrainRun, folder_bytes, last_step, no_step_lost, say, stage_history
 from benchmarks.two_gpu_training import speed_of
 
 PARTS = ("weights", "corpus", "curate", "encode", "train", "generate")
@@ -280,12 +280,9 @@ class Recipe:
             out["replayed_max_abs_loss_diff"] = max(
                 (abs(losses[0][s] - losses[1][s]) for s in replayed), default=None
             )
-            # Nothing lost: the second attempt starts right after the checkpoint it resumed from, and the two
-            # attempts together trained every step from 1 to the last.
+            out["steps_logged"] = [sorted(losses[0]), sorted(losses[1])]
             start = out["resumed_from_step"][0] if out["resumed_from_step"] else None
-            trained = set(losses[0]) | set(losses[1])
-            out["no_step_lost"] = start is not None and min(losses[1], default=None) == start + 1
-            out["no_step_lost"] &= trained == set(range(1, max(trained, default=0) + 1))
+            out["no_step_lost"] = no_step_lost(losses, start)
             out["last_step"] = max(losses[1], default=None)
         return out
 

@@ -237,6 +237,19 @@ def last_step(history: list[dict[str, Any]], attempt: int | None = None) -> int:
     return max(steps, default=0)
 
 
+def no_step_lost(losses: list[dict[int, float]], resumed_from: int | None) -> bool:
+    """Of a run killed once (`losses[a]`: step → loss of attempt a): the second attempt went on from the step
+    after the checkpoint it resumed from, and the two together logged every step the trainer logs (each
+    `interval`-th: every step on the CPU, every 10th on GPUs; inferred from the steps) from the first to the
+    last. Nothing was lost or skipped; the steps between the checkpoint and the kill were trained twice."""
+    if resumed_from is None or not losses[1]:
+        return False
+    logged = sorted(set(losses[0]) | set(losses[1]))
+    interval = min((b - a for a, b in zip(logged, logged[1:], strict=False)), default=1)
+    first_after = (resumed_from // interval + 1) * interval
+    return min(losses[1]) == first_after and logged == list(range(interval, logged[-1] + 1, interval))
+
+
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 

@@ -44,6 +44,7 @@ from benchmarks.two_gpu_runs import (
     checkpoint_sizes,
     folder_bytes,
     last_step,
+    no_step_lost,
     say,
     stage_history,
     svp_train_argv,
@@ -236,7 +237,6 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
     losses = {
         n: {r["step"]: r["train/loss"] for r in rows if "train/loss" in r} for n, rows in by_attempt.items()
     }
-    every = args.checkpoint_every
     replayed = sorted(set(losses[0]) & set(losses[1]))
     resume = [r for r in history if "train/resumed_from_step" in r]
     two, one = speed_of([by_attempt[0], by_attempt[1]], args.gpus), speed_of([by_attempt[2]], 1)
@@ -258,7 +258,7 @@ def figures(args, a: TrainRun, b: TrainRun | None, report: dict) -> None:
         "steps_attempt1": sorted(losses[1]),
         "replayed": {s: [losses[0][s], losses[1][s]] for s in replayed},
         "max_abs_loss_diff": max((abs(losses[0][s] - losses[1][s]) for s in replayed), default=None),
-        "no_step_lost": min(losses[1], default=None) == every + 1,
+        "no_step_lost": no_step_lost(losses, int(resume[0]["train/resumed_from_step"]) if resume else None),
         "kill_to_resumed_s": resume[0]["time"] - a.events[0]["time"] if resume else None,
         "kill_to_next_step_s": _seconds_between(a.events[0]["time"] if a.events else None, by_attempt[1]),
     }

@@ -39,3 +39,18 @@ def test_the_recipe_runs_every_part_and_records_its_figures(tmp_path):
     record = report["generate"]["record"]
     assert record is not None and (tmp_path / "tiny" / "generated.mp4").is_file()
     assert "| curate |" in done.stdout  # the table is printed last
+
+
+def test_no_step_lost_reads_the_trainers_log_interval():
+    """On GPUs the trainer logs every 10th step: the H100 run killed after step 40 and resumed from the step-30
+    checkpoint logged 10..40, then 40..60, and lost nothing; a resume that skips past its checkpoint did."""
+    from benchmarks.two_gpu_runs import no_step_lost
+
+    every_10th = [{10: 1.54, 20: 1.40, 30: 1.07, 40: 1.0552}, {40: 1.0552, 50: 1.02, 60: 0.99}]
+    assert no_step_lost(every_10th, resumed_from=30)
+    assert not no_step_lost(every_10th, resumed_from=20)  # attempt 1 should have logged step 30 again
+    assert not no_step_lost([every_10th[0], {50: 1.0, 60: 1.0}], resumed_from=30)  # step 40 not redone
+    every_step = [{s: 1.0 for s in range(1, 10)}, {s: 1.0 for s in range(5, 13)}]
+    assert no_step_lost(every_step, resumed_from=4)
+    assert not no_step_lost([every_step[0], {s: 1.0 for s in range(6, 13)}], resumed_from=4)
+    assert not no_step_lost([every_step[0], {}], resumed_from=4)

@@ -122,3 +122,7 @@ def test_two_worker_stage_resumes_on_one_worker_through_universal_checkpoint(
     assert disk_shortfall(pipeline.stage("image"), False, 10 * checkpoint) is None
     short = disk_shortfall(pipeline.stage("image"), False, checkpoint)
     assert "keep_last 2 + the one being written" in short and "lower checkpoint.keep_last" in short
+    # Checkpoints and export on two filesystems (Ray's storage linked to /dev/shm): each is checked on its own.
+    assert disk_shortfall(pipeline.stage("image"), False, 3 * checkpoint, export) is None
+    short = disk_shortfall(pipeline.stage("image"), False, 3 * checkpoint, export // 2)
+    assert "and the export's" in short, short

@@ -37,17 +37,32 @@ def stage_sizes(stage: StageConfig, use_gpu: bool) -> tuple[int, int]:
     return checkpoint, checkpoint + params * FP32_BYTES  # the export: the last one, universal, + fp32 weights
 
 
-def disk_shortfall(stage: StageConfig, use_gpu: bool, free_bytes: int) -> str | None:
-    """A one-line warning when `free_bytes` cannot hold the stage's checkpoints and export at their peak
-    (`keep_last` checkpoints and the next one being written, or `keep_last` and the export), else None."""
+def disk_shortfall(
+    stage: StageConfig, use_gpu: bool, free_bytes: int, export_free_bytes: int | None = None
+) -> str | None:
+    """A one-line warning when the free space cannot hold the stage's checkpoints and export at their peak,
+    else None. `free_bytes` is the checkpoints' filesystem's; `export_free_bytes` the export's when that is
+    another filesystem (None: the same one, which then holds `keep_last` checkpoints and the next one being
+    written, or `keep_last` and the export)."""
     checkpoint, export = stage_sizes(stage, use_gpu)
     kept = stage.checkpoint.keep_last
-    need = max((kept + 1) * checkpoint, kept * checkpoint + export)
-    if need <= free_bytes:
+    saves = (kept + 1) * checkpoint
+    if export_free_bytes is None:
+        need = max(saves, kept * checkpoint + export)
+        if need <= free_bytes:
+            return None
+        where = f"the work dir has {_size(free_bytes)} free"
+    elif saves <= free_bytes and export <= export_free_bytes:
         return None
+    else:
+        need = saves if saves > free_bytes else export
+        where = (
+            f"their folder has {_size(free_bytes)} free and the export's {_size(export_free_bytes)} "
+            f"(need {_size(saves)} and {_size(export)})"
+        )
     return (
         f"stage {stage.name}: its checkpoints ({_size(checkpoint)} each, keep_last {kept} + the one being "
-        f"written) and export need up to {_size(need)}, and the work dir has {_size(free_bytes)} free: a "
+        f"written) and export need up to {_size(need)}, and {where}: a "
         "save will run out of space (free some, lower checkpoint.keep_last, or use another --work-dir)"
     )
 
@@ -56,10 +71,24 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def warn_if_disk_short(stage: StageConfig, use_gpu: bool, work_dir: Path) -> None:
-    existing = Path(work_dir)
-    while not existing.exists():  # the work dir of a first run is made later: its filesystem is the same
-        existing = existing.parent
-    message = disk_shortfall(stage, use_gpu, shutil.disk_usage(existing).free)
+def _existing(path: Path) -> Path:
+    """`path`, or the nearest folder above it that exists (a first run's folders are made later, on the same
+    filesystem as that one unless a link says otherwise)."""
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def warn_if_disk_short(stage: StageConfig, use_gpu: bool, checkpoints_dir: Path, export_dir: Path) -> None:
+    """Warn when the filesystems of `checkpoints_dir` (Ray's storage) and `export_dir` cannot hold what the
+    stage writes there; they are one filesystem unless a link or a mount puts one elsewhere (checkpoints in
+    /dev/shm on a one-GPU machine whose disk holds only the export)."""
+    checkpoints, export = _existing(checkpoints_dir), _existing(export_dir)
+    free = shutil.disk_usage(checkpoints).free
+    export_free = None
+    if checkpoints.stat().st_dev != export.stat().st_dev:
+        export_free = shutil.disk_usage(export).free
+    message = disk_shortfall(stage, use_gpu, free, export_free)
     if message is not None:
         log.warning(message)

@@ -216,7 +216,7 @@ class StageRun:
         log.info(f"stage {self.stage.name}: {decision.action}: {decision.reason}")
         self.init_from = self.resolve_init_from()
         ensure_ray(self.use_gpu)
-        warn_if_disk_short(self.stage, self.use_gpu, self.work_dir)
+        warn_if_disk_short(self.stage, self.use_gpu, self.storage, self.export_dir)
         remember(self.folder, self.inputs)
         if self.force and self.run_dir.exists():
             log.info(f"stage {self.stage.name}: forced: earlier Ray run kept at {set_aside(self.run_dir)}")

@@ -119,5 +119,7 @@ def test_set_overrides_a_stage_key_and_rejects_an_unknown_one(tmp_path, capsys):
     assert "stages has no item 'vdeo' (give an index, a name or *: image, video" in _error(capsys)
     assert main([*argv, "--set", "stages.1.optimizr.lr=1"]) == 2
     err = _error(capsys)  # said against the flag, not the bundled preset's path the user never wrote
-    assert err.startswith("--set stages.1.optimizr.lr: unknown key 'optimizr' (did you mean 'optimizer'?)"), err
+    assert err.startswith("--set stages.1.optimizr.lr: unknown key 'optimizr' (did you mean 'optimizer'?)"), (
+        err
+    )
     assert not (tmp_path / "w").exists()

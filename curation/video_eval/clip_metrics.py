@@ -36,13 +36,16 @@ def availability(settings: ClipModelSettings, key_prefix: str = "eval.") -> str 
     return None
 
 
-def vbench_availability() -> str | None:
-    """VBench's own dimensions need the `vbench` package and its weights; say why they are not computed."""
-    try:
-        import vbench  # noqa: F401
-    except ImportError:
-        return "VBench dimensions skipped: the vbench package is not installed (pip install vbench)"
-    return "VBench dimensions skipped: vbench is installed, but svp does not drive its weights yet"
+VBENCH_SKIPPED = (
+    "VBench dimensions skipped: vbench 0.1.5 pins transformers==4.33.2 and numpy<2, which cannot live beside "
+    "svp's stack; run VBench in its own environment on the videos eval.json lists"
+)
+
+
+def vbench_availability() -> str:
+    """Why VBench's own dimensions are not computed here (the package cannot be installed beside svp; its
+    pins are quoted in VBENCH_SKIPPED, read from vbench 0.1.5's metadata)."""
+    return VBENCH_SKIPPED
 
 
 def consistency(embeddings: torch.Tensor) -> float:

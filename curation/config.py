@@ -88,6 +88,11 @@ class RayConfig(_Strict):
     scorer_max_concurrency: int | None = Field(
         None, ge=1, description="let Ray Data grow each scorer pool up to this many actors under load"
     )
+    stage_actors: dict[Literal["aesthetic", "caption"], int] = Field(
+        default_factory=dict,
+        description="actors of one scorer stage, by name, in place of scorer_concurrency: the captioner sets "
+        "the pace (one H100: busy 89% of the pass, the GPU 21%), so give it more, e.g. {caption: 3}",
+    )
     scorer_batch_size: int = Field(16, ge=1)
     gpus_per_scorer: float | None = Field(
         None,
@@ -110,7 +115,16 @@ class RayConfig(_Strict):
     def _pool(self) -> RayConfig:
         if self.scorer_max_concurrency is not None and self.scorer_max_concurrency < self.scorer_concurrency:
             raise UserError("scorer_max_concurrency must be >= scorer_concurrency")
+        for name, count in self.stage_actors.items():
+            if count < 1:
+                raise UserError(f"stage_actors.{name}: must be >= 1, got {count}")
         return self
+
+    def actors_of(self, stage: str) -> tuple[int, int]:
+        """(min, max) actors of the scorer stage `stage`'s pool."""
+        if stage in self.stage_actors:
+            return self.stage_actors[stage], max(self.stage_actors[stage], self.scorer_max_concurrency or 0)
+        return self.scorer_concurrency, self.scorer_max_concurrency or self.scorer_concurrency
 
 
 class CurationConfig(_Strict):

@@ -116,7 +116,7 @@ def _build_dataset(
     )
     cluster = ray.cluster_resources()
     share = scorer_share(
-        len(stages) * cfg.ray.scorer_concurrency,
+        sum(cfg.ray.actors_of(name)[0] for name, _, _ in stages),
         cluster.get("CPU", 0.0),
         cluster.get("GPU", 0.0),
         cfg.ray.cpus_per_scorer,
@@ -125,15 +125,13 @@ def _build_dataset(
     if stages:
         log.info("scorer actors: %g CPU and %g GPU each", share.cpus, share.gpus)
     for name, cls, sub in stages:
+        least, most = cfg.ray.actors_of(name)
         ds = ds.map_batches(
             GuardedStage,
             fn_constructor_kwargs={"stage_cls": cls, "name": name, "config": sub, "health": health},
             batch_format="numpy",
             batch_size=cfg.ray.scorer_batch_size,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=cfg.ray.scorer_concurrency,
-                max_size=cfg.ray.scorer_max_concurrency or cfg.ray.scorer_concurrency,
-            ),
+            compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
             num_cpus=share.cpus,
             num_gpus=share.gpus,
             max_restarts=cfg.ray.max_retries,

@@ -40,8 +40,12 @@ def test_the_captioner_can_have_more_actors_than_the_other_scorers():
     ray = CurationConfig.model_validate({"ray": {"stage_actors": {"caption": 3}}}).ray
     assert ray.actors_of("caption") == (3, 3) and ray.actors_of("aesthetic") == (1, 1)
     actors = sum(ray.actors_of(name)[0] for name in ("aesthetic", "caption"))
-    assert scorer_share(actors, cluster_cpus=16, cluster_gpus=1, cpus=None, gpus=None) == ScorerShare(1.0, 0.25)
-    grown = CurationConfig.model_validate({"ray": {"stage_actors": {"caption": 2}, "scorer_max_concurrency": 4}})
+    assert scorer_share(actors, cluster_cpus=16, cluster_gpus=1, cpus=None, gpus=None) == ScorerShare(
+        1.0, 0.25
+    )
+    grown = CurationConfig.model_validate(
+        {"ray": {"stage_actors": {"caption": 2}, "scorer_max_concurrency": 4}}
+    )
     assert grown.ray.actors_of("caption") == (2, 4) and grown.ray.actors_of("aesthetic") == (1, 4)
     with pytest.raises(ValueError, match="stage_actors.caption: must be >= 1"):
         CurationConfig.model_validate({"ray": {"stage_actors": {"caption": 0}}})

@@ -24,6 +24,8 @@ def test_runs_list_and_compare_print_tables_and_plot_both_curves(
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and {r["stage"] for r in rows} == {"image"}
     assert all(r["steps"] == 2 and r["final_loss"] > 0 for r in rows)
+    assert main(["runs", "list", "--work-dir", str(store), "--json"]) == 0  # svp train's name for the folder
+    assert json.loads(capsys.readouterr().out) == rows
 
     ids = [r["run_id"] for r in rows]
     plot = tmp_path / "loss.png"

@@ -17,7 +17,9 @@ def _client_and_table(runs: Path | None, tracking_uri: str | None, pipeline: str
     return client, stage_table(client, pipeline)
 
 
-RUNS_OPT = typer.Option(None, "--runs", help="Work dir whose mlflow.db to read.")
+RUNS_OPT = typer.Option(
+    None, "--runs", "--work-dir", help="Work dir whose mlflow.db to read (svp train's --work-dir)."
+)
 URI_OPT = typer.Option(None, "--tracking-uri", help="MLflow store or server (default MLFLOW_TRACKING_URI).")
 
 

@@ -56,6 +56,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--caption-tokens", type=int, default=120, help="new tokens per caption")
     p.add_argument("--caption-batch", type=int, default=16, help="clips per captioner batch")
     p.add_argument(
+        "--caption-actors", type=int, default=1, help="captioner actors (curation's ray.stage_actors.caption)"
+    )
+    p.add_argument(
         "--keep", type=int, default=None, help="clips the filter keeps (default 100; 6 with --tiny)"
     )
     p.add_argument("--no-kill", action="store_true", help="do not kill a training worker")

@@ -162,7 +162,7 @@ class Recipe:
                         "vlm_regenerate": True, "vlm_max_new_tokens": a.caption_tokens,
                         "vlm_batch_size": a.caption_batch},
             # The scorers' GPU and CPU shares are the defaults: sized from the machine (curation.scorer_resources).
-            "ray": {"scorer_batch_size": a.caption_batch},
+            "ray": {"scorer_batch_size": a.caption_batch, "stage_actors": {"caption": a.caption_actors}},
         }  # fmt: skip
         (self.work / "curate.yaml").write_text(yaml.safe_dump(curate))
         self._keep_the_most_moving(0)  # the curate step's own thresholds: every clip

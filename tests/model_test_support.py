@@ -16,19 +16,27 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_generation_parts(text_max_length: int):
-    """A tiny LinearDiT (temporal convs non-zero, so block boundaries matter), a space-to-depth autoencoder and a
-    hashed text encoder: everything `model.generate` and `model.continuation` need, built in milliseconds."""
-    from model.autoencoders import build_autoencoder
+def tiny_model():
+    """The tiny LinearDiT, seeded, in eval mode, with its temporal convs non-zero: they are zero at init
+    (official), which would leave them (and block boundaries) out of every check."""
     from model.config import LinearDiTConfig
     from model.linear_dit import LinearDiT
-    from model.text_encoders import build_text_encoder
 
     torch.manual_seed(0)
     model = LinearDiT(LinearDiTConfig.from_preset("tiny")).eval()
     with torch.no_grad():
-        for block in model.blocks:  # zero at init (official); non-zero so block boundaries matter
+        for block in model.blocks:
             block.ff.conv_temp.weight.normal_(0, 0.05)
+    return model
+
+
+def tiny_generation_parts(text_max_length: int):
+    """A tiny LinearDiT (`tiny_model`), a space-to-depth autoencoder and a hashed text encoder: everything
+    `model.generate` and `model.continuation` need, built in milliseconds."""
+    from model.autoencoders import build_autoencoder
+    from model.text_encoders import build_text_encoder
+
+    model = tiny_model()
     autoencoder = build_autoencoder("space_to_depth", stride=(1, 4, 4))
     text_encoder = build_text_encoder("hashed", channels=64, max_length=text_max_length)
     return model, autoencoder, text_encoder

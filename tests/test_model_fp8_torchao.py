@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_test_support import tiny_model
 
-from model import LinearDiT, LinearDiTConfig
+from model import LinearDiT
 
 pytest.importorskip("torchao", reason="torchao is the fp8 extra (pip install -e '.[fp8]')")
 
 
 def _bf16_model() -> LinearDiT:
-    torch.manual_seed(0)
-    model = LinearDiT(LinearDiTConfig.from_preset("tiny")).eval()
-    with torch.no_grad():
-        for block in model.blocks:  # zero at init; non-zero so the temporal conv is part of the check
-            block.ff.conv_temp.weight.normal_(0, 0.05)
-    return model.to(torch.bfloat16)
+    return tiny_model().to(torch.bfloat16)
 
 
 def test_torchao_fp8_converts_the_large_matmuls_and_restores_the_model():

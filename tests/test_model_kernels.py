@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 import torch
+from model_test_support import tiny_model
 
 import model.linear_dit as linear_dit
 from model import LinearDiT, LinearDiTConfig, kernels
@@ -204,19 +205,10 @@ def test_compiled_training_through_the_fused_backward_matches_eager_pytorch_on_t
         assert ((grads["auto"] - grads["torch"]).norm() / grads["torch"].norm()).item() < 1e-4
 
 
-def _tiny_model() -> LinearDiT:
-    torch.manual_seed(0)
-    model = LinearDiT(LinearDiTConfig.from_preset("tiny")).eval()
-    with torch.no_grad():
-        for block in model.blocks:  # zero at init; non-zero so the temporal conv is part of the check
-            block.ff.conv_temp.weight.normal_(0, 0.05)
-    return model
-
-
 def test_float8_inference_is_close_and_leaves_the_model_as_it_was():
     from model.kernels.fp8 import Float8Linear, float8_inference
 
-    model = _tiny_model()
+    model = tiny_model()
     state = {key: value.clone() for key, value in model.state_dict().items()}
     latents, text, t = torch.randn(1, 48, 3, 8, 8), torch.randn(1, 5, 64), torch.tensor([300.0])
     with torch.no_grad():
@@ -239,7 +231,7 @@ def test_generate_takes_a_precision_and_logs_its_path(caplog):
     from model.text_encoders import build_text_encoder
 
     parts = (
-        _tiny_model(),
+        tiny_model(),
         build_autoencoder("space_to_depth", stride=(1, 4, 4)),
         build_text_encoder("hashed", channels=64, max_length=16),
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.storage_placement import Placement, choose, free_bytes, memory_room
+from benchmarks.storage_placement import KEEP_LAST, Placement, choose, free_bytes, memory_room
 from benchmarks.two_gpu_runs import TrainRun, folder_bytes, last_step, no_step_lost, say, stage_history
 from benchmarks.two_gpu_training import speed_of
 
@@ -183,7 +183,7 @@ class Recipe:
         base = next(s for s in preset["stages"] if s["name"] == ("video" if a.tiny else "video-256"))
         stage = {k: v for k, v in base.items() if k not in ("init_from", "name")}
         stage.update(name=STAGE, steps=a.steps, data=["filter"])
-        stage["checkpoint"] = {"every": a.checkpoint_every, "keep_last": 1}  # 37 GB each on a 64 GB disk
+        stage["checkpoint"] = {"every": a.checkpoint_every, "keep_last": KEEP_LAST}  # 37 GB each (2B)
         stage["sample"] = {"every": 10**6}
         if not a.tiny:
             stage["model"] = {"preset": "sana-video-2b-480p"}

@@ -14,8 +14,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from training.driver.disk_budget import peak_bytes
+
 GB = 1e9
 MARGIN = 4 * GB  # logs, MLflow, the staging files of a rank, rounding in the size estimate
+KEEP_LAST = 1  # the recipe's checkpoint.keep_last: one 2B checkpoint at a time
 MEMORY_FOR_PROCESSES = 24 * GB  # what files in memory must leave to the training and export processes
 
 
@@ -36,16 +39,16 @@ class Placement:
 def choose(sizes: dict[bool, tuple[int, int]], disk_free: int, memory_room: int) -> Placement | None:
     """The first placement that fits, EMA kept where possible: `sizes[ema]` is (one checkpoint, the export)
     in bytes. While the next checkpoint is written two exist; at the end the last one stays beside the
-    export. `memory_room` is what files in memory may take (`memory_room`)."""
+    export (`training.driver.disk_budget.peak_bytes`, at the recipe's KEEP_LAST). `memory_room` is what
+    files in memory may take (`memory_room`)."""
     for ema in (True, False):
         checkpoint, export = sizes[ema]
         for where_checkpoints, where_export in (("disk", "disk"), ("memory", "disk"), ("memory", "memory")):
-            need = {"disk": 0.0, "memory": 0.0}
-            if where_checkpoints == where_export:
-                need[where_checkpoints] += max(2 * checkpoint, checkpoint + export)
-            else:
-                need[where_checkpoints] += 2 * checkpoint
-                need[where_export] += export
+            same = where_checkpoints == where_export
+            need = {"disk": 0, "memory": 0}
+            on_checkpoints, on_export = peak_bytes(checkpoint, export, KEEP_LAST, same)
+            need[where_checkpoints] += on_checkpoints
+            need[where_export] += on_export
             if need["disk"] + MARGIN <= disk_free and need["memory"] <= memory_room:
                 return Placement(where_checkpoints, where_export, ema, round(checkpoint / GB, 1),
                                  round(export / GB, 1))  # fmt: skip

@@ -37,6 +37,16 @@ def stage_sizes(stage: StageConfig, use_gpu: bool) -> tuple[int, int]:
     return checkpoint, checkpoint + params * FP32_BYTES  # the export: the last one, universal, + fp32 weights
 
 
+def peak_bytes(checkpoint: int, export: int, keep_last: int, same_filesystem: bool) -> tuple[int, int]:
+    """(bytes on the checkpoints' filesystem, bytes on the export's) at their peak. Ray writes the next
+    checkpoint beside the `keep_last` it keeps; at the end the last ones stay beside the export. On one
+    filesystem all of it lands on the first (the second is then 0)."""
+    saves = (keep_last + 1) * checkpoint
+    if same_filesystem:
+        return max(saves, keep_last * checkpoint + export), 0
+    return saves, export
+
+
 def disk_shortfall(
     stage: StageConfig, use_gpu: bool, free_bytes: int, export_free_bytes: int | None = None
 ) -> str | None:
@@ -46,19 +56,18 @@ def disk_shortfall(
     written, or `keep_last` and the export)."""
     checkpoint, export = stage_sizes(stage, use_gpu)
     kept = stage.checkpoint.keep_last
-    saves = (kept + 1) * checkpoint
+    saves, exported = peak_bytes(checkpoint, export, kept, same_filesystem=export_free_bytes is None)
     if export_free_bytes is None:
-        need = max(saves, kept * checkpoint + export)
-        if need <= free_bytes:
+        if saves <= free_bytes:
             return None
-        where = f"the work dir has {_size(free_bytes)} free"
-    elif saves <= free_bytes and export <= export_free_bytes:
+        need, where = saves, f"the work dir has {_size(free_bytes)} free"
+    elif saves <= free_bytes and exported <= export_free_bytes:
         return None
     else:
-        need = saves if saves > free_bytes else export
+        need = saves if saves > free_bytes else exported
         where = (
             f"their folder has {_size(free_bytes)} free and the export's {_size(export_free_bytes)} "
-            f"(need {_size(saves)} and {_size(export)})"
+            f"(need {_size(saves)} and {_size(exported)})"
         )
     return (
         f"stage {stage.name}: its checkpoints ({_size(checkpoint)} each, keep_last {kept} + the one being "

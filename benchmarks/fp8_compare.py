@@ -7,10 +7,12 @@
     python -m benchmarks.fp8_compare losses train_bf16.json train_fp8.json
     python -m benchmarks.fp8_compare all --tiny                                # the same code on a CPU, tiny
 
-Inference (random weights, compiled blocks on CUDA): the 50-step CFG loop's transformer time per precision
-(median CFG step, batch 2, × 50, as benchmarks/inference.py), the rel-L2 of one velocity against bf16, and for
-each float8 path the per-step velocity rel-L2 along the bf16 DPM++ trajectory and the final-latent rel-L2
-(`benchmarks.inference.fp8_error`). Training (`benchmarks.train_step.Bench`: the trainer's DeepSpeed engine and
+Inference (random weights, compiled blocks on CUDA), every row from one run: the 50-step CFG loop's transformer
+time per precision (median CFG step, batch 2, × 50, as benchmarks/inference.py) beside diffusers'
+`SanaVideoTransformer3DModel` with the same weights, the rel-L2 of one velocity against bf16, for each float8
+path the per-step velocity rel-L2 along the bf16 DPM++ trajectory and the final-latent rel-L2
+(`benchmarks.inference.fp8_error`), the float8 step's profile, the Wan2.1 decode (end to end = loop + decode),
+block-AR per precision, and a `goals` row per precision. Training (`benchmarks.train_step.Bench`: the trainer's DeepSpeed engine and
 step; arguments after `train`'s own go to train_step, e.g. `--compile-blocks --checkpoint-fraction 0.5`):
 fresh random latents each step from a fixed seed, so both runs see the same data in the same order and start
 from the same weights; per-step losses, step time and MFU. `losses` compares two such files.
@@ -27,37 +29,84 @@ from pathlib import Path
 import torch
 
 from benchmarks import train_step
-from benchmarks.inference import Run, _inputs, _random_model, _time_forward, fp8_error
+from benchmarks.inference import (
+    Run,
+    _inputs,
+    _random_model,
+    _time_forward,
+    block_ar,
+    diffusers_loop,
+    fp8_error,
+    profile_step,
+    vae_decode,
+)
 from benchmarks.inference_parts import print_table
 from model.kernels.precision import PRECISIONS, precision_context
 
 
 def inference(args: argparse.Namespace) -> list[dict]:
+    """The issue's inference rows from one run: the 50-step CFG loop per precision beside diffusers compiled
+    (same weights, same inputs), each float8 path's error along the bf16 trajectory, where the float8 step's
+    GPU time goes, the Wan2.1 decode for end to end, and block-AR per precision."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
     run = Run(args, device)
-    run.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    run.dtype = torch.bfloat16 if cuda else torch.float32
     model = _random_model(args.preset, device, run.dtype)
-    latents, text, mask, t = _inputs(model, args, 2, device, run.dtype)
+    inputs = _inputs(model, args, 2, device, run.dtype)
+    latents, text, mask, t = inputs
     model.enable_inference_compile()  # a CPU run stays eager
 
     def forward():
         return model(latents, text, t, text_mask=mask)
 
-    outputs, mode = {}, "compiled" if device.type == "cuda" else "eager"
+    outputs, mode = {}, "compiled" if cuda else "eager"
     for precision in PRECISIONS:
         with precision_context(model, precision):
             outputs[precision] = run.guarded(
                 "transformer", _time_forward, run, f"{mode}, {precision}", forward, args.steps
             )
     model.enable_inference_compile(False)
+    outputs.update(run.guarded("transformer", diffusers_loop, run, model, inputs) or {})
     reference = outputs["native"].float()
+    for name, out in outputs.items():
+        if name != "native" and out is not None:
+            rel = ((out.float() - reference).norm() / reference.norm()).item()
+            run.add("velocity_vs_bf16", variant=name, rel_l2=float(f"{rel:.3g}"))
     for precision in PRECISIONS[1:]:
-        if outputs[precision] is not None:
-            rel = ((outputs[precision].float() - reference).norm() / reference.norm()).item()
-            run.add("velocity_vs_bf16", precision=precision, rel_l2=round(rel, 4))
-    for precision in PRECISIONS[1:]:
-        run.guarded("fp8_error", fp8_error, run, model, precision)
+        if run.fits("fp8_error", 40):
+            run.guarded("fp8_error", fp8_error, run, model, precision)
+    if cuda and run.fits("profile", 20):
+        run.guarded("profile", profile_step, run, model, "fp8")
+    if run.fits("vae_decode", 20):
+        run.guarded("vae_decode", vae_decode, run)
+    for precision in ("native", "fp8"):
+        if run.fits("block_ar", 45):
+            run.guarded("block_ar", block_ar, run, model, cuda, args.ar_blocks, precision)
+    run.guarded("goals", goals, run)
     return run.rows
+
+
+def goals(run: Run) -> None:
+    """The issue's inference goals from this run's rows: the fp8 loop, its speed-up over diffusers compiled
+    (eager on a CPU), end to end with the decode, and the final-latent error."""
+    loops = {r["variant"]: r["loop_s"] for r in run.rows if r["section"] == "transformer" and "loop_s" in r}
+    mode = "compiled" if run.device.type == "cuda" else "eager"
+    decode = next((r["seconds"] for r in run.rows if r["section"] == "vae_decode" and "seconds" in r), None)
+    final = {r["precision"]: r["final_latent_rel_l2"] for r in run.rows if r["section"] == "fp8_error"}
+    theirs = loops.get(f"diffusers {mode}")
+    for precision in PRECISIONS:
+        ours = loops.get(f"{mode}, {precision}")
+        if ours is None:
+            continue
+        run.add(
+            "goals",
+            precision=precision,
+            loop_s=ours,
+            vs_diffusers=theirs and round(theirs / ours, 2),
+            end_to_end_s=decode and round(ours + decode, 2),
+            final_latent_rel_l2=final.get(precision),
+        )
 
 
 def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
@@ -93,6 +142,8 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
         times.append(time.perf_counter() - start)
         if step % 25 == 0 or step == args.train_steps:  # a run stopped by its time box keeps its losses
             _write(args.out, [_train_row(args, options, bench, losses, times)])
+    if options.profile and args.out is not None:  # where the step's time goes, beside the losses
+        args.out.with_suffix(".profile.log").write_text(bench.profile(options.profile))
     return _train_row(args, options, bench, losses, times)
 
 
@@ -158,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=50, help="sampling steps the loop time is for")
     parser.add_argument("--error-steps", type=int, default=10, help="DPM++ steps of the error runs")
     parser.add_argument("--step-repeats", type=int, default=3)
+    parser.add_argument("--ar-blocks", type=int, default=8, help="block-AR blocks per precision")
+    parser.add_argument("--block-frames", type=int, default=10, help="latent frames per block-AR block")
     parser.add_argument("--budget-s", type=float, default=560.0)
     parser.add_argument("--out", type=Path, default=None)
     return parser
@@ -169,6 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.tiny:
         args.preset, args.frames, args.height, args.width, args.text_len = "tiny", 9, 32, 64, 8
         args.step_repeats, args.error_steps, args.train_steps = 1, 3, min(args.train_steps, 6)
+        args.ar_blocks, args.block_frames = 3, 1
     args.quick = args.tiny
     rows: list[dict] = []  # --out is rewritten as sections finish (a run stopped by its time box keeps them)
     if args.part in ("inference", "all"):

@@ -198,25 +198,34 @@ def transformer_loop(run: Run) -> dict:
                 run, "ours compiled, fused, FP8", ours, args.steps
             )
         model.enable_inference_compile(False)
+    outputs.update(diffusers_loop(run, model, (latents, text, mask, t)))
+    reference = outputs["ours eager, PyTorch attention"].float()
+    for name, out in outputs.items():
+        rel = ((out.float() - reference).norm() / reference.norm()).item()
+        run.add("transformer_agreement", variant=name, rel_l2_vs_ours_pytorch=f"{rel:.2e}")
+    return {"model": model}
+
+
+def diffusers_loop(run: Run, model: LinearDiT, inputs: tuple) -> dict[str, torch.Tensor]:
+    """diffusers' `SanaVideoTransformer3DModel` converted from `model`'s weights, timed on the same inputs:
+    eager, and on CUDA with each block compiled (as a diffusers user would)."""
     from model.convert import to_diffusers
 
+    args, device = run.args, run.device
+    latents, text, mask, t = inputs
     theirs = to_diffusers(model).eval()
 
     def diffusers_forward():
         return theirs(latents, text, t, encoder_attention_mask=mask, return_dict=False)[0]
 
-    outputs["diffusers eager"] = _time_forward(run, "diffusers eager", diffusers_forward, args.steps)
+    outputs = {"diffusers eager": _time_forward(run, "diffusers eager", diffusers_forward, args.steps)}
     if device.type == "cuda" and run.fits("transformer", 90):
         for block in theirs.transformer_blocks:
             block.compile(dynamic=False)
         outputs["diffusers compiled"] = _time_forward(
             run, "diffusers compiled", diffusers_forward, args.steps
         )
-    reference = outputs["ours eager, PyTorch attention"].float()
-    for name, out in outputs.items():
-        rel = ((out.float() - reference).norm() / reference.norm()).item()
-        run.add("transformer_agreement", variant=name, rel_l2_vs_ours_pytorch=f"{rel:.2e}")
-    return {"model": model}
+    return outputs
 
 
 def fp8_error(run: Run, model: LinearDiT, precision: str = "fp8") -> None:
@@ -258,7 +267,7 @@ def fp8_error(run: Run, model: LinearDiT, precision: str = "fp8") -> None:
     )
 
 
-def profile_step(run: Run, model: LinearDiT, fp8: bool = False) -> None:
+def profile_step(run: Run, model: LinearDiT, precision: str = "native") -> None:
     """Where a compiled CFG step's GPU time goes (torch.profiler, kernels by total CUDA time)."""
     args, device, dtype = run.args, run.device, run.dtype
     latents, text, mask, t = _inputs(model, args, 2, device, dtype)
@@ -266,7 +275,7 @@ def profile_step(run: Run, model: LinearDiT, fp8: bool = False) -> None:
     activities = [torch.profiler.ProfilerActivity.CUDA]
     with (
         torch.no_grad(),
-        precision_context(model, "fp8" if fp8 else "native"),
+        precision_context(model, precision),
         torch.profiler.profile(activities=activities) as prof,
     ):
         model(latents, text, t, text_mask=mask)
@@ -276,7 +285,7 @@ def profile_step(run: Run, model: LinearDiT, fp8: bool = False) -> None:
     total = sum(e.device_time_total for e in events)
     for e in sorted(events, key=lambda e: -e.device_time_total)[:14]:
         share = e.device_time_total / total
-        name = ("FP8 " if fp8 else "bf16 ") + e.key[:90]
+        name = ("bf16" if precision == "native" else precision) + " " + e.key[:90]
         run.add("profile", kernel=name, ms=round(e.device_time_total / 1e3, 2), share=round(share, 3))
 
 
@@ -297,14 +306,13 @@ def vae_decode(run: Run) -> None:
     run.add("vae_decode", seconds=round(seconds, 3), peak_GiB=peak and round(peak, 2))
 
 
-def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool = False) -> None:
+def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, precision: str = "native") -> None:
     """Block-AR 480p: `blocks` blocks of 10 latent frames, 4 re-noising steps each (LongSANA), batch 1,
     no CFG; seconds per block, video frames/s and memory after blocks 2 and the last."""
     args, device, dtype = run.args, run.device, run.dtype
     hw = latent_shape(model.config, args.frames, args.height, args.width)[2:]
     text = torch.randn(1, args.text_len, model.config.caption_channels, device=device, dtype=dtype)
     model.enable_inference_compile(compiled)
-    precision = precision_context(model, "fp8" if fp8 else "native")
     frames = args.block_frames * blocks
     stream = iter_block_ar_sample(
         model, text, None, frames, args.block_frames, hw, generator=torch.Generator(device).manual_seed(0)
@@ -313,7 +321,7 @@ def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool 
         torch.cuda.reset_peak_memory_stats(device)
     times, memory = [], {}
     elapsed = stopwatch(device)
-    with precision:
+    with precision_context(model, precision):
         for index, _ in enumerate(stream, start=1):
             times.append(elapsed())
             elapsed = stopwatch(device)
@@ -325,7 +333,8 @@ def block_ar(run: Run, model: LinearDiT, compiled: bool, blocks: int, fp8: bool 
     video_frames = args.block_frames * model.config.vae_stride[0]
     run.add(
         "block_ar",
-        variant=("compiled, fused" if compiled else "eager, fused") + (", FP8" if fp8 else ""),
+        variant=("compiled, fused" if compiled else "eager, fused")
+        + ("" if precision == "native" else f", {precision}"),
         blocks=blocks,
         first_block_s=round(times[0], 3),
         median_block_s=round(steady, 4),
@@ -372,9 +381,9 @@ def main() -> None:
             run.guarded(name, fn, run, *extra)
     state = run.guarded("transformer", transformer_loop, run) if run.fits("transformer", 150) else None
     model = (state or {}).get("model")
-    for fp8 in (False, True):
+    for precision in ("native", "fp8"):
         if model is not None and device.type == "cuda" and run.fits("profile", 20):
-            run.guarded("profile", profile_step, run, model, fp8)
+            run.guarded("profile", profile_step, run, model, precision)
     if model is not None and device.type == "cuda" and run.fits("fp8_error", 40):
         run.guarded("fp8_error", fp8_error, run, model)
     if run.fits("vae_decode", 20):
@@ -385,7 +394,7 @@ def main() -> None:
         if device.type == "cuda" and run.fits("block_ar", 90):
             run.guarded("block_ar", block_ar, run, model, True, args.ar_blocks)
         if device.type == "cuda" and run.fits("block_ar", 45):
-            run.guarded("block_ar", block_ar, run, model, True, min(8, args.ar_blocks), True)
+            run.guarded("block_ar", block_ar, run, model, True, min(8, args.ar_blocks), "fp8")
     run.guarded("summary", summary, run)
     print_table(run.rows)
 

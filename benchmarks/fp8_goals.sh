@@ -1,0 +1,26 @@
+# Issue 23's goals run on one GPU, every part in one process after another: the inference rows (bf16, torchao
+# float8 and the hand-written float8 beside diffusers compiled), then bf16 and float8 training from the same
+# init and data order with the step's profile, then the loss gap. A part that fails leaves the others to run.
+#
+#     bash benchmarks/fp8_goals.sh WORK [--tiny]      # results in WORK/*.json, profiles in WORK/*.profile.log
+#
+# Longer than one device call: start it through benchmarks/gpu_chain.sh (docs/benchmarks.md says how).
+
+set -u
+work=${1:?usage: fp8_goals.sh WORK [--tiny]}
+shift
+mkdir -p "$work"
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# 2B at 480p with no block recomputed peaks at 87 GiB (one H200, 2026-12-01): an 80 GB card recomputes half
+mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1)
+fraction=0
+[ "${mib:-0}" -lt 100000 ] && fraction=0.5
+train=(--compile-blocks --checkpoint-fraction "$fraction" --compile-memory-budget 0.5 --profile 40)
+[ "${1:-}" = "--tiny" ] && train=(--profile 10)
+echo "fp8_goals: GPU memory ${mib:-none} MiB; training with ${train[*]}"
+
+python -m benchmarks.fp8_compare inference --out "$work/inference.json" "$@"
+for recipe in off rowwise; do
+    python -m benchmarks.fp8_compare train --float8 "$recipe" --out "$work/train_$recipe.json" "$@" "${train[@]}"
+done
+python -m benchmarks.fp8_compare losses "$work/train_off.json" "$work/train_rowwise.json" --out "$work/loss_gap.json"

@@ -21,6 +21,7 @@ from the same weights; per-step losses, step time and MFU. `losses` compares two
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -41,6 +42,7 @@ from benchmarks.inference import (
     vae_decode,
 )
 from benchmarks.inference_parts import print_table
+from model import ffn
 from model.kernels.precision import PRECISIONS, precision_context
 
 
@@ -65,6 +67,11 @@ def inference(args: argparse.Namespace) -> list[dict]:
         with precision_context(model, precision):
             outputs[precision] = run.guarded(
                 "transformer", _time_forward, run, f"{mode}, {precision}", forward, args.steps
+            )
+    if cuda:  # the Mix-FFN's depthwise conv as cuDNN's kernel instead of the fused taps (model/ffn.py)
+        with cudnn_depthwise():
+            outputs["native, cuDNN depthwise"] = run.guarded(
+                "transformer", _time_forward, run, f"{mode}, native, cuDNN depthwise", forward, args.steps
             )
     model.enable_inference_compile(False)
     outputs.update(run.guarded("transformer", diffusers_loop, run, model, inputs) or {})
@@ -142,9 +149,25 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
         times.append(time.perf_counter() - start)
         if step % 25 == 0 or step == args.train_steps:  # a run stopped by its time box keeps its losses
             _write(args.out, [_train_row(args, options, bench, losses, times)])
+    row = _train_row(args, options, bench, losses, times)
+    if args.depthwise_ab and bench.use_gpu:  # the same step with cuDNN's depthwise conv (model/ffn.py)
+        with cudnn_depthwise():
+            ab_times, _, _ = bench.time_steps(2, 6)
+        row["step_s_median_cudnn_depthwise"] = round(statistics.median(ab_times), 4)
+        _write(args.out, [row])
     if options.profile and args.out is not None:  # where the step's time goes, beside the losses
         args.out.with_suffix(".profile.log").write_text(bench.profile(options.profile))
-    return _train_row(args, options, bench, losses, times)
+    return row
+
+
+@contextlib.contextmanager
+def cudnn_depthwise():
+    """Compiled blocks run the Mix-FFN's depthwise conv through cuDNN instead of the fused taps."""
+    ffn.FUSED_DEPTHWISE_WHEN_COMPILED = False
+    try:
+        yield
+    finally:
+        ffn.FUSED_DEPTHWISE_WHEN_COMPILED = True
 
 
 def _train_row(
@@ -206,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="tiny preset and sizes (the CPU plumbing check)")
     parser.add_argument("--float8", default="rowwise", choices=["off", "rowwise", "tensorwise"])
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument(
+        "--depthwise-ab", action="store_true", help="train: also time the step with cuDNN's depthwise conv"
+    )
     parser.add_argument("--steps", type=int, default=50, help="sampling steps the loop time is for")
     parser.add_argument("--error-steps", type=int, default=10, help="DPM++ steps of the error runs")
     parser.add_argument("--step-repeats", type=int, default=3)

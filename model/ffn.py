@@ -17,6 +17,10 @@ from torch import nn
 from model.config import LinearDiTConfig
 from model.kernels.fp8 import POINTWISE_HOOK
 
+# Compiled blocks run the depthwise conv as taps that fuse with their neighbours (MixFFN._depthwise); a
+# benchmark sets False to time cuDNN's kernel under torch.compile instead.
+FUSED_DEPTHWISE_WHEN_COMPILED = True
+
 
 def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1×1 conv over tokens as one matmul; the conv's float8 matmul while one is set (inference:
@@ -56,9 +60,8 @@ class MixFFN(nn.Module):
         batch, tokens, dim = x.shape
         frames, height, width = grid
         h = _pointwise(self.conv_inverted, x)
-        h = nn.functional.silu(h).view(batch * frames, height, width, -1).permute(0, 3, 1, 2)
-        h = self.conv_depth(h.contiguous(memory_format=torch.channels_last))
-        value, gate = h.permute(0, 2, 3, 1).reshape(batch, tokens, -1).chunk(2, dim=-1)
+        h = nn.functional.silu(h).view(batch * frames, height, width, -1)
+        value, gate = self._depthwise(h).reshape(batch, tokens, -1).chunk(2, dim=-1)
         u = _pointwise(self.conv_point, value * nn.functional.silu(gate))
         u = u.view(batch, frames, height * width, dim)
 
@@ -72,6 +75,23 @@ class MixFFN(nn.Module):
             left = torch.cat([left, chunk], dim=1)[:, chunk.shape[1] :]
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         return out.view(batch, tokens, dim), left
+
+    def _depthwise(self, h: torch.Tensor) -> torch.Tensor:
+        """The 3×3 depthwise conv on channels-last frames (BF, H, W, C) -> (BF, H, W, C).
+
+        Eager: cuDNN's depthwise kernel. Compiled: the nine taps as shifted multiply-adds, which Inductor fuses
+        with the SiLU before and the gating after into one kernel each way (cuDNN's channel-1 conv kernels
+        were 8% of the compiled 2B training step on an H200; `FUSED_DEPTHWISE_WHEN_COMPILED` picks)."""
+        if not (FUSED_DEPTHWISE_WHEN_COMPILED and torch.compiler.is_compiling()):
+            h = self.conv_depth(h.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+            return h.permute(0, 2, 3, 1)
+        weight, (_, height, width, _) = self.conv_depth.weight, h.shape  # (C, 1, 3, 3)
+        padded = nn.functional.pad(h, (0, 0, 1, 1, 1, 1))
+        out = self.conv_depth.bias
+        for i in range(3):
+            for j in range(3):
+                out = out + padded[:, i : i + height, j : j + width] * weight[:, 0, i, j]
+        return out
 
     def _temporal_conv(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, f + 2·(k//2), HW, D) zero/context-padded frames -> (B, f, HW, D): Σ_j W_j · frame[i + j]."""

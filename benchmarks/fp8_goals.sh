@@ -3,6 +3,7 @@
 # init and data order with the step's profile, then the loss gap. A part that fails leaves the others to run.
 #
 #     bash benchmarks/fp8_goals.sh WORK [--tiny]      # results in WORK/*.json, profiles in WORK/*.profile.log
+#     TRAIN_STEPS=200 bash benchmarks/fp8_goals.sh WORK   # shorter loss curves (default 300)
 #
 # Longer than one device call: start it through benchmarks/gpu_chain.sh (docs/benchmarks.md says how).
 
@@ -15,8 +16,8 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1)
 fraction=0
 [ "${mib:-0}" -lt 100000 ] && fraction=0.5
-train=(--compile-blocks --checkpoint-fraction "$fraction" --compile-memory-budget 0.5 --profile 40)
-[ "${1:-}" = "--tiny" ] && train=(--profile 10)
+train=(--train-steps "${TRAIN_STEPS:-300}" --compile-blocks --checkpoint-fraction "$fraction" --compile-memory-budget 0.5 --profile 40)
+[ "${1:-}" = "--tiny" ] && train=(--train-steps "${TRAIN_STEPS:-300}" --profile 10)
 echo "fp8_goals: GPU memory ${mib:-none} MiB; training with ${train[*]}"
 
 python -m benchmarks.fp8_compare inference --out "$work/inference.json" "$@"

@@ -21,7 +21,6 @@ from the same weights; per-step losses, step time and MFU. `losses` compares two
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -69,7 +68,7 @@ def inference(args: argparse.Namespace) -> list[dict]:
                 "transformer", _time_forward, run, f"{mode}, {precision}", forward, args.steps
             )
     if cuda:  # the Mix-FFN's depthwise conv as cuDNN's kernel instead of the fused taps (model/ffn.py)
-        with cudnn_depthwise():
+        with ffn.conv_when_compiled():
             outputs["native, cuDNN depthwise"] = run.guarded(
                 "transformer", _time_forward, run, f"{mode}, native, cuDNN depthwise", forward, args.steps
             )
@@ -151,23 +150,13 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
             _write(args.out, [_train_row(args, options, bench, losses, times)])
     row = _train_row(args, options, bench, losses, times)
     if args.depthwise_ab and bench.use_gpu:  # the same step with cuDNN's depthwise conv (model/ffn.py)
-        with cudnn_depthwise():
+        with ffn.conv_when_compiled():
             ab_times, _, _ = bench.time_steps(2, 6)
         row["step_s_median_cudnn_depthwise"] = round(statistics.median(ab_times), 4)
         _write(args.out, [row])
     if options.profile and args.out is not None:  # where the step's time goes, beside the losses
         args.out.with_suffix(".profile.log").write_text(bench.profile(options.profile))
     return row
-
-
-@contextlib.contextmanager
-def cudnn_depthwise():
-    """Compiled blocks run the Mix-FFN's depthwise conv through cuDNN instead of the fused taps."""
-    ffn.FUSED_DEPTHWISE_WHEN_COMPILED = False
-    try:
-        yield
-    finally:
-        ffn.FUSED_DEPTHWISE_WHEN_COMPILED = True
 
 
 def _train_row(

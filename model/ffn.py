@@ -11,15 +11,29 @@ shifted frames, so activations are never transposed to channels-first and back.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from model.config import LinearDiTConfig
 from model.kernels.fp8 import POINTWISE_HOOK
 
-# Compiled blocks run the depthwise conv as taps that fuse with their neighbours (MixFFN._depthwise); a
-# benchmark sets False to time cuDNN's kernel under torch.compile instead.
+# Compiled blocks run the depthwise conv as taps that Inductor can fuse with their neighbours
+# (MixFFN._depthwise); `conv_when_compiled()` compiles cuDNN's conv instead, to time one against the other.
 FUSED_DEPTHWISE_WHEN_COMPILED = True
+
+
+@contextlib.contextmanager
+def conv_when_compiled() -> Iterator[None]:
+    """Inside: compiled blocks run the depthwise conv through the conv kernel, not the taps."""
+    global FUSED_DEPTHWISE_WHEN_COMPILED
+    before, FUSED_DEPTHWISE_WHEN_COMPILED = FUSED_DEPTHWISE_WHEN_COMPILED, False
+    try:
+        yield
+    finally:
+        FUSED_DEPTHWISE_WHEN_COMPILED = before
 
 
 def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +93,9 @@ class MixFFN(nn.Module):
     def _depthwise(self, h: torch.Tensor) -> torch.Tensor:
         """The 3×3 depthwise conv on channels-last frames (BF, H, W, C) -> (BF, H, W, C).
 
-        Eager: cuDNN's depthwise kernel. Compiled: the nine taps as shifted multiply-adds, which Inductor fuses
-        with the SiLU before and the gating after into one kernel each way (cuDNN's channel-1 conv kernels
-        were 8% of the compiled 2B training step on an H200; `FUSED_DEPTHWISE_WHEN_COMPILED` picks)."""
+        Eager: cuDNN's depthwise kernel. Compiled: the nine taps as shifted multiply-adds, element-wise work that
+        Inductor can fuse with the SiLU before and the gating after (cuDNN's channel-1 conv kernels were 8% of
+        the compiled 2B training step on an H200). Not yet timed on a GPU: `conv_when_compiled()` is the A/B."""
         if not (FUSED_DEPTHWISE_WHEN_COMPILED and torch.compiler.is_compiling()):
             h = self.conv_depth(h.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
             return h.permute(0, 2, 3, 1)

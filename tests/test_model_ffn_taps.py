@@ -1,12 +1,13 @@
-"""The Mix-FFN's depthwise conv as taps under torch.compile (model/ffn.py; Inductor fuses them with the gating)
-is the same math as the conv kernel in eager: outputs and every gradient, block-causal chunks included."""
+"""The Mix-FFN's depthwise conv as taps under torch.compile (model/ffn.py; element-wise work Inductor can fuse
+with the gating) is the same math as the conv kernel in eager: outputs and every gradient, block-causal chunks
+included; `conv_when_compiled()` traces the conv instead."""
 
 from __future__ import annotations
 
 import torch
 
 from model.config import LinearDiTConfig
-from model.ffn import MixFFN
+from model.ffn import MixFFN, conv_when_compiled
 
 
 def test_compiled_taps_match_the_eager_conv_forward_and_backward():
@@ -36,3 +37,9 @@ def test_compiled_taps_match_the_eager_conv_forward_and_backward():
         ["out", "x", *(n for n, _ in ffn.named_parameters())], eager, compiled, strict=True
     ):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
+
+    graphs.clear()
+    torch._dynamo.reset()
+    with conv_when_compiled():  # the A/B's other arm: the conv is what gets compiled
+        run(torch.compile(ffn, fullgraph=True, backend=recording))
+    assert [n for g in graphs for n in g.graph.nodes if "conv2d" in str(n.target)]

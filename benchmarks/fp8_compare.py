@@ -187,10 +187,12 @@ def _write(out: Path | None, rows: list[dict]) -> None:
 
 def compare_losses(a: dict, b: dict) -> dict:
     """b's loss against a's: the mean over the last third of the steps (at most 100), the first step (same
-    init and data: float8 rounding only) and the largest per-step gap of a 20-step running mean."""
-    la, lb = a["losses"], b["losses"]
-    if len(la) != len(lb):
-        raise SystemExit(f"the runs have {len(la)} and {len(lb)} steps")
+    init and data: float8 rounding only) and the largest per-step gap of a 20-step running mean. A run its
+    time box stopped early (its file is rewritten every 25 steps) is compared over the steps both ran."""
+    steps = min(len(a["losses"]), len(b["losses"]))
+    if steps == 0:
+        raise SystemExit("a run has no losses to compare")
+    la, lb = a["losses"][:steps], b["losses"][:steps]
     tail = max(1, min(100, len(la) // 3))
     mean_a, mean_b = statistics.fmean(la[-tail:]), statistics.fmean(lb[-tail:])
     window = min(20, len(la))
@@ -201,7 +203,8 @@ def compare_losses(a: dict, b: dict) -> dict:
     return {
         "section": "loss_gap",
         "runs": f"{a['float8']} -> {b['float8']}",
-        "steps": len(la),
+        "steps": steps,
+        "steps_run": [len(a["losses"]), len(b["losses"])],
         f"mean_last_{tail}": [round(mean_a, 5), round(mean_b, 5)],
         "gap_last": round(mean_b / mean_a - 1, 5),
         "gap_first_step": round(lb[0] / la[0] - 1, 5),

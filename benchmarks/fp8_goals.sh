@@ -5,7 +5,8 @@
 #     bash benchmarks/fp8_goals.sh WORK [--tiny]      # results in WORK/*.json, profiles in WORK/*.profile.log
 #     TRAIN_STEPS=200 bash benchmarks/fp8_goals.sh WORK   # shorter loss curves (default 300)
 #
-# Longer than one device call: start it through benchmarks/gpu_chain.sh (docs/benchmarks.md says how).
+# Longer than one device call: start it through benchmarks/gpu_chain.sh (docs/benchmarks.md says how). It ends
+# with the goals table (benchmarks/fp8_goals_table.py), which reads whatever parts finished.
 
 set -u
 work=${1:?usage: fp8_goals.sh WORK [--tiny]}
@@ -24,3 +25,4 @@ python -m benchmarks.fp8_compare inference --out "$work/inference.json" "$@"
 python -m benchmarks.fp8_compare train --float8 off --out "$work/train_off.json" --depthwise-ab "$@" "${train[@]}"
 python -m benchmarks.fp8_compare train --float8 rowwise --out "$work/train_rowwise.json" "$@" "${train[@]}"
 python -m benchmarks.fp8_compare losses "$work/train_off.json" "$work/train_rowwise.json" --out "$work/loss_gap.json"
+python -m benchmarks.fp8_goals_table "$work"

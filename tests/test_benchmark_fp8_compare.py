@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from benchmarks import fp8_goals_table
 from benchmarks.fp8_compare import compare_losses, main
 
 
@@ -30,6 +31,12 @@ def test_the_inference_run_gives_every_goal_row_from_one_run(tmp_path):
     assert fp8["end_to_end_s"] == pytest.approx(fp8["loop_s"] + decode, abs=0.01)
     assert 0 < fp8["final_latent_rel_l2"] < 0.2 and fp8["vs_diffusers"] > 0
     assert {r["variant"] for r in rows if r["section"] == "block_ar"} == {"eager, fused", "eager, fused, fp8"}
+
+    # The goals table reads the same file: the inference goals measured, the training ones not run yet.
+    table = fp8_goals_table.main([str(tmp_path)])
+    assert f"| 50-step CFG loop, float8 | 22.68 s | ≤ 12 s | {fp8['loop_s']} s |" in table
+    assert "| training MFU, 2B 480p, bf16 | 35.6% | ≥ 40% | not run |  |" in table
+    assert "| float8 loop: torchao vs hand-written |" in table
 
 
 def test_the_loss_gap_is_read_from_the_last_third_and_a_running_mean():

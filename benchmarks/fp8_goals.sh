@@ -21,6 +21,7 @@ train=(--train-steps "${TRAIN_STEPS:-300}" --compile-blocks --checkpoint-fractio
 [ "${1:-}" = "--tiny" ] && train=(--train-steps "${TRAIN_STEPS:-300}" --profile 10)
 echo "fp8_goals: GPU memory ${mib:-none} MiB; training with ${train[*]}"
 
+python -m benchmarks.ffn_fusion  # seconds: whether Inductor fused the Mix-FFN taps on this GPU
 python -m benchmarks.fp8_compare inference --out "$work/inference.json" "$@"
 python -m benchmarks.fp8_compare train --float8 off --out "$work/train_off.json" --depthwise-ab "$@" "${train[@]}"
 python -m benchmarks.fp8_compare train --float8 rowwise --out "$work/train_rowwise.json" "$@" "${train[@]}"

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import train_step
+from benchmarks.fp8_goals_table import loop_times
 from benchmarks.inference import (
     Run,
     _inputs,
@@ -74,10 +75,11 @@ def inference(args: argparse.Namespace) -> list[dict]:
             )
     model.enable_inference_compile(False)
     outputs.update(run.guarded("transformer", diffusers_loop, run, model, inputs) or {})
-    reference = outputs.get("native")  # None when the bf16 forward failed: its error row says why
+    bf16 = outputs.get("native")  # None when the bf16 forward failed: its error row says why
+    reference = bf16.float() if bf16 is not None else None
     for name, out in outputs.items():
         if name != "native" and out is not None and reference is not None:
-            rel = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
+            rel = ((out.float() - reference).norm() / reference.norm()).item()
             run.add("velocity_vs_bf16", variant=name, rel_l2=float(f"{rel:.3g}"))
     for precision in PRECISIONS[1:]:
         if run.fits("fp8_error", 40):
@@ -96,7 +98,7 @@ def inference(args: argparse.Namespace) -> list[dict]:
 def goals(run: Run) -> None:
     """The issue's inference goals from this run's rows: the fp8 loop, its speed-up over diffusers compiled
     (eager on a CPU), end to end with the decode, and the final-latent error."""
-    loops = {r["variant"]: r["loop_s"] for r in run.rows if r["section"] == "transformer" and "loop_s" in r}
+    loops = loop_times(run.rows)
     mode = "compiled" if run.device.type == "cuda" else "eager"
     decode = next((r["seconds"] for r in run.rows if r["section"] == "vae_decode" and "seconds" in r), None)
     final = {r["precision"]: r["final_latent_rel_l2"] for r in run.rows if r["section"] == "fp8_error"}

@@ -20,9 +20,10 @@ from torch import nn
 from model.config import LinearDiTConfig
 from model.kernels.fp8 import POINTWISE_HOOK
 
-# Compiled blocks run the depthwise conv as taps that Inductor can fuse with their neighbours
-# (MixFFN._depthwise); `conv_when_compiled()` compiles cuDNN's conv instead, to time one against the other.
-FUSED_DEPTHWISE_WHEN_COMPILED = True
+# Compiled blocks run the depthwise conv through cuDNN. The nine taps as element-wise work Inductor fuses with the
+# SiLU and gating (MixFFN._depthwise) were slower on an H100 (2026-12-08): 37.3 s against 26.45 s for the 50-step
+# CFG loop, 1.385 s against 1.182 s for the training step (docs/benchmarks.md).
+FUSED_DEPTHWISE_WHEN_COMPILED = False
 
 
 @contextlib.contextmanager

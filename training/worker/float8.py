@@ -73,7 +73,11 @@ def _large(module: nn.Module, min_dim: int) -> bool:
 def float8_config(recipe: str, use_gpu: bool) -> Float8LinearConfig:
     from torchao.float8 import Float8LinearConfig
 
-    return dataclasses.replace(Float8LinearConfig.from_recipe_name(recipe), emulate=not use_gpu)
+    # pad_inner_dim: the weight gradient's GEMM runs over tokens, and torch._scaled_mm needs its inner dimension
+    # a multiple of 16; 81 frames at 480p are 32,760 tokens a sample (the H100 run of 2026-12-08 stopped on
+    # it). torchao pads both operands with zeros there, which adds nothing to the sums.
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    return dataclasses.replace(config, emulate=not use_gpu, pad_inner_dim=True)
 
 
 def convert_to_float8(model: nn.Module, spec: Float8TrainingSpec, use_gpu: bool) -> int:

@@ -404,3 +404,28 @@ def test_index_wide_counter_is_taken_once_when_summing_ranks():
         "data/skipped/read_error": 2.0,
         "data/skipped_total": 5.0,
     }
+
+
+def test_one_reader_serves_threads_reading_the_same_shard(tmp_path):
+    """`svp encode` decodes a shard's samples on a thread pool through one ShardReader: concurrent reads of
+    one open shard must each get their own sample's bytes (a shared seek then read does not), with offsets
+    and by scanning the headers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from training.data.shard_reader import ShardReader
+
+    data = make_shards(tmp_path / "d", 8, clips_per_shard=8, frames=4)
+    index = pd.read_parquet(data / "shards" / "index.parquet")
+    shard = str(data / "shards" / index["shard"][0])
+    single = ShardReader()
+    spans = {r.key: (int(r.offset), int(r.length)) for r in index.itertuples()}
+    expected = {key: single.read_sample(shard, key, span) for key, span in spans.items()}
+    shared = ShardReader()
+
+    def read(i: int) -> bool:
+        key = list(spans)[i % len(spans)]
+        span = spans[key] if i % 2 else None
+        return shared.read_sample(shard, key, span) == expected[key]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, range(4000)))

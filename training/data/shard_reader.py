@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import tarfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -111,7 +112,9 @@ class MemberSpan:
 
 class ShardReader:
     """Reads sample members by (shard URI, key). Not shared across processes: each dataloader worker makes
-    its own (file handles do not survive a fork), which `for_this_process` takes care of."""
+    its own (file handles do not survive a fork), which `for_this_process` takes care of. Shared by threads
+    (`svp encode` decodes a shard on a thread pool): an open shard is one file position, so a seek and the
+    read after it, and the open-file cache, are one thread's at a time."""
 
     def __init__(self, max_open: int = 16) -> None:
         self.max_open = max_open
@@ -119,11 +122,13 @@ class ShardReader:
         self._files: OrderedDict[str, IO[bytes]] = OrderedDict()
         self._remote: dict[str, tuple[fsspec.AbstractFileSystem, str]] = {}
         self._members: dict[str, dict[str, dict[str, MemberSpan]]] = {}
+        self._lock = threading.RLock()
 
     def for_this_process(self) -> ShardReader:
         if self._pid != os.getpid():
             self._files = OrderedDict()
             self._remote = {}
+            self._lock = threading.RLock()  # a fork copies a lock as another thread held it
             self._pid = os.getpid()
         return self
 
@@ -135,15 +140,16 @@ class ShardReader:
         """
         if span is not None:
             return self._read_span(shard, key, *span)
-        members = self._member_table(shard).get(key, {})
-        handle = self._open(shard)
         out = {}
+        with self.for_this_process()._lock:
+            members = self._member_table(shard).get(key, {})
+            handle = self._open(shard)
+            for ext, span in members.items():
+                handle.seek(span.offset)
+                out[ext] = handle.read(span.size)
         for ext, span in members.items():
-            handle.seek(span.offset)
-            data = handle.read(span.size)
-            if len(data) != span.size:
+            if len(out[ext]) != span.size:
                 raise OSError(f"{shard}: member {key}.{ext} is truncated")
-            out[ext] = data
         return out
 
     def _read_span(self, shard: str, key: str, offset: int, length: int) -> dict[str, bytes]:
@@ -165,9 +171,10 @@ class ShardReader:
 
     def _read_range(self, shard: str, offset: int, length: int) -> bytes:
         if not is_remote(shard):
-            handle = self._open(shard)
-            handle.seek(offset)
-            return handle.read(length)
+            with self.for_this_process()._lock:
+                handle = self._open(shard)
+                handle.seek(offset)
+                return handle.read(length)
         self.for_this_process()
         if shard not in self._remote:
             self._remote[shard] = fsspec.core.url_to_fs(shard)
@@ -175,9 +182,10 @@ class ShardReader:
         return read_with_retries(lambda: fs.cat_file(path, start=offset, end=offset + length), shard)
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
 
     def _open(self, shard: str) -> IO[bytes]:
         self.for_this_process()

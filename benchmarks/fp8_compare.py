@@ -1,5 +1,5 @@
-"""Float8 side by side (issue 23): bf16, torchao's float8 (`--precision fp8`) and the hand-written float8
-(`fp8-scaled-mm`) for inference, bf16 and torchao float8 training from the same init and data order.
+"""Float8 side by side (issue 23): bf16 and torchao's float8 (`--precision fp8`) for inference, bf16 and
+torchao float8 training from the same init and data order.
 
     python -m benchmarks.fp8_compare inference --out fp8_inference.json        # one GPU (sm89+), 2B 480p × 81
     python -m benchmarks.fp8_compare train --float8 off --out train_bf16.json  # 300 steps each, one call each
@@ -9,8 +9,8 @@
 
 Inference (random weights, compiled blocks on CUDA), every row from one run: the 50-step CFG loop's transformer
 time per precision (median CFG step, batch 2, × 50, as benchmarks/inference.py) beside diffusers'
-`SanaVideoTransformer3DModel` with the same weights, the rel-L2 of one velocity against bf16, for each float8
-path the per-step velocity rel-L2 along the bf16 DPM++ trajectory and the final-latent rel-L2
+`SanaVideoTransformer3DModel` with the same weights, the rel-L2 of one velocity against bf16, for float8
+the per-step velocity rel-L2 along the bf16 DPM++ trajectory and the final-latent rel-L2
 (`benchmarks.inference.fp8_error`), the float8 step's profile, the Wan2.1 decode (end to end = loop + decode),
 block-AR per precision, and a `goals` row per precision. Training (`benchmarks.train_step.Bench`: the trainer's DeepSpeed engine and
 step; arguments after `train`'s own go to train_step, e.g. `--compile-blocks --checkpoint-fraction 0.5`):
@@ -42,13 +42,12 @@ from benchmarks.inference import (
     vae_decode,
 )
 from benchmarks.inference_parts import print_table
-from model import ffn
 from model.kernels.precision import PRECISIONS, precision_context
 
 
 def inference(args: argparse.Namespace) -> list[dict]:
     """The issue's inference rows from one run: the 50-step CFG loop per precision beside diffusers compiled
-    (same weights, same inputs), each float8 path's error along the bf16 trajectory, where the float8 step's
+    (same weights, same inputs), float8's error along the bf16 trajectory, where the float8 step's
     GPU time goes, the Wan2.1 decode for end to end, and block-AR per precision."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -67,11 +66,6 @@ def inference(args: argparse.Namespace) -> list[dict]:
         with precision_context(model, precision):
             outputs[precision] = run.guarded(
                 "transformer", _time_forward, run, f"{mode}, {precision}", forward, args.steps
-            )
-    if cuda:  # the Mix-FFN's depthwise conv as cuDNN's kernel instead of the fused taps (model/ffn.py)
-        with ffn.conv_when_compiled():
-            outputs["native, cuDNN depthwise"] = run.guarded(
-                "transformer", _time_forward, run, f"{mode}, native, cuDNN depthwise", forward, args.steps
             )
     model.enable_inference_compile(False)
     outputs.update(run.guarded("transformer", diffusers_loop, run, model, inputs) or {})
@@ -151,11 +145,6 @@ def train(args: argparse.Namespace, bench_args: list[str]) -> dict:
         if step % 25 == 0 or step == args.train_steps:  # a run stopped by its time box keeps its losses
             _write(args.out, [_train_row(args, options, bench, losses, times)])
     row = _train_row(args, options, bench, losses, times)
-    if args.depthwise_ab and bench.use_gpu:  # the same step with cuDNN's depthwise conv (model/ffn.py)
-        with ffn.conv_when_compiled():
-            ab_times, _, _ = bench.time_steps(2, 6)
-        row["step_s_median_cudnn_depthwise"] = round(statistics.median(ab_times), 4)
-        _write(args.out, [row])
     if options.profile and args.out is not None:  # where the step's time goes, beside the losses
         args.out.with_suffix(".profile.log").write_text(bench.profile(options.profile))
     return row
@@ -223,9 +212,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="tiny preset and sizes (the CPU plumbing check)")
     parser.add_argument("--float8", default="rowwise", choices=["off", "rowwise", "tensorwise"])
     parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument(
-        "--depthwise-ab", action="store_true", help="train: also time the step with cuDNN's depthwise conv"
-    )
     parser.add_argument("--steps", type=int, default=50, help="sampling steps the loop time is for")
     parser.add_argument("--error-steps", type=int, default=10, help="DPM++ steps of the error runs")
     parser.add_argument("--step-repeats", type=int, default=3)

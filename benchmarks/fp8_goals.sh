@@ -1,6 +1,6 @@
-# Issue 23's goals run on one GPU, every part in one process after another: the inference rows (bf16, torchao
-# float8 and the hand-written float8 beside diffusers compiled), then bf16 and float8 training from the same
-# init and data order with the step's profile, then the loss gap. A part that fails leaves the others to run.
+# Issue 23's goals run on one GPU, every part in one process after another: the inference rows (bf16 and
+# torchao float8 beside diffusers compiled), then bf16 and float8 training from the same init and data order
+# with the step's profile, then the loss gap. A part that fails leaves the others to run.
 #
 #     bash benchmarks/fp8_goals.sh WORK [--tiny]      # results in WORK/*.json, profiles in WORK/*.profile.log
 #     TRAIN_STEPS=200 bash benchmarks/fp8_goals.sh WORK   # shorter loss curves (default 300)
@@ -21,9 +21,8 @@ train=(--train-steps "${TRAIN_STEPS:-300}" --compile-blocks --checkpoint-fractio
 [ "${1:-}" = "--tiny" ] && train=(--train-steps "${TRAIN_STEPS:-300}" --profile 10)
 echo "fp8_goals: GPU memory ${mib:-none} MiB; training with ${train[*]}"
 
-python -m benchmarks.ffn_fusion  # seconds: whether Inductor fused the Mix-FFN taps on this GPU
 python -m benchmarks.fp8_compare inference --out "$work/inference.json" "$@"
-python -m benchmarks.fp8_compare train --float8 off --out "$work/train_off.json" --depthwise-ab "$@" "${train[@]}"
+python -m benchmarks.fp8_compare train --float8 off --out "$work/train_off.json" "$@" "${train[@]}"
 python -m benchmarks.fp8_compare train --float8 rowwise --out "$work/train_rowwise.json" "$@" "${train[@]}"
 python -m benchmarks.fp8_compare losses "$work/train_off.json" "$work/train_rowwise.json" --out "$work/loss_gap.json"
 python -m benchmarks.fp8_goals_table "$work"

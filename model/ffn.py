@@ -11,35 +11,16 @@ shifted frames, so activations are never transposed to channels-first and back.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from model.config import LinearDiTConfig
-from model.kernels.fp8 import POINTWISE_HOOK
-
-# Compiled blocks run the depthwise conv through cuDNN. The nine taps as element-wise work Inductor fuses with the
-# SiLU and gating (MixFFN._depthwise) were slower on an H100 (2026-12-08): 37.3 s against 26.45 s for the 50-step
-# CFG loop, 1.385 s against 1.182 s for the training step (docs/benchmarks.md).
-FUSED_DEPTHWISE_WHEN_COMPILED = False
-
-
-@contextlib.contextmanager
-def conv_when_compiled() -> Iterator[None]:
-    """Inside: compiled blocks run the depthwise conv through the conv kernel, not the taps."""
-    global FUSED_DEPTHWISE_WHEN_COMPILED
-    before, FUSED_DEPTHWISE_WHEN_COMPILED = FUSED_DEPTHWISE_WHEN_COMPILED, False
-    try:
-        yield
-    finally:
-        FUSED_DEPTHWISE_WHEN_COMPILED = before
+from model.kernels.float8_targets import POINTWISE_HOOK
 
 
 def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1×1 conv over tokens as one matmul; the conv's float8 matmul while one is set (inference:
-    `model.kernels.fp8.swapped_float8`; training: `training.worker.float8`)."""
+    `model.kernels.float8_targets.swapped_float8`; training: `training.worker.float8`)."""
     float8 = getattr(conv, POINTWISE_HOOK, None)
     if float8 is not None:
         return float8(x)
@@ -92,21 +73,12 @@ class MixFFN(nn.Module):
         return out.view(batch, tokens, dim), left
 
     def _depthwise(self, h: torch.Tensor) -> torch.Tensor:
-        """The 3×3 depthwise conv on channels-last frames (BF, H, W, C) -> (BF, H, W, C).
-
-        Eager: cuDNN's depthwise kernel. Compiled: the nine taps as shifted multiply-adds, element-wise work that
-        Inductor can fuse with the SiLU before and the gating after (cuDNN's channel-1 conv kernels were 8% of
-        the compiled 2B training step on an H200). Not yet timed on a GPU: `conv_when_compiled()` is the A/B."""
-        if not (FUSED_DEPTHWISE_WHEN_COMPILED and torch.compiler.is_compiling()):
-            h = self.conv_depth(h.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
-            return h.permute(0, 2, 3, 1)
-        weight, (_, height, width, _) = self.conv_depth.weight, h.shape  # (C, 1, 3, 3)
-        padded = nn.functional.pad(h, (0, 0, 1, 1, 1, 1))
-        out = self.conv_depth.bias
-        for i in range(3):
-            for j in range(3):
-                out = out + padded[:, i : i + height, j : j + width] * weight[:, 0, i, j]
-        return out
+        """The 3×3 depthwise conv on channels-last frames (BF, H, W, C) -> (BF, H, W, C), through cuDNN's
+        channels-last kernel, compiled or not. (The nine taps as shifted multiply-adds, which Inductor fuses
+        with the SiLU before and the gating after, were slower on an H100 on 2026-12-08: 37.3 s against
+        26.45 s for the compiled 50-step CFG loop, 1.385 s against 1.182 s for the training step.)"""
+        h = self.conv_depth(h.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
+        return h.permute(0, 2, 3, 1)
 
     def _temporal_conv(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, f + 2·(k//2), HW, D) zero/context-padded frames -> (B, f, HW, D): Σ_j W_j · frame[i + j]."""

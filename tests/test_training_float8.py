@@ -33,6 +33,18 @@ def test_float8_option_is_validated():
         DeepSpeedSpec.model_validate({"float8": {"scale": 2}})
 
 
+def test_token_gemms_of_any_length_are_padded_for_the_gpu():
+    """The weight gradient's GEMM runs over tokens; torch._scaled_mm wants its inner dimension a multiple of
+    16 and 81 frames at 480p are 32,760 tokens a sample (the H100 run of 2026-12-08 stopped there). The CPU's
+    emulation has no such rule, so what is checked here is that torchao pads them, in both recipes."""
+    from training.worker.float8 import float8_config
+
+    for recipe in ("rowwise", "tensorwise"):
+        gpu = float8_config(recipe, use_gpu=True)
+        assert gpu.pad_inner_dim and not gpu.emulate
+        assert float8_config(recipe, use_gpu=False).emulate
+
+
 def test_min_dim_keeps_small_gemms_out(tmp_path):
     from training.worker.float8 import convert_to_float8
 
@@ -54,7 +66,7 @@ def test_sampling_in_float8_inference_gives_the_training_hooks_back(tmp_path):
     )  # 8 projections, 2 convs
     hook = model.blocks[0].ff.conv_inverted.float8
     latents, text, t = torch.randn(1, 48, 1, 8, 8), torch.randn(1, 5, 64), torch.tensor([300.0])
-    with torch.no_grad(), precision_context(model, "fp8-scaled-mm"):
+    with torch.no_grad(), precision_context(model, "fp8"):
         assert not isinstance(model.blocks[0].ff.conv_inverted.float8, Float8Pointwise)
         model(latents, text, t)
     assert model.blocks[0].ff.conv_inverted.float8 is hook

@@ -1,8 +1,7 @@
 """The matmul precisions generation runs in (`--precision`), and the context each one needs.
 
 - `native`: the weights' dtype;
-- `fp8`: torchao's float8 (dynamic row-wise activations × row-wise weights; `model.kernels.fp8_torchao`);
-- `fp8-scaled-mm`: the hand-written float8 path (`model.kernels.fp8`), kept to measure side by side.
+- `fp8`: torchao's float8 (dynamic row-wise activations × row-wise weights; `model.kernels.fp8_torchao`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from torch import nn
 
 from core.errors import UserError
 
-PRECISIONS = ("native", "fp8", "fp8-scaled-mm")
+PRECISIONS = ("native", "fp8")
 
 
 def precision_context(model: nn.Module, precision: str) -> contextlib.AbstractContextManager:
@@ -24,8 +23,4 @@ def precision_context(model: nn.Module, precision: str) -> contextlib.AbstractCo
         from model.kernels.fp8_torchao import torchao_float8_inference
 
         return torchao_float8_inference(model)
-    if precision == "fp8-scaled-mm":
-        from model.kernels.fp8 import float8_inference
-
-        return float8_inference(model)
     return contextlib.nullcontext()

@@ -31,7 +31,7 @@ NUMERICS_OPT = typer.Option(
 PRECISION_OPT = typer.Option(
     "native",
     help="native: the weights' dtype; fp8: torchao float8 matmuls for the large layers (GPUs of compute "
-    "capability 8.9+: L4, H100; needs the fp8 extra); fp8-scaled-mm: the hand-written float8 path.",
+    "capability 8.9+: L4, H100; needs the fp8 extra).",
 )
 COMPILE_OPT = typer.Option(
     True,

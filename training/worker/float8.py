@@ -1,7 +1,7 @@
 """Float8 training through torchao (a stage's `deepspeed.float8`), applied to the model before DeepSpeed
 wraps it.
 
-The matmuls converted are the ones float8 inference converts (`model.kernels.fp8.float8_targets`: each
+The matmuls converted are the ones float8 inference converts (`model.kernels.float8_targets`: each
 block's attention projections and the Mix-FFN's two 1×1 convs), minus GEMMs with a dimension below
 `min_dim` or not a multiple of 16 (float8 would cost more than it saves there, or cannot run). The patch
 embedding, conditioning embedders and output projection are not among them and stay in the stage's precision.
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from model.kernels.fp8 import POINTWISE_HOOK, float8_targets
+from model.kernels.float8_targets import POINTWISE_HOOK, float8_targets
 from model.kernels.fp8_torchao import float8_supported, require_torchao
 
 if TYPE_CHECKING:

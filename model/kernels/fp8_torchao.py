@@ -1,12 +1,13 @@
 """Float8 inference through torchao (`--precision fp8`): dynamic row-wise float8 activations × row-wise float8
 weights (`Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`) on the attention projections and
-the Mix-FFN's 1×1 convs (as nn.Linear over tokens: the same matmul), the modules `model.kernels.float8_targets` lists.
+the Mix-FFN's 1×1 convs (as nn.Linear over tokens: the same matmul), the modules that
+`model.kernels.float8_targets` lists.
 
 torchao's weight tensor subclass composes with torch.compile, so the activation quantisation fuses into the
-neighbouring kernels instead of running as separate passes. `quantize_` runs
-only where torchao's float8 GEMMs do (CUDA compute capability ≥ 8.9); on the CPU (the test path) the same
-tensor subclass is built directly and its matmul is `torch._scaled_mm`'s CPU kernel (row-wise scales since
-torch 2.14). An older GPU is a user error: emulating float8 there would only be slower than bf16.
+neighbouring kernels instead of running as separate passes. `quantize_` runs only where torchao's float8 GEMMs
+do (CUDA compute capability ≥ 8.9); on the CPU (the test path) the same tensor subclass is built directly and
+its matmul is `torch._scaled_mm`'s CPU kernel (row-wise scales since torch 2.14). An older GPU is a user error:
+emulating float8 there would only be slower than bf16.
 """
 
 from __future__ import annotations

@@ -72,6 +72,29 @@ def test_unchanged_pipeline_is_skipped_and_mlflow_records_steps(finished_pipelin
         assert len(parent.data.tags[f"svp.step.{step}.fingerprint"]) == 16
 
 
+def test_a_pipeline_with_nothing_to_do_answers_without_starting_ray(finished_pipeline):
+    """`svp pipeline run` as a user types it, in its own process: with every step skipped it starts no Ray
+    (a Ray it started would keep its session under RAY_TMPDIR). The runs that train (the fixture, the other
+    tests) get theirs when a step runs."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    path = str(finished_pipeline / "pipeline.yaml")
+    # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="svp-ray-", dir="/tmp"))
+    try:
+        env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+        svp = [sys.executable, "-m", "orchestration.cli", "pipeline", "run", path]
+        done = subprocess.run(svp, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "curate: skipped" in done.stdout and "video: skipped" in done.stdout, done.stdout
+        assert not any(ray_tmp.iterdir()), sorted(ray_tmp.rglob("*"))[:5]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def test_plan_says_what_each_change_reruns(finished_pipeline, capsys):
     path = finished_pipeline / "pipeline.yaml"
     # New thresholds: filter and every training stage, with the reason.

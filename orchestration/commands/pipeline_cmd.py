@@ -72,16 +72,16 @@ def run(
     spec = load_spec(pipeline, config_overrides(set_))
     if settle:
         spec = settle_files(spec)
-    with ray_connection(address, **ray_init_options(verbose)):
-        run_pipeline_file(
-            spec,
-            from_step=from_step,
-            only=only,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            max_failures=max_failures,
-            echo=typer.echo,
-        )
+    run_pipeline_file(
+        spec,
+        from_step=from_step,
+        only=only,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        max_failures=max_failures,
+        ray=lambda: ray_connection(address, **ray_init_options(verbose)),  # only once a step runs
+        echo=typer.echo,
+    )
 
 
 def submit(

@@ -1,8 +1,9 @@
 """Run a pipeline file: execute its plan (`orchestration.pipeline.plan`), step by step, under one MLflow
 parent run that records every step as run / rerun / skipped / restored with its fingerprint.
 
-Runs on the Ray this process is connected to (`orchestration.ray_connect`; inside a Ray job, the job's
-cluster). The curation steps run as planned. The training stages go through
+Runs on the Ray that `ray` connects (`orchestration.ray_connect`; inside a Ray job, the job's cluster), which
+is started or joined only once the plan has a step to run: a pipeline with nothing to do answers in seconds,
+without starting Ray. The curation steps run as planned. The training stages go through
 `training.driver.pipeline.run_pipeline`, whose stages decide with the same `training.driver.stage_plan.StageStep` rule:
 the same decision as the plan, except for a stage the plan said waits for the data ("decided again once it
 has run"), which is now decided on the rewritten shards, so a re-filter that leaves them unchanged
@@ -11,6 +12,7 @@ retrains nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -34,9 +36,11 @@ def run_pipeline_file(
     workers: int = 1,
     gpus_per_worker: float = 0,
     max_failures: int = 3,
+    ray: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
     echo: Callable[[str], None] = print,
 ) -> list[StageResult]:
-    """Run the steps that need it; returns the training stages' results."""
+    """Run the steps that need it; returns the training stages' results. `ray()` connects Ray for the steps
+    that run (default: the Ray this process is already connected to)."""
     from training.driver.pipeline import run_pipeline
     from training.driver.preflight import check_no_other_driver
     from training.tracking.runs import Tracker, ending_run, resolve_tracking_uri
@@ -56,25 +60,26 @@ def run_pipeline_file(
     with ending_run(tracker, parent):
         steps = pipeline_steps(spec, training)
         decisions = plan(steps, forced=forced, only=only)
-        for step, decision in zip(steps, decisions, strict=True):
-            if isinstance(step, CurationStep):
-                _curation(step, decision, tracker, parent, echo)
-        stages = _stages_to_train(training, decisions)
-        results = []
-        if stages:
-            results = run_pipeline(
-                training,
-                stages=stages,
-                workers=workers,
-                gpus_per_worker=gpus_per_worker,
-                work_dir=work,
-                max_failures=max_failures,
-                force_from=next((n for n in training.stage_names if n in forced), None),
-                tracker=tracker,
-                parent_run_id=parent,
-            )
-            for result in results:
-                echo(stage_summary(result))
+        with ray() if any(runs(d) for d in decisions) else contextlib.nullcontext():
+            for step, decision in zip(steps, decisions, strict=True):
+                if isinstance(step, CurationStep):
+                    _curation(step, decision, tracker, parent, echo)
+            stages = _stages_to_train(training, decisions)
+            results = []
+            if stages:  # skipped stages only say so (no Ray needed)
+                results = run_pipeline(
+                    training,
+                    stages=stages,
+                    workers=workers,
+                    gpus_per_worker=gpus_per_worker,
+                    work_dir=work,
+                    max_failures=max_failures,
+                    force_from=next((n for n in training.stage_names if n in forced), None),
+                    tracker=tracker,
+                    parent_run_id=parent,
+                )
+                for result in results:
+                    echo(stage_summary(result))
     return results
 
 

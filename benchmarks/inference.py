@@ -230,8 +230,8 @@ def diffusers_loop(run: Run, model: LinearDiT, inputs: tuple) -> dict[str, torch
 
 def fp8_error(run: Run, model: LinearDiT, precision: str = "fp8") -> None:
     """FP8 (`precision`) against bf16 (both compiled, fused attention) at a fixed seed, `--error-steps` DPM++
-    steps with CFG 6: the FP8 velocity at every input of the bf16 trajectory (per-step rel-L2), and the final latents of
-    the two trajectories run separately (rel-L2)."""
+    steps with CFG 6: the FP8 velocity at every input of the bf16 trajectory (per-step rel-L2), and the final
+    latents of the two trajectories run separately (rel-L2)."""
     args, device, dtype = run.args, run.device, run.dtype
     latents, text, mask, _ = _inputs(model, args, 2, device, dtype)
     noise, (positive, negative), (pos_mask, neg_mask) = latents[:1].float(), text.chunk(2), mask.chunk(2)
